@@ -1,0 +1,197 @@
+//! Every way an exchange can fail, who is at fault, and what the client is told.
+//!
+//! This is the one place where a failure becomes a status code (STYLE habit 7). Messages are
+//! static text: no peer bytes, header values, or secrets can reach them.
+
+use std::fmt;
+
+/// Which side of the proxy a failure is attributed to in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The sandbox sent something we refuse, or stopped sending.
+    Client,
+    /// TARGET was unreachable, too slow, or sent something we cannot frame.
+    Upstream,
+    /// Our own limits (shutdown, concurrency).
+    Proxy,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Proxy => "proxy",
+        })
+    }
+}
+
+/// A failure, named by what went wrong rather than by the status it produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    // --- the client's request ---
+    /// Not HTTP/1.x we can parse strictly (bad request line, bad field syntax, bare LF, ...).
+    MalformedHead,
+    /// The request-target is not origin-form/absolute-form we accept, or has a fragment or
+    /// dot-segments.
+    BadTarget,
+    /// Host missing, repeated or invalid (RFC 9112 §3.2).
+    BadHost,
+    /// Content-Length / Transfer-Encoding cannot be decided with certainty (RFC 9112 §6.3).
+    BadFraming,
+    /// A transfer coding other than exactly one `chunked` (RFC 9112 §6.1: SHOULD 501).
+    UnsupportedCoding,
+    /// Malformed chunked body (size line, extension, CRLF, trailer).
+    BadChunk,
+    /// A header name that maps onto a framing or credential field through `_` (RFC 9110 §17.10).
+    AmbiguousName,
+    /// `Connection` names a field the proxy frames or routes with.
+    BadConnectionOption,
+    /// Request line longer than the limit.
+    UriTooLong,
+    /// One field line, or the whole head, longer than the limit; or too many fields.
+    HeadTooLarge,
+    /// Request trailers over the limit.
+    TrailersTooLarge,
+    /// Declared or streamed body over the limit.
+    BodyTooLarge,
+    /// The head did not complete within the header deadline.
+    HeadTimeout,
+    /// The request body stalled.
+    BodyTimeout,
+    /// The client closed before its request was complete.
+    ClientAborted,
+    /// CONNECT or TRACE.
+    MethodNotAllowed,
+    /// A method outside the allowlist.
+    MethodNotImplemented,
+    /// `Upgrade` requested (no protocol switching through the proxy).
+    UpgradeRefused,
+    /// `Expect` other than `100-continue` (RFC 9110 §10.1.1).
+    ExpectationFailed,
+    /// PHANTOM_TOKEN is configured and the request did not carry it.
+    Unauthorized,
+    /// The client stopped reading the response.
+    ClientWriteStalled,
+    // --- the upstream ---
+    /// TCP connect failed or DNS found nothing.
+    UpstreamUnreachable,
+    /// TLS handshake or certificate verification failed.
+    UpstreamTls,
+    /// Connect or handshake took too long.
+    UpstreamConnectTimeout,
+    /// No response head within the response timeout.
+    UpstreamResponseTimeout,
+    /// The response body stalled.
+    UpstreamIdleTimeout,
+    /// The response head or body framing is not something we can relay with certainty.
+    UpstreamMalformed,
+    /// The upstream tried to switch protocols (101).
+    UpstreamSwitchedProtocols,
+    /// The upstream closed before its response was complete.
+    UpstreamClosed,
+    // --- the proxy itself ---
+    /// The proxy is draining for shutdown.
+    ShuttingDown,
+}
+
+impl Problem {
+    /// Who is at fault.
+    pub fn side(self) -> Side {
+        use Problem::*;
+        match self {
+            UpstreamUnreachable
+            | UpstreamTls
+            | UpstreamConnectTimeout
+            | UpstreamResponseTimeout
+            | UpstreamIdleTimeout
+            | UpstreamMalformed
+            | UpstreamSwitchedProtocols
+            | UpstreamClosed => Side::Upstream,
+            ShuttingDown => Side::Proxy,
+            _ => Side::Client,
+        }
+    }
+
+    /// The status the client receives when nothing of a response was sent yet.
+    pub fn status(self) -> u16 {
+        use Problem::*;
+        match self {
+            MalformedHead | BadTarget | BadHost | BadFraming | BadChunk | AmbiguousName
+            | BadConnectionOption => 400,
+            Unauthorized => 401,
+            MethodNotAllowed => 405,
+            HeadTimeout | BodyTimeout => 408,
+            BodyTooLarge => 413,
+            UriTooLong => 414,
+            ExpectationFailed => 417,
+            HeadTooLarge | TrailersTooLarge => 431,
+            UnsupportedCoding | MethodNotImplemented | UpgradeRefused => 501,
+            UpstreamUnreachable
+            | UpstreamTls
+            | UpstreamMalformed
+            | UpstreamSwitchedProtocols
+            | UpstreamClosed => 502,
+            ShuttingDown => 503,
+            UpstreamConnectTimeout | UpstreamResponseTimeout | UpstreamIdleTimeout => 504,
+            // Nobody is listening for these; the connection just closes.
+            ClientAborted | ClientWriteStalled => 400,
+        }
+    }
+
+    /// The Anthropic error `type` for the JSON body.
+    pub fn error_type(self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            413 => "request_too_large",
+            502 | 503 => "api_error",
+            504 => "timeout_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// Static text for the client and the log. Never peer bytes.
+    pub fn message(self) -> &'static str {
+        use Problem::*;
+        match self {
+            MalformedHead => "malformed request head",
+            BadTarget => "unsupported request-target",
+            BadHost => "missing, repeated or invalid Host",
+            BadFraming => "ambiguous or invalid message framing",
+            UnsupportedCoding => "unsupported transfer coding",
+            BadChunk => "malformed chunked body",
+            AmbiguousName => "header name with underscore shadows a protected field",
+            BadConnectionOption => "Connection names a protected field",
+            UriTooLong => "request line too long",
+            HeadTooLarge => "request head too large",
+            TrailersTooLarge => "request trailers too large",
+            BodyTooLarge => "request body too large",
+            HeadTimeout => "request head not received in time",
+            BodyTimeout => "request body stalled",
+            ClientAborted => "client closed before the request was complete",
+            MethodNotAllowed => "method not allowed",
+            MethodNotImplemented => "method not implemented",
+            UpgradeRefused => "protocol upgrade not supported",
+            ExpectationFailed => "unsupported expectation",
+            Unauthorized => "missing or wrong proxy token",
+            ClientWriteStalled => "client stopped reading",
+            UpstreamUnreachable => "upstream unreachable",
+            UpstreamTls => "upstream TLS failure",
+            UpstreamConnectTimeout => "upstream connect timed out",
+            UpstreamResponseTimeout => "upstream response timed out",
+            UpstreamIdleTimeout => "upstream stalled mid-response",
+            UpstreamMalformed => "malformed upstream response",
+            UpstreamSwitchedProtocols => "upstream attempted a protocol switch",
+            UpstreamClosed => "upstream closed mid-response",
+            ShuttingDown => "shutting down",
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.side(), self.message())
+    }
+}
+
+impl std::error::Error for Problem {}

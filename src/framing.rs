@@ -1,0 +1,367 @@
+//! Pure body framing: the incremental chunked decoder (RFC 9112 §7.1) and the canonical
+//! chunk encoder used to re-frame request bodies.
+//!
+//! httparse's `parse_chunk_size` accepts an empty size line as size 0, LF and NUL inside
+//! extensions, and a bare `;` (HARDENING.md §4). This decoder refuses all of them: it is a
+//! state machine with one variant per expected token, fed any split of the input, that reports
+//! which bytes are payload and which are framing. Nothing is buffered: it holds counters only.
+
+/// Limits a decoder enforces; requests and responses use different ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLimits {
+    /// Largest total payload (R8); breach is [`ChunkError::TooLarge`].
+    pub max_body: u64,
+    /// Longest extension text on one chunk line (R11).
+    pub max_ext_line: usize,
+    /// Extension bytes over the whole body.
+    pub max_ext_total: usize,
+    /// Trailer section bytes (R13: read within a bound).
+    pub max_trailers: usize,
+}
+
+impl ChunkLimits {
+    /// For upstream responses: the upstream is trusted for content, not for framing, so only
+    /// arithmetic and line sizes are bounded.
+    pub const RESPONSE: ChunkLimits = ChunkLimits {
+        max_body: u64::MAX,
+        max_ext_line: 4096,
+        max_ext_total: 64 * 1024,
+        max_trailers: 64 * 1024,
+    };
+}
+
+/// Why a chunked body was refused. Carries no input bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkError {
+    /// Not the chunked grammar (size line, CRLF after data, trailer line).
+    Malformed,
+    /// Total payload over [`ChunkLimits::max_body`], or a size over 16 hex digits' worth.
+    TooLarge,
+    /// Extensions over their limits.
+    ExtensionTooLong,
+    /// Trailer section over its limit.
+    TrailersTooLarge,
+}
+
+/// One expected token per state (STYLE: hyper's decoder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The first hex digit of a chunk size: at least one is required.
+    SizeStart,
+    /// More hex digits, or what ends them.
+    Size,
+    /// Whitespace after the size (BWS), before `;` or CR.
+    SizeWs,
+    /// After `;` (and BWS): an extension name must start here.
+    ExtStart,
+    /// Extension text up to CR.
+    Ext,
+    /// LF ending the size line.
+    SizeLf,
+    /// Payload bytes of the current chunk.
+    Data,
+    /// CR after the payload.
+    DataCr,
+    /// LF after the payload.
+    DataLf,
+    /// Start of a trailer field line, or CR of the final empty line.
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// LF ending a trailer field line.
+    TrailerLf,
+    /// LF of the final empty line.
+    EndLf,
+    /// The body is complete.
+    Done,
+}
+
+/// What [`ChunkedDecoder::step`] found at the front of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The first `n` bytes were framing (n may be 0 when more input is needed).
+    Framing(usize),
+    /// The first `n` bytes are payload.
+    Data(usize),
+    /// The first `n` bytes were framing and ended the body; anything after is not part of it.
+    Done(usize),
+}
+
+/// The incremental chunked decoder.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+    limits: ChunkLimits,
+    /// The size being read, then the payload left in the current chunk.
+    size: u64,
+    /// Hex digits read for the current size (at most 16 fit in u64).
+    digits: u8,
+    /// Extension bytes on the current line.
+    ext_line: usize,
+    /// Extension bytes so far.
+    ext_total: usize,
+    /// Trailer bytes so far.
+    trailers: usize,
+    /// Payload bytes so far.
+    total: u64,
+}
+
+impl ChunkedDecoder {
+    pub fn new(limits: ChunkLimits) -> ChunkedDecoder {
+        ChunkedDecoder {
+            state: State::SizeStart,
+            limits,
+            size: 0,
+            digits: 0,
+            ext_line: 0,
+            ext_total: 0,
+            trailers: 0,
+            total: 0,
+        }
+    }
+
+    /// Whether the terminating empty line has been read.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Payload bytes seen so far.
+    pub fn payload_len(&self) -> u64 {
+        self.total
+    }
+
+    /// Classifies the front of `input`. Call again with the rest; an empty input, or a
+    /// `Framing(n)` that consumed all of it, means more bytes are needed.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkError> {
+        match self.state {
+            State::Done => return Ok(Step::Done(0)),
+            State::Data if input.is_empty() => return Ok(Step::Framing(0)),
+            State::Data => {
+                // `size` is the payload left; it is > 0 in this state.
+                let n = usize::try_from(self.size)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
+                return Ok(Step::Data(n));
+            }
+            _ => {}
+        }
+        for (i, &b) in input.iter().enumerate() {
+            self.state = self.next(b)?;
+            match self.state {
+                State::Data => return Ok(Step::Framing(i + 1)),
+                State::Done => return Ok(Step::Done(i + 1)),
+                _ => {}
+            }
+        }
+        Ok(Step::Framing(input.len()))
+    }
+
+    /// One framing byte. Each arm is one state of the grammar:
+    /// `chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF`,
+    /// `last-chunk = 1*"0" [ chunk-ext ] CRLF`, `trailer-section CRLF` (RFC 9112 §7.1).
+    fn next(&mut self, b: u8) -> Result<State, ChunkError> {
+        use State::*;
+        Ok(match (self.state, b) {
+            // At least one HEXDIG: an empty size line is not size 0 (http-garden bug 17).
+            (SizeStart, _) => {
+                self.size = u64::from(hex(b).ok_or(ChunkError::Malformed)?);
+                self.digits = 1;
+                Size
+            }
+            (Size, _) if hex(b).is_some() => {
+                // 16 hex digits fill u64 exactly; a 17th would overflow (R8).
+                if self.digits == 16 {
+                    return Err(ChunkError::TooLarge);
+                }
+                self.digits += 1;
+                self.size = (self.size << 4) | u64::from(hex(b).unwrap_or(0));
+                Size
+            }
+            (Size | SizeWs, b' ' | b'\t') => SizeWs,
+            (Size | SizeWs, b';') => ExtStart,
+            (Size | SizeWs, b'\r') => SizeLf,
+            (ExtStart, b' ' | b'\t') => self.ext_byte(ExtStart)?,
+            // chunk-ext-name is a token: a bare `;` is refused (HARDENING §4).
+            (ExtStart, _) if is_tchar(b) => self.ext_byte(Ext)?,
+            (Ext, b'\r') => SizeLf,
+            // LF, NUL and other controls inside an extension: the TERM.EXT smuggling vector
+            // (CVE-2025-55315 class) is refused, not skipped.
+            (Ext, _) if b == b'\t' || (b >= 0x20 && b != 0x7f) => self.ext_byte(Ext)?,
+            (SizeLf, b'\n') => {
+                self.ext_line = 0;
+                if self.size == 0 {
+                    TrailerStart
+                } else {
+                    self.total = self
+                        .total
+                        .checked_add(self.size)
+                        .filter(|&t| t <= self.limits.max_body)
+                        .ok_or(ChunkError::TooLarge)?;
+                    Data
+                }
+            }
+            (DataCr, b'\r') => DataLf,
+            (DataLf, b'\n') => SizeStart,
+            (TrailerStart, b'\r') => EndLf,
+            // A trailer line starts with a field name; whitespace here would be obs-fold.
+            (TrailerStart, _) if is_tchar(b) => self.trailer_byte(Trailer)?,
+            (Trailer, b'\r') => self.trailer_byte(TrailerLf)?,
+            (Trailer, _) if b == b'\t' || (b >= 0x20 && b != 0x7f) => self.trailer_byte(Trailer)?,
+            (TrailerLf, b'\n') => self.trailer_byte(TrailerStart)?,
+            (EndLf, b'\n') => Done,
+            _ => return Err(ChunkError::Malformed),
+        })
+    }
+
+    fn ext_byte(&mut self, next: State) -> Result<State, ChunkError> {
+        self.ext_line += 1;
+        self.ext_total += 1;
+        if self.ext_line > self.limits.max_ext_line || self.ext_total > self.limits.max_ext_total {
+            return Err(ChunkError::ExtensionTooLong);
+        }
+        Ok(next)
+    }
+
+    fn trailer_byte(&mut self, next: State) -> Result<State, ChunkError> {
+        self.trailers += 1;
+        if self.trailers > self.limits.max_trailers {
+            return Err(ChunkError::TrailersTooLarge);
+        }
+        Ok(next)
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Appends a canonical chunk header `<hex>\r\n` for `len` payload bytes (`len > 0`).
+pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The canonical last chunk: no extensions, no trailers (R13: request trailers are dropped).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// A naive whole-input chunked decoder, written independently of [`ChunkedDecoder`] (line by
+/// line with slices, no state machine), as the oracle for split-point tests and the `chunked`
+/// fuzz target. Not used by the proxy.
+///
+/// Returns `Ok(Some((payload, consumed)))` for a complete body, `Ok(None)` when the input ends
+/// early (the unterminated tail is not checked), or an error for any complete line that breaks
+/// the grammar or a limit.
+pub fn decode_naive(
+    input: &[u8],
+    limits: ChunkLimits,
+) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
+    fn line(input: &[u8], from: usize) -> Option<(&[u8], usize)> {
+        let rel = input[from..].windows(2).position(|w| w == b"\r\n")?;
+        Some((&input[from..from + rel], from + rel + 2))
+    }
+    let visible = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
+    let (mut pos, mut total, mut ext_total) = (0usize, 0u64, 0usize);
+    let mut payload = Vec::new();
+    loop {
+        let Some((size_line, next)) = line(input, pos) else {
+            return Ok(None);
+        };
+        // chunk-size [BWS] [; ext] : split at the first ';'.
+        let (size_part, ext) = match size_line.iter().position(|&b| b == b';') {
+            Some(i) => (&size_line[..i], Some(&size_line[i + 1..])),
+            None => (size_line, None),
+        };
+        let digits = size_part.trim_ascii_end();
+        if digits.is_empty()
+            || !digits.iter().all(u8::is_ascii_hexdigit)
+            || size_part[digits.len()..]
+                .iter()
+                .any(|b| !matches!(b, b' ' | b'\t'))
+        {
+            return Err(ChunkError::Malformed);
+        }
+        if digits.len() > 16 {
+            return Err(ChunkError::TooLarge);
+        }
+        if let Some(ext) = ext {
+            let ext = ext.trim_ascii_start();
+            if ext.first().is_none_or(|&b| !is_tchar(b)) || !ext.iter().all(visible) {
+                return Err(ChunkError::Malformed);
+            }
+            let len = size_line.len() - size_part.len() - 1;
+            ext_total += len;
+            if len > limits.max_ext_line || ext_total > limits.max_ext_total {
+                return Err(ChunkError::ExtensionTooLong);
+            }
+        }
+        let size = u64::from_str_radix(std::str::from_utf8(digits).unwrap_or("x"), 16)
+            .map_err(|_| ChunkError::Malformed)?;
+        pos = next;
+        if size == 0 {
+            break;
+        }
+        total = total
+            .checked_add(size)
+            .filter(|&t| t <= limits.max_body)
+            .ok_or(ChunkError::TooLarge)?;
+        let end = pos.checked_add(usize::try_from(size).map_err(|_| ChunkError::TooLarge)?);
+        let Some(end) = end.filter(|&e| e <= input.len()) else {
+            return Ok(None);
+        };
+        payload.extend_from_slice(&input[pos..end]);
+        match input.get(end..end + 2) {
+            Some(b"\r\n") => pos = end + 2,
+            Some(_) => return Err(ChunkError::Malformed),
+            None if input.get(end).is_some_and(|&b| b != b'\r') => {
+                return Err(ChunkError::Malformed)
+            }
+            None => return Ok(None),
+        }
+    }
+    // Trailer section: field lines, then an empty line.
+    let mut trailers = 0usize;
+    loop {
+        let Some((field, next)) = line(input, pos) else {
+            return Ok(None);
+        };
+        if field.is_empty() {
+            return Ok(Some((payload, next)));
+        }
+        if !is_tchar(field[0]) || !field.iter().all(visible) {
+            return Err(ChunkError::Malformed);
+        }
+        trailers += field.len() + 2;
+        if trailers > limits.max_trailers {
+            return Err(ChunkError::TrailersTooLarge);
+        }
+        pos = next;
+    }
+}
+
+#[cfg(test)]
+mod tests;

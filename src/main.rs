@@ -1,0 +1,214 @@
+//! The binary: flags, configuration, token intake, signals. Everything else is in the library.
+//!
+//! Order matters: configuration is validated and the listener bound before stdin is read (a
+//! bad setting never consumes the token); the process is made non-dumpable before the token
+//! exists; stdin is closed as soon as the line is read.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_loop_proxy::config::{Config, Scheme};
+use agent_loop_proxy::secret::Token;
+use agent_loop_proxy::server::{self, Proxy};
+use agent_loop_proxy::upstream::{Connector, Pool};
+use agent_loop_proxy::{head, sys};
+
+const HELP: &str = "\
+agent-loop-proxy: credential-injection reverse proxy for sandboxed AI coding agents
+
+USAGE:
+    printf '%s\\n' \"$TOKEN\" | agent-loop-proxy     read the token from stdin, serve
+    agent-loop-proxy healthcheck                  GET /health on LISTEN_PORT; exit 0 if 200
+    agent-loop-proxy --help | --version
+
+The real token is read from stdin (one line) and kept only in memory. Configuration comes
+from the environment: LISTEN_PORT (18080), LISTEN_ADDR (127.0.0.1), TARGET
+(https://api.anthropic.com), TARGET_CA_FILE, PHANTOM_TOKEN, TOKEN_HEADER (authorization |
+x-api-key), OAUTH_BETA (auto | on | off), SHUTDOWN_GRACE, and the limits and timeouts listed
+in the README.
+";
+
+/// How long `healthcheck` waits in total.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (None, _) => {}
+        (Some("-h" | "--help"), None) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        (Some("-V" | "--version"), None) => {
+            println!("agent-loop-proxy {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        (Some("healthcheck"), None) => return healthcheck(),
+        // The argument is not echoed: a token pasted by mistake must not reach a log.
+        _ => return fail("proxy: unknown argument; see --help"),
+    }
+
+    let cfg = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let oauth_beta = match std::env::var("OAUTH_BETA").as_deref() {
+        Ok("on") => Some(true),
+        Ok("off") => Some(false),
+        Ok("auto") | Ok("") | Err(_) => None,
+        Ok(_) => return fail("proxy: OAUTH_BETA: must be auto, on or off"),
+    };
+    let connector = match Connector::new(&cfg) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let listener = match std::net::TcpListener::bind(cfg.listen) {
+        Ok(l) => l,
+        Err(_) => return fail("proxy: LISTEN_PORT: cannot listen on LISTEN_ADDR:LISTEN_PORT (in use or not permitted)"),
+    };
+
+    if !sys::harden_process() {
+        eprintln!("proxy: warning: could not make the process non-dumpable or disable core files");
+    }
+    let token = match read_token(&cfg) {
+        Ok(t) => t,
+        Err(msg) => return fail(&msg),
+    };
+    sys::close_stdin();
+    if !token.is_locked() {
+        eprintln!("proxy: warning: could not lock the token in memory (mlock); it may be swapped");
+    }
+    if cfg.phantom.is_none() {
+        eprintln!("proxy: warning: PHANTOM_TOKEN unset; any process that reaches the port can use the token");
+    }
+    let oauth_beta = oauth_beta.unwrap_or_else(|| {
+        token.as_bytes().starts_with(b"sk-ant-oat")
+            && cfg.target.scheme == Scheme::Https
+            && cfg.target.host == "api.anthropic.com"
+    });
+    let _ = head::OAUTH_BETA;
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(_) => return fail("proxy: cannot start the runtime"),
+    };
+    let pool = Pool::new(cfg.pool_max_idle, cfg.timeouts.pool_idle);
+    let proxy = Arc::new(Proxy {
+        cfg,
+        token,
+        connector,
+        pool,
+        oauth_beta,
+    });
+    let code = runtime.block_on(run(listener, proxy));
+    // Dropping the runtime drops any task still holding the proxy, which wipes the token.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(1)
+}
+
+/// Reads the token straight from fd 0 through a duplicate, so no std buffer keeps a copy.
+fn read_token(cfg: &Config) -> Result<Token, String> {
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|_| "proxy: token: could not read stdin".to_string())?;
+    let mut input = std::fs::File::from(fd);
+    Token::read_line(&mut input, cfg.token_header).map_err(|e| e.to_string())
+}
+
+async fn run(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> ExitCode {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|_| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(_) => return fail("proxy: cannot register the listener"),
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(_) => return fail("proxy: cannot install signal handlers"),
+    };
+    eprintln!("proxy: listening on {addr}, target {}", proxy.cfg.target);
+    let grace = proxy.cfg.timeouts.shutdown_grace;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, proxy.clone(), rx));
+    signals.recv().await;
+    eprintln!(
+        "proxy: shutting down; draining for up to {}ms",
+        grace.as_millis()
+    );
+    let _ = tx.send(true);
+    proxy.pool.clear();
+    tokio::select! {
+        _ = server => eprintln!("proxy: drained; exiting"),
+        _ = tokio::time::sleep(grace) => eprintln!("proxy: grace period over; closing what is left"),
+        _ = signals.recv() => eprintln!("proxy: second signal; exiting now"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// `agent-loop-proxy healthcheck`: for the container's HEALTHCHECK. No stdin, no token.
+fn healthcheck() -> ExitCode {
+    let cfg = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let ip = match cfg.listen.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(ip, cfg.listen.port());
+    let ok = (|| -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
+        s.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+        s.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(&head == b"HTTP/1.1 200")
+    })();
+    match ok {
+        Ok(true) => ExitCode::SUCCESS,
+        _ => fail("proxy: healthcheck: no healthy proxy on LISTEN_PORT"),
+    }
+}

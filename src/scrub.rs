@@ -1,0 +1,211 @@
+//! Pure response scrubbing: every occurrence of the real token in response payload is masked
+//! with the same number of `*` bytes, so lengths and chunk sizes stay valid and nothing is
+//! re-framed.
+//!
+//! The relay hands the scrubber each payload segment of its buffer (never the chunk framing
+//! between segments), in order. Full matches inside a segment are found with `memmem`. A
+//! token split across reads or chunks is caught by holding back the shortest tail of payload
+//! that is still a prefix of the token: those bytes stay unsent in the relay buffer until the
+//! next segment decides them. For SSE the tail is `\n\n`, which is never a prefix of a token,
+//! so the hold costs streaming nothing.
+
+use memchr::memmem;
+use zeroize::Zeroizing;
+
+/// The byte that replaces each token byte.
+pub const MASK: u8 = b'*';
+
+/// Streaming token masker over one response body.
+pub struct Scrubber<'t> {
+    token: &'t [u8],
+    finder: memmem::Finder<'t>,
+    /// Positions (in the relay buffer) of held payload bytes: a proper prefix of the token.
+    held_at: Vec<usize>,
+    /// Copies of those bytes, zeroized when dropped (they are a part of the token).
+    held: Zeroizing<Vec<u8>>,
+}
+
+impl<'t> Scrubber<'t> {
+    /// A scrubber for `token` (non-empty).
+    pub fn new(token: &'t [u8]) -> Scrubber<'t> {
+        Scrubber {
+            token,
+            finder: memmem::Finder::new(token),
+            held_at: Vec::new(),
+            held: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// Scans `buf[seg]`, payload that follows every segment passed before. Masks whole
+    /// matches (also ones that began in held bytes) and recomputes the hold.
+    pub fn scan(&mut self, buf: &mut [u8], seg: std::ops::Range<usize>) {
+        if seg.is_empty() {
+            return;
+        }
+        let k = self.token.len();
+        // A match that starts in the held bytes ends within the first k-1 bytes of `seg`.
+        if !self.held.is_empty() {
+            let take = (k - 1).min(seg.len());
+            let mut joint: Zeroizing<Vec<u8>> =
+                Zeroizing::new(Vec::with_capacity(self.held.len() + take));
+            joint.extend_from_slice(&self.held);
+            joint.extend_from_slice(&buf[seg.start..seg.start + take]);
+            for start in 0..self.held.len() {
+                if joint[start..].starts_with(self.token) {
+                    for j in start..start + k {
+                        let at = match self.held_at.get(j) {
+                            Some(&p) => p,
+                            None => seg.start + (j - self.held.len()),
+                        };
+                        buf[at] = MASK;
+                    }
+                }
+            }
+        }
+        // Whole matches inside the segment.
+        let mut from = seg.start;
+        while let Some(i) = self.finder.find(&buf[from..seg.end]) {
+            buf[from + i..from + i + k].fill(MASK);
+            from += i + k;
+        }
+        // New hold: the longest suffix of (held ++ segment) that is a proper prefix of the token.
+        if self.held.is_empty() || seg.len() >= k - 1 {
+            // Fast path, no allocation: the window lies inside the segment; the leftmost
+            // position whose rest is a token prefix gives the longest hold.
+            let w = seg.end - (k - 1).min(seg.len());
+            let window = &buf[w..seg.end];
+            let start = memchr::memchr_iter(self.token[0], window)
+                .find(|&i| self.token.starts_with(&window[i..]))
+                .map(|i| w + i);
+            self.held_at.clear();
+            self.held.clear();
+            if let Some(p) = start {
+                self.held_at.extend(p..seg.end);
+                self.held.extend_from_slice(&buf[p..seg.end]);
+            }
+            return;
+        }
+        let mut positions: Vec<usize> = Vec::new();
+        let mut bytes: Vec<u8> = Vec::new();
+        let seg_keep = (k - 1).min(seg.len());
+        let old_keep = (k - 1 - seg_keep).min(self.held.len());
+        let old_from = self.held.len() - old_keep;
+        positions.extend_from_slice(&self.held_at[old_from..]);
+        bytes.extend_from_slice(&self.held[old_from..]);
+        positions.extend(seg.end - seg_keep..seg.end);
+        bytes.extend_from_slice(&buf[seg.end - seg_keep..seg.end]);
+        let hold = (1..=bytes.len())
+            .rev()
+            .find(|&n| self.token.starts_with(&bytes[bytes.len() - n..]))
+            .unwrap_or(0);
+        self.held_at.clear();
+        self.held_at
+            .extend_from_slice(&positions[positions.len() - hold..]);
+        self.held.clear();
+        self.held.extend_from_slice(&bytes[bytes.len() - hold..]);
+        zeroize::Zeroize::zeroize(&mut bytes);
+    }
+
+    /// The first buffer position that must not be sent yet, if any is held.
+    pub fn hold_from(&self) -> Option<usize> {
+        self.held_at.first().copied()
+    }
+
+    /// The relay removed the first `n` bytes of its buffer (all before [`Self::hold_from`]).
+    pub fn shift(&mut self, n: usize) {
+        for p in &mut self.held_at {
+            *p -= n;
+        }
+    }
+
+    /// The body ended: held bytes can no longer become the token, release them.
+    pub fn finish(&mut self) {
+        self.held_at.clear();
+        self.held.clear();
+    }
+}
+
+/// Masks every occurrence of `token` in `bytes` (a complete response head).
+pub fn mask_all(bytes: &mut [u8], token: &[u8]) {
+    let finder = memmem::Finder::new(token);
+    let mut from = 0;
+    while let Some(i) = finder.find(&bytes[from..]) {
+        bytes[from + i..from + i + token.len()].fill(MASK);
+        from += i + token.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` as payload split at `splits`, sending what the hold allows after each
+    /// segment, as the relay does; returns what the client received.
+    fn stream(token: &[u8], input: &[u8], splits: &[usize]) -> Vec<u8> {
+        let mut s = Scrubber::new(token);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut sent = Vec::new();
+        let mut last = 0;
+        for &cut in splits.iter().chain(std::iter::once(&input.len())) {
+            let start = buf.len();
+            buf.extend_from_slice(&input[last..cut]);
+            last = cut;
+            s.scan(&mut buf, start..buf.len());
+            let upto = s.hold_from().unwrap_or(buf.len());
+            sent.extend_from_slice(&buf[..upto]);
+            buf.drain(..upto);
+            s.shift(upto);
+        }
+        s.finish();
+        sent.extend_from_slice(&buf);
+        sent
+    }
+
+    fn naive(token: &[u8], input: &[u8]) -> Vec<u8> {
+        let mut out = input.to_vec();
+        mask_all(&mut out, token);
+        out
+    }
+
+    #[test]
+    fn masks_a_token_split_at_every_offset() {
+        let token = b"sk-ant-oat01-SECRET";
+        let input = [&b"data: {\"echo\":\""[..], token, b"\"}\n\n"].concat();
+        let want = naive(token, &input);
+        assert!(!want.windows(token.len()).any(|w| w == token));
+        for a in 0..=input.len() {
+            assert_eq!(stream(token, &input, &[a]), want, "split at {a}");
+            for b in a..=input.len() {
+                assert_eq!(stream(token, &input, &[a, b]), want, "split at {a},{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_byte_segments_and_overlapping_prefixes() {
+        let token = b"aab";
+        let input = b"aaab aab aaaab ab aa";
+        let splits: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(stream(token, input, &splits), naive(token, input));
+        assert_eq!(stream(token, input, &[]), b"a*** *** aa*** ab aa");
+    }
+
+    #[test]
+    fn sse_events_are_never_held() {
+        let mut s = Scrubber::new(b"sk-ant-api03-x");
+        let mut buf = b"event: ping\ndata: {}\n\n".to_vec();
+        let len = buf.len();
+        s.scan(&mut buf, 0..len);
+        assert_eq!(s.hold_from(), None);
+    }
+
+    #[test]
+    fn a_prefix_at_the_end_is_held_then_released() {
+        let mut s = Scrubber::new(b"secret");
+        let mut buf = b"data: sec".to_vec();
+        s.scan(&mut buf, 0..9);
+        assert_eq!(s.hold_from(), Some(6));
+        s.finish();
+        assert_eq!(s.hold_from(), None);
+    }
+}

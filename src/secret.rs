@@ -1,0 +1,215 @@
+//! The real token: one type, in memory only.
+//!
+//! [`Token`] has no `Display`; its `Debug` prints nothing of it; its bytes are locked in RAM
+//! (best effort) and wiped on drop. It is validated as visible ASCII (0x21..=0x7E), so it can
+//! never smuggle CR/LF into a header. The upstream header line is rendered once at startup into
+//! the same protected allocation, so the hot path copies it without formatting.
+
+use std::fmt;
+use std::io::Read;
+
+use zeroize::Zeroizing;
+
+use crate::config::TokenHeader;
+use crate::sys;
+
+/// The longest token accepted. Anthropic keys and OAuth tokens are about 100 bytes.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Why the token on stdin was refused. Never carries any of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// stdin was closed without a line, or the line was empty.
+    Missing,
+    /// Longer than [`MAX_TOKEN_LEN`].
+    TooLong,
+    /// A byte outside visible ASCII (space, control, non-ASCII).
+    InvalidByte,
+    /// stdin could not be read.
+    Unreadable,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TokenError::Missing => "proxy: token: expected one line on stdin, got none or an empty one",
+            TokenError::TooLong => "proxy: token: longer than 4096 bytes",
+            TokenError::InvalidByte => {
+                "proxy: token: contains a byte that is not visible ASCII (space, control or non-ASCII)"
+            }
+            TokenError::Unreadable => "proxy: token: could not read stdin",
+        })
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// The real credential and its rendered upstream header line.
+pub struct Token {
+    /// `<Name>: <prefix><token>\r\n`; locked and zeroized with the token.
+    line: Zeroizing<Vec<u8>>,
+    /// Where the raw token sits inside `line`.
+    start: usize,
+    locked: bool,
+}
+
+impl Token {
+    /// Validates a token (already stripped of its line ending) and renders its header line.
+    pub fn new(raw: &[u8], header: TokenHeader) -> Result<Token, TokenError> {
+        if raw.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        if raw.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLong);
+        }
+        if !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            return Err(TokenError::InvalidByte);
+        }
+        let prefix: &[u8] = match header {
+            TokenHeader::Authorization => b"Authorization: Bearer ",
+            TokenHeader::XApiKey => b"x-api-key: ",
+        };
+        // Allocate once at the final size: a growing Vec would leave copies behind.
+        let mut line = Zeroizing::new(Vec::with_capacity(prefix.len() + raw.len() + 2));
+        line.extend_from_slice(prefix);
+        line.extend_from_slice(raw);
+        line.extend_from_slice(b"\r\n");
+        let locked = sys::lock_memory(&line);
+        Ok(Token {
+            start: prefix.len(),
+            line,
+            locked,
+        })
+    }
+
+    /// Reads exactly one line from `input`, strips one trailing LF and CR, and validates it.
+    ///
+    /// Reads into a fixed, zeroized buffer straight from the reader (no `BufRead`, whose buffer
+    /// would keep a copy); anything after the first LF is read into the same buffer and wiped.
+    pub fn read_line(input: &mut impl Read, header: TokenHeader) -> Result<Token, TokenError> {
+        let mut buf = Zeroizing::new(vec![0u8; MAX_TOKEN_LEN + 2]);
+        let mut filled = 0;
+        let end = loop {
+            if let Some(i) = memchr::memchr(b'\n', &buf[..filled]) {
+                break i;
+            }
+            if filled == buf.len() {
+                return Err(TokenError::TooLong);
+            }
+            match input.read(&mut buf[filled..]) {
+                Ok(0) => break filled,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(TokenError::Unreadable),
+            }
+        };
+        let mut line = &buf[..end];
+        if let Some(l) = line.strip_suffix(b"\r") {
+            line = l;
+        }
+        Token::new(line, header)
+    }
+
+    /// The raw token, for the response scrubber.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.line[self.start..self.line.len() - 2]
+    }
+
+    /// The complete upstream header line, CRLF included.
+    pub fn header_line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// Whether the OS agreed to keep the token out of swap.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        // `Zeroizing` wipes `line` after this; unlock only once it is wiped... so wipe first.
+        zeroize::Zeroize::zeroize(&mut *self.line);
+        if self.locked {
+            sys::unlock_memory(&self.line);
+        }
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_one_line_and_strips_crlf() {
+        for input in [
+            &b"sk-ant-abc\n"[..],
+            b"sk-ant-abc\r\n",
+            b"sk-ant-abc",
+            b"sk-ant-abc\nrest\n",
+        ] {
+            let t = Token::read_line(&mut &input[..], TokenHeader::Authorization).unwrap();
+            assert_eq!(t.as_bytes(), b"sk-ant-abc");
+            assert_eq!(t.header_line(), b"Authorization: Bearer sk-ant-abc\r\n");
+        }
+        let t = Token::read_line(&mut &b"k\n"[..], TokenHeader::XApiKey).unwrap();
+        assert_eq!(t.header_line(), b"x-api-key: k\r\n");
+    }
+
+    #[test]
+    fn refuses_bad_tokens_without_echo() {
+        let cases: [(&[u8], TokenError); 7] = [
+            (b"", TokenError::Missing),
+            (b"\n", TokenError::Missing),
+            (b"\r\n", TokenError::Missing),
+            (b"sk ant\n", TokenError::InvalidByte),
+            (b"sk\x01ant\n", TokenError::InvalidByte),
+            (b"sk\rant\n", TokenError::InvalidByte),
+            (b"sk\xc3\xa9\n", TokenError::InvalidByte),
+        ];
+        for (input, want) in cases {
+            let got = Token::read_line(&mut &input[..], TokenHeader::Authorization).unwrap_err();
+            assert_eq!(got, want);
+            assert!(got.to_string().starts_with("proxy: "));
+        }
+        let long = vec![b'a'; MAX_TOKEN_LEN + 1];
+        assert_eq!(
+            Token::new(&long, TokenHeader::Authorization).unwrap_err(),
+            TokenError::TooLong
+        );
+        let mut long_line = vec![b'a'; MAX_TOKEN_LEN * 2];
+        long_line.push(b'\n');
+        assert_eq!(
+            Token::read_line(&mut &long_line[..], TokenHeader::Authorization).unwrap_err(),
+            TokenError::TooLong
+        );
+    }
+
+    #[test]
+    fn debug_shows_nothing_of_the_token() {
+        let t = Token::new(b"sk-ant-secret", TokenHeader::Authorization).unwrap();
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

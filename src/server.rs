@@ -1,0 +1,303 @@
+//! The accept loop, the per-connection loop, and the drain at shutdown.
+//!
+//! Each connection is one task that serves its requests in order (pipelined requests are
+//! answered serially, R32). Shutdown is checked only between requests, so an exchange in
+//! flight is never cut by the drain itself; the grace period in `main` bounds it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::{timeout_at, Instant as TokioInstant};
+
+use crate::config::Config;
+use crate::error::Problem;
+use crate::head::{self, HeadScanner, Method, Request, Rewrite, Route, ScanLimits};
+use crate::relay::{self, Client, Outcome};
+use crate::response;
+use crate::secret::Token;
+use crate::upstream::{Connector, Pool};
+
+/// First read size for a request head; grows up to the head limit.
+const HEAD_READ: usize = 4 * 1024;
+/// A client buffer larger than this is released between requests.
+const IDLE_BUF_KEEP: usize = 8 * 1024;
+/// Longest path written to the log.
+const LOG_PATH_MAX: usize = 256;
+
+/// Everything a connection needs, built once and shared.
+pub struct Proxy {
+    pub cfg: Config,
+    pub token: Token,
+    pub connector: Connector,
+    pub pool: Pool,
+    /// Merge the OAuth beta flag (decided at startup from the token and TARGET).
+    pub oauth_beta: bool,
+}
+
+impl Proxy {
+    fn rewrite(&self) -> Rewrite<'_> {
+        Rewrite {
+            target: &self.cfg.target,
+            credential_line: self.token.header_line(),
+            phantom: self.cfg.phantom.as_ref().map(|p| p.0.as_slice()),
+            oauth_beta: self.oauth_beta,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then waits for the open ones to finish.
+/// The listener is dropped first, so new connections are refused rather than left hanging.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(proxy.cfg.limits.max_connections));
+    // Each task holds a sender; when all are dropped, the drain is over (mini-redis).
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    loop {
+        // Cancel safety: acquire_owned and accept are both cancel-safe; losing the race to
+        // shutdown drops nothing that was accepted.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue, // EMFILE, ECONNABORTED: keep serving the others
+            },
+            _ = shutdown.changed() => break,
+        };
+        let proxy = proxy.clone();
+        let rx = shutdown.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            connection(&proxy, stream, rx).await;
+            drop(permit);
+            drop(done);
+        });
+    }
+    drop(listener);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+}
+
+/// Serves one client connection until it closes, breaks a rule, or the proxy drains.
+async fn connection(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let cfg = &proxy.cfg;
+    let mut client = Client {
+        stream,
+        buf: BytesMut::new(),
+    };
+    let mut scanner = HeadScanner::new();
+    let scan_limits = ScanLimits::request(&cfg.limits);
+    let mut up_head: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut log_path = String::new();
+    let mut served: u32 = 0;
+    loop {
+        if client.buf.is_empty() && client.buf.capacity() > IDLE_BUF_KEEP {
+            client.buf = BytesMut::new();
+        }
+        let head_len = match read_head(
+            proxy,
+            &mut client,
+            &mut scanner,
+            &scan_limits,
+            served,
+            &shutdown,
+        )
+        .await
+        {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(p) => {
+                reject(proxy, &mut client, p, &mut out).await;
+                return;
+            }
+        };
+        let started = Instant::now();
+        served += 1;
+        let parsed = head::parse_request(
+            &client.buf[..head_len],
+            &cfg.limits,
+            &proxy.rewrite(),
+            &mut up_head,
+        );
+        let req: Request = match parsed {
+            Ok(r) => r,
+            Err(p) => {
+                reject(proxy, &mut client, p, &mut out).await;
+                return;
+            }
+        };
+        log_path.clear();
+        let path = &client.buf[req.path.clone()];
+        log_path.push_str(&String::from_utf8_lossy(
+            &path[..path.len().min(LOG_PATH_MAX)],
+        ));
+        client.buf.advance(head_len);
+        scanner.reset();
+
+        // R34/R35 and the per-connection request limit: say so on this response.
+        let close_after = !req.keep_alive
+            || served >= cfg.limits.max_requests_per_connection
+            || *shutdown.borrow();
+        let outcome = match (req.route, req.authorized) {
+            (Route::Health, _) => health(proxy, &mut client, &req, close_after, &mut out).await,
+            (Route::Forward, false) => {
+                // Nothing reaches the upstream; the unread body makes the connection unusable.
+                let o = answer_own(
+                    proxy,
+                    &mut client,
+                    &req,
+                    Problem::Unauthorized,
+                    false,
+                    &mut out,
+                )
+                .await;
+                log_request(req.method, &log_path, &o, started);
+                return;
+            }
+            (Route::Forward, true) => {
+                relay::forward(proxy, &mut client, &req, &up_head, close_after, &mut out).await
+            }
+        };
+        log_request(req.method, &log_path, &outcome, started);
+        if !outcome.client_reusable || close_after {
+            return;
+        }
+    }
+}
+
+/// Reads until a complete head is buffered. `Ok(None)`: the connection should close quietly
+/// (peer closed, keep-alive idle, or shutdown between requests).
+async fn read_head(
+    proxy: &Proxy,
+    client: &mut Client,
+    scanner: &mut HeadScanner,
+    limits: &ScanLimits,
+    served: u32,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<usize>, Problem> {
+    let t = &proxy.cfg.timeouts;
+    let mut shutdown = shutdown.clone();
+    // The first request's head deadline runs from accept; later ones from their first byte,
+    // after a keep-alive idle wait.
+    let mut deadline = (served == 0).then(|| TokioInstant::now() + t.header);
+    loop {
+        if let Some(n) = scanner.scan(&client.buf, limits)? {
+            return Ok(Some(n));
+        }
+        if !client.buf.is_empty() && deadline.is_none() {
+            deadline = Some(TokioInstant::now() + t.header);
+        }
+        let idle = client.buf.is_empty();
+        let until = deadline.unwrap_or_else(|| TokioInstant::now() + t.keepalive);
+        client.buf.reserve(HEAD_READ);
+        // Cancel safety: read_buf is cancel-safe (no bytes are lost if the timer or the
+        // shutdown wins); shutdown only applies while no request has begun.
+        let read = tokio::select! {
+            r = timeout_at(until, client.stream.read_buf(&mut client.buf)) => r,
+            _ = shutdown.changed(), if idle => return Ok(None),
+        };
+        match read {
+            Ok(Ok(0)) if client.buf.is_empty() => return Ok(None),
+            Ok(Ok(0)) => return Err(Problem::ClientAborted),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Ok(None),
+            Err(_) if idle && served > 0 => return Ok(None),
+            Err(_) if idle => return Ok(None),
+            Err(_) => return Err(Problem::HeadTimeout),
+        }
+        if *shutdown.borrow() && client.buf.is_empty() {
+            return Ok(None);
+        }
+    }
+}
+
+/// The proxy's own answer to a request it refused before routing; then the caller closes.
+async fn reject(proxy: &Proxy, client: &mut Client, p: Problem, out: &mut Vec<u8>) {
+    eprintln!("proxy: error: {p}");
+    if p == Problem::ClientAborted {
+        return;
+    }
+    response::error(p, false, true, out);
+    let _ = tokio::time::timeout(
+        proxy.cfg.timeouts.client_write,
+        client.stream.write_all(out),
+    )
+    .await;
+    // Lingering close (R34): stop sending, let the answer drain before the socket closes.
+    let _ = client.stream.shutdown().await;
+}
+
+async fn health(
+    proxy: &Proxy,
+    client: &mut Client,
+    req: &Request,
+    close_after: bool,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    // A body on a health check is not read: close after answering rather than parse it.
+    let close = close_after || req.body.has_bytes();
+    response::health(req.method == Method::Head, close, out);
+    let sent = tokio::time::timeout(
+        proxy.cfg.timeouts.client_write,
+        client.stream.write_all(out),
+    )
+    .await;
+    Outcome {
+        status: 200,
+        bytes: out.len() as u64,
+        client_reusable: !close && matches!(sent, Ok(Ok(()))),
+        failure: None,
+        credential_rejected: false,
+    }
+}
+
+async fn answer_own(
+    proxy: &Proxy,
+    client: &mut Client,
+    req: &Request,
+    p: Problem,
+    reusable: bool,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    response::error(p, req.method == Method::Head, !reusable, out);
+    let sent = tokio::time::timeout(
+        proxy.cfg.timeouts.client_write,
+        client.stream.write_all(out),
+    )
+    .await;
+    let _ = client.stream.shutdown().await;
+    Outcome {
+        status: p.status(),
+        bytes: out.len() as u64,
+        client_reusable: reusable && matches!(sent, Ok(Ok(()))),
+        failure: Some(p),
+        credential_rejected: false,
+    }
+}
+
+/// One line per request (DESIGN: Logs): method, path without query, status, bytes, duration;
+/// plus a failure line with its static reason and side. Nothing else from a request.
+fn log_request(method: Method, path: &str, o: &Outcome, started: Instant) {
+    let ms = started.elapsed().as_millis();
+    eprintln!(
+        "proxy: {} {} {} {}B {}ms",
+        method.as_str(),
+        path,
+        o.status,
+        o.bytes,
+        ms
+    );
+    if let Some(p) = o.failure {
+        eprintln!("proxy: error: {p}");
+    }
+    if o.credential_rejected {
+        eprintln!("proxy: credential rejected by upstream ({})", o.status);
+    }
+}
