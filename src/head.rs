@@ -406,9 +406,7 @@ pub fn parse_request(
                     close = true;
                 } else if item.eq_ignore_ascii_case(b"keep-alive") {
                     // The HTTP/1.1 default; for HTTP/1.0 we close anyway (R35).
-                } else if name_is(item, NOT_HOP_BY_HOP) {
-                    return Err(Problem::BadConnectionOption);
-                } else if option_count == MAX_CONNECTION_OPTIONS {
+                } else if name_is(item, NOT_HOP_BY_HOP) || option_count == MAX_CONNECTION_OPTIONS {
                     return Err(Problem::BadConnectionOption);
                 } else {
                     options[option_count] = item;

@@ -150,7 +150,8 @@ mod tests {
             let start = buf.len();
             buf.extend_from_slice(&input[last..cut]);
             last = cut;
-            s.scan(&mut buf, start..buf.len());
+            let end = buf.len();
+            s.scan(&mut buf, start..end);
             let upto = s.hold_from().unwrap_or(buf.len());
             sent.extend_from_slice(&buf[..upto]);
             buf.drain(..upto);

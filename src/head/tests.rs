@@ -1,1 +1,401 @@
 use super::*;
+use crate::config::{Limits, Target};
+
+const CRED: &[u8] = b"Authorization: Bearer REAL\r\n";
+
+fn target() -> Target {
+    Target::parse("https://api.example.com/base").unwrap()
+}
+
+/// Scans and parses `input` as one whole head with default limits.
+fn run_with(
+    input: &[u8],
+    phantom: Option<&[u8]>,
+    oauth_beta: bool,
+) -> Result<(Request, Vec<u8>), Problem> {
+    let t = target();
+    let limits = Limits::default();
+    let rw = Rewrite {
+        target: &t,
+        credential_line: CRED,
+        phantom,
+        oauth_beta,
+    };
+    let n = HeadScanner::new()
+        .scan(input, &ScanLimits::request(&limits))?
+        .ok_or(Problem::ClientAborted)?;
+    let mut out = Vec::new();
+    let req = parse_request(&input[..n], &limits, &rw, &mut out)?;
+    Ok((req, out))
+}
+
+fn run(input: &[u8]) -> Result<(Request, Vec<u8>), Problem> {
+    run_with(input, None, false)
+}
+
+fn upstream(input: &str) -> String {
+    String::from_utf8(run(input.as_bytes()).expect("accepted").1).unwrap()
+}
+
+#[test]
+fn forwards_a_claude_code_request_canonically() {
+    let got = upstream(
+        "POST /v1/messages?beta=true HTTP/1.1\r\n\
+         Host: host.docker.internal:18080\r\n\
+         Authorization: Bearer phantom\r\n\
+         anthropic-version: 2023-06-01\r\n\
+         X-Api-Key: phantom\r\n\
+         content-type: application/json\r\n\
+         x-stainless-os: Linux\r\n\
+         Content-Length: 2\r\n\r\n",
+    );
+    assert_eq!(
+        got,
+        "POST /base/v1/messages?beta=true HTTP/1.1\r\n\
+         Host: api.example.com\r\n\
+         anthropic-version: 2023-06-01\r\n\
+         content-type: application/json\r\n\
+         x-stainless-os: Linux\r\n\
+         Content-Length: 2\r\n\
+         Authorization: Bearer REAL\r\n\r\n"
+    );
+}
+
+#[test]
+fn removes_hop_by_hop_credentials_and_connection_named_fields() {
+    let got = upstream(
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret , x-other\r\n\
+         X-Secret: s\r\nKeep-Alive: 5\r\nProxy-Connection: k\r\nTE: trailers\r\nTrailer: x\r\n\
+         Proxy-Authorization: Basic x\r\nCookie: c=1\r\nauthorization: Bearer a\r\nAUTHORIZATION: Bearer b\r\n\
+         X-Other: o\r\nX-Keep: k\r\n\r\n",
+    );
+    assert_eq!(got, "GET /base/x HTTP/1.1\r\nHost: api.example.com\r\nX-Keep: k\r\nAuthorization: Bearer REAL\r\n\r\n");
+}
+
+#[test]
+fn absolute_form_uses_only_path_and_query() {
+    for (line, want) in [
+        (
+            "POST http://host.docker.internal:18080/v1/messages?x=1 HTTP/1.1",
+            "POST /base/v1/messages?x=1 HTTP/1.1",
+        ),
+        ("GET HTTPS://evil.example HTTP/1.1", "GET /base/ HTTP/1.1"),
+        (
+            "GET http://evil.example?q=1 HTTP/1.1",
+            "GET /base/?q=1 HTTP/1.1",
+        ),
+    ] {
+        let got = upstream(&format!("{line}\r\nHost: x\r\n\r\n"));
+        assert!(
+            got.starts_with(&format!("{want}\r\nHost: api.example.com\r\n")),
+            "{line} -> {got}"
+        );
+        assert!(!got.contains("evil"));
+    }
+}
+
+#[test]
+fn framing_is_decided_once_and_emitted_canonically() {
+    let (r, out) =
+        run(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n").unwrap();
+    assert_eq!(r.body, BodyKind::Chunked);
+    assert!(out.ends_with(b"Transfer-Encoding: chunked\r\nAuthorization: Bearer REAL\r\n\r\n"));
+    let (r, out) = run(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 000042\r\n\r\n").unwrap();
+    assert_eq!(r.body, BodyKind::Length(42));
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .contains("\r\nContent-Length: 42\r\n"));
+    let (r, _) = run(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(r.body, BodyKind::Empty);
+}
+
+#[test]
+fn keep_alive_follows_version_and_connection() {
+    assert!(
+        run(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .0
+            .keep_alive
+    );
+    assert!(
+        !run(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n")
+            .unwrap()
+            .0
+            .keep_alive
+    );
+    // R35: never persistent with an HTTP/1.0 client, even when it asks.
+    assert!(
+        !run(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .0
+            .keep_alive
+    );
+}
+
+#[test]
+fn expect_100_continue_is_handled_here_and_not_forwarded() {
+    let (r, out) =
+        run(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n")
+            .unwrap();
+    assert!(r.expect_continue);
+    assert!(!String::from_utf8(out)
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains("expect"));
+    // R26: ignored for HTTP/1.0, and pointless without a body.
+    assert!(
+        !run(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .0
+            .expect_continue
+    );
+    assert!(
+        !run(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .0
+            .expect_continue
+    );
+}
+
+#[test]
+fn health_is_routed_locally_only_for_get_and_head_on_the_exact_path() {
+    let route = |s: &str| run(s.as_bytes()).unwrap().0.route;
+    assert_eq!(
+        route("GET /health HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Route::Health
+    );
+    assert_eq!(
+        route("HEAD /health?x HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Route::Health
+    );
+    assert_eq!(
+        route("GET http://h/health HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Route::Health
+    );
+    assert_eq!(
+        route("POST /health HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Route::Forward
+    );
+    assert_eq!(
+        route("GET /health/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Route::Forward
+    );
+    assert_eq!(
+        route("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Route::Forward
+    );
+}
+
+#[test]
+fn the_phantom_token_is_required_when_configured() {
+    let ok = |s: &str| {
+        run_with(s.as_bytes(), Some(b"ph-1"), false)
+            .unwrap()
+            .0
+            .authorized
+    };
+    assert!(ok(
+        "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ph-1\r\n\r\n"
+    ));
+    assert!(ok(
+        "GET / HTTP/1.1\r\nHost: a\r\nauthorization: bearer ph-1\r\n\r\n"
+    ));
+    assert!(ok("GET / HTTP/1.1\r\nHost: a\r\nx-api-key: ph-1\r\n\r\n"));
+    assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+    assert!(!ok(
+        "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ph-2\r\n\r\n"
+    ));
+    assert!(!ok(
+        "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic ph-1\r\n\r\n"
+    ));
+    assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nx-api-key: ph-1x\r\n\r\n"));
+    // Refused requests produce no upstream head at all.
+    let (_, out) = run_with(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Some(b"p"), false).unwrap();
+    assert!(out.is_empty());
+}
+
+#[test]
+fn oauth_beta_is_merged_never_replaced_or_duplicated() {
+    let beta = |s: &str| {
+        let out = String::from_utf8(run_with(s.as_bytes(), None, true).unwrap().1).unwrap();
+        out.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("anthropic-beta:"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        beta("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ["anthropic-beta: oauth-2025-04-20"]
+    );
+    assert_eq!(
+        beta("GET / HTTP/1.1\r\nHost: a\r\nanthropic-beta: tools-2024\r\n\r\n"),
+        ["anthropic-beta: tools-2024,oauth-2025-04-20"]
+    );
+    assert_eq!(
+        beta("GET / HTTP/1.1\r\nHost: a\r\nanthropic-beta: a, oauth-2025-04-20\r\n\r\n"),
+        ["anthropic-beta: a, oauth-2025-04-20"]
+    );
+    assert_eq!(
+        beta("GET / HTTP/1.1\r\nHost: a\r\nAnthropic-Beta: a\r\nanthropic-beta: oauth-2025-04-20\r\n\r\n"),
+        ["Anthropic-Beta: a", "anthropic-beta: oauth-2025-04-20"]
+    );
+}
+
+/// Every class of request the proxy refuses, with the rule it implements.
+#[test]
+fn refuses_what_it_cannot_frame_or_route_with_certainty() {
+    use Problem::*;
+    let cases: &[(&str, &[u8], Problem)] = &[
+        ("R1 TE+CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", BadFraming),
+        ("R1 CL+TE", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", BadFraming),
+        ("R2 chunked not last", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", BadFraming),
+        ("R3 unknown coding", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", UnsupportedCoding),
+        ("R3 gzip then chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedCoding),
+        ("R3 identity", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", UnsupportedCoding),
+        ("R4 chunked twice", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", BadFraming),
+        ("R4 two TE fields", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", BadFraming),
+        ("R5 1.0 with TE", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", BadFraming),
+        ("R6 CL not digits", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", BadFraming),
+        ("R6 CL hex", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\n", BadFraming),
+        ("R6 CL empty", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", BadFraming),
+        ("R7 CL list", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", BadFraming),
+        ("R7 CL twice equal", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", BadFraming),
+        ("R8 CL overflow", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", BadFraming),
+        ("R8 CL over limit", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 33554433\r\n\r\n", BodyTooLarge),
+        ("R12 chunked params", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n\r\n", BadFraming),
+        ("R14 space before colon", b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n", MalformedHead),
+        ("R15 obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", MalformedHead),
+        ("R16 bare LF", b"GET / HTTP/1.1\nHost: a\n\n", MalformedHead),
+        ("R16 LF-terminated head", b"GET / HTTP/1.1\r\nHost: a\r\n\n", MalformedHead),
+        ("R16 bare CR in value", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", MalformedHead),
+        ("R17 NUL in value", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", MalformedHead),
+        ("R18 whitespace-led first field", b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", MalformedHead),
+        ("R19 double space", b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", MalformedHead),
+        ("R19 HTTP/1.2", b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", MalformedHead),
+        ("R19 HTTP/0.9", b"GET /\r\n\r\n", MalformedHead),
+        ("R19 HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", MalformedHead),
+        ("R20 no Host", b"GET / HTTP/1.1\r\n\r\n", BadHost),
+        ("R20 two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BadHost),
+        ("R20 Host with userinfo", b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", BadHost),
+        ("R20 empty Host", b"GET / HTTP/1.1\r\nHost: \r\n\r\n", BadHost),
+        ("R22 CONNECT", b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", MethodNotAllowed),
+        ("R22 asterisk", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("R22 authority-form", b"GET evil:443 HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("R25 TRACE", b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", MethodNotAllowed),
+        ("R26 other expectation", b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", ExpectationFailed),
+        ("R36 lower-case method", b"get / HTTP/1.1\r\nHost: a\r\n\r\n", MethodNotImplemented),
+        ("R36 unknown method", b"PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n", MethodNotImplemented),
+        ("R37 underscore CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 3\r\n\r\n", AmbiguousName),
+        ("R37 underscore TE", b"POST / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n", AmbiguousName),
+        ("R37 underscore key", b"GET / HTTP/1.1\r\nHost: a\r\nX_Api_Key: k\r\n\r\n", AmbiguousName),
+        ("fragment", b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("dot-segment", b"GET /v1/../admin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("encoded dot-segment", b"GET /v1/%2E%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("trailing dot-segment", b"GET /v1/.. HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("backslash", b"GET /v1\\..\\x HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("absolute-form userinfo", b"GET http://u@h/ HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("Upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", UpgradeRefused),
+        ("h2c upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n", UpgradeRefused),
+        ("Connection names CL", b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\n", BadConnectionOption),
+        ("Connection names Host", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n", BadConnectionOption),
+        ("obs-text in TE", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\xff\r\n\r\n", MalformedHead),
+        ("obs-text in Host", b"GET / HTTP/1.1\r\nHost: a\xff\r\n\r\n", MalformedHead),
+    ];
+    for (rule, input, want) in cases {
+        assert_eq!(run(input).map(|_| ()), Err(*want), "{rule}");
+    }
+}
+
+#[test]
+fn obs_text_is_forwarded_in_fields_we_do_not_interpret() {
+    let (_, out) = run(b"GET / HTTP/1.1\r\nHost: a\r\nX-Name: caf\xc3\xa9\r\n\r\n").unwrap();
+    assert!(out.windows(11).any(|w| w == b"X-Name: caf"));
+}
+
+#[test]
+fn leading_empty_lines_are_skipped() {
+    assert!(run(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+}
+
+fn limits_small() -> Limits {
+    Limits {
+        max_request_line: 64,
+        max_field_line: 64,
+        max_head_bytes: 256,
+        max_headers: 8,
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn limits_map_to_their_statuses() {
+    let l = limits_small();
+    let lim = ScanLimits::request(&l);
+    let scan = |b: &[u8]| HeadScanner::new().scan(b, &lim);
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(80));
+    assert_eq!(scan(long_target.as_bytes()), Err(Problem::UriTooLong));
+    // Refused before the line ends: no need to wait for the rest.
+    assert_eq!(
+        scan(&long_target.as_bytes()[..70]),
+        Err(Problem::UriTooLong)
+    );
+    let long_field = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(80));
+    assert_eq!(scan(long_field.as_bytes()), Err(Problem::HeadTooLarge));
+    let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: 1\r\n".repeat(50));
+    assert_eq!(scan(many.as_bytes()), Err(Problem::HeadTooLarge));
+    let nine = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X: 1\r\n".repeat(8));
+    let t = target();
+    let rw = Rewrite {
+        target: &t,
+        credential_line: CRED,
+        phantom: None,
+        oauth_beta: false,
+    };
+    let n = scan(nine.as_bytes()).unwrap().unwrap();
+    assert_eq!(
+        parse_request(&nine.as_bytes()[..n], &l, &rw, &mut Vec::new()),
+        Err(Problem::HeadTooLarge)
+    );
+}
+
+/// The scanner gives the same answer however the bytes arrive.
+#[test]
+fn the_head_scanner_agrees_at_every_split_point() {
+    let l = limits_small();
+    let lim = ScanLimits::request(&l);
+    let inputs: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY",
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\rX: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+    ];
+    for input in inputs {
+        let whole = HeadScanner::new().scan(input, &lim);
+        for split in 0..=input.len() {
+            let mut s = HeadScanner::new();
+            let first = s.scan(&input[..split], &lim);
+            let got = match first {
+                Err(e) => Err(e),
+                Ok(Some(n)) => Ok(Some(n)),
+                Ok(None) => s.scan(input, &lim),
+            };
+            assert_eq!(
+                got,
+                whole,
+                "split at {split} of {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        // And byte by byte.
+        let mut s = HeadScanner::new();
+        let mut got = Ok(None);
+        for end in 1..=input.len() {
+            got = s.scan(&input[..end], &lim);
+            if !matches!(got, Ok(None)) {
+                break;
+            }
+        }
+        assert_eq!(got, whole);
+    }
+}
