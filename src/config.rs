@@ -382,12 +382,6 @@ impl Config {
         size(&var, "MAX_REQUESTS_PER_CONNECTION", &mut reqs, 1)?;
         l.max_requests_per_connection =
             u32::try_from(reqs).map_err(|_| err("MAX_REQUESTS_PER_CONNECTION", "is too large"))?;
-        if l.max_head_bytes < l.max_request_line.max(l.max_field_line) {
-            return Err(err(
-                "MAX_HEAD_BYTES",
-                "must be at least MAX_REQUEST_LINE and MAX_FIELD_LINE",
-            ));
-        }
         size(&var, "POOL_MAX_IDLE", &mut cfg.pool_max_idle, 0)?;
 
         let t = &mut cfg.timeouts;

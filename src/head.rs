@@ -486,6 +486,15 @@ pub fn parse_request(
         authorized,
     };
     out.clear();
+    // Reserve the final size so growing never leaves a copy of the credential in freed memory:
+    // fields are only removed, except Host, framing, the beta flag and the credential.
+    out.reserve(
+        head.len()
+            + rw.target.base_path.len()
+            + rw.target.authority.len()
+            + rw.credential_line.len()
+            + 128,
+    );
     if route == Route::Forward && authorized {
         let beta = match (rw.oauth_beta, has_beta, beta_has_oauth) {
             (false, _, _) | (true, true, true) => Beta::Keep,

@@ -198,13 +198,27 @@ fn healthcheck() -> ExitCode {
         ip => ip,
     };
     let addr = SocketAddr::new(ip, cfg.listen.port());
+    // One deadline for the whole check: each step gets what is left of it.
+    let deadline = std::time::Instant::now() + HEALTHCHECK_TIMEOUT;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(std::io::ErrorKind::TimedOut)
+    };
     let ok = (|| -> std::io::Result<bool> {
-        let mut s = TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
-        s.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
-        s.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+        let mut s = TcpStream::connect_timeout(&addr, left()?)?;
+        s.set_write_timeout(Some(left()?))?;
         s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
         let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
+        let mut got = 0;
+        while got < head.len() {
+            s.set_read_timeout(Some(left()?))?;
+            match s.read(&mut head[got..])? {
+                0 => return Ok(false),
+                n => got += n,
+            }
+        }
         Ok(&head == b"HTTP/1.1 200")
     })();
     match ok {

@@ -20,6 +20,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use zeroize::Zeroizing;
 
 use crate::error::Problem;
 use crate::framing::{self, ChunkError, ChunkLimits, ChunkedDecoder, Step};
@@ -301,7 +302,11 @@ async fn exchange(
     }
 
     // The head and whatever body bytes already arrived go out in one write.
-    let mut scratch = Vec::new();
+    // The head holds our credential: the buffer is wiped when dropped, and sized up front so
+    // no reallocation leaves a copy behind (re-chunking adds at most 4 bytes per input byte).
+    let mut scratch = Zeroizing::new(Vec::with_capacity(
+        up_head.len() + client.buf.len() * 4 + 64,
+    ));
     scratch.extend_from_slice(up_head);
     match upload.frame(&client.buf, &mut scratch) {
         Ok(Framed::Raw(n)) => {
@@ -324,6 +329,8 @@ async fn exchange(
         },
     )
     .await;
+    // Wipe the credential now: the buffer is reused (and may be reallocated) for the body.
+    zeroize::Zeroize::zeroize(&mut *scratch);
     if let Err(p) = wrote {
         if retryable {
             return Exchange::Retry;

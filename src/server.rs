@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{timeout_at, Instant as TokioInstant};
+use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::error::Problem;
@@ -25,6 +26,10 @@ use crate::upstream::{Connector, Pool};
 const HEAD_READ: usize = 4 * 1024;
 /// A client buffer larger than this is released between requests.
 const IDLE_BUF_KEEP: usize = 8 * 1024;
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most bytes discarded while lingering.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// Longest path written to the log.
 const LOG_PATH_MAX: usize = 256;
 
@@ -83,17 +88,40 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
     let _ = done_rx.recv().await;
 }
 
-/// Serves one client connection until it closes, breaks a rule, or the proxy drains.
+/// Serves one client connection, then closes it with a lingering close.
 async fn connection(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
-    let cfg = &proxy.cfg;
     let mut client = Client {
         stream,
         buf: BytesMut::new(),
     };
+    serve_requests(proxy, &mut client, shutdown).await;
+    linger_close(&mut client.stream).await;
+}
+
+/// R34's lingering close: stop sending, then read and discard what the client still sends
+/// (briefly, boundedly) so the kernel does not answer unread input with a reset that destroys
+/// our last response (a 413 or 431 sent while the client was still uploading).
+async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let deadline = TokioInstant::now() + LINGER;
+    let mut sink = [0u8; 1024];
+    let mut discarded = 0;
+    while discarded < LINGER_MAX_BYTES {
+        match timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}
+
+/// Serves requests until the connection closes, breaks a rule, or the proxy drains.
+async fn serve_requests(proxy: &Proxy, client: &mut Client, shutdown: watch::Receiver<bool>) {
+    let cfg = &proxy.cfg;
     let mut scanner = HeadScanner::new();
     let scan_limits = ScanLimits::request(&cfg.limits);
-    let mut up_head: Vec<u8> = Vec::new();
+    // Holds our credential once rewritten: wiped when the connection ends.
+    let mut up_head = Zeroizing::new(Vec::new());
     let mut out: Vec<u8> = Vec::new();
     let mut log_path = String::new();
     let mut served: u32 = 0;
@@ -101,23 +129,15 @@ async fn connection(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<
         if client.buf.is_empty() && client.buf.capacity() > IDLE_BUF_KEEP {
             client.buf = BytesMut::new();
         }
-        let head_len = match read_head(
-            proxy,
-            &mut client,
-            &mut scanner,
-            &scan_limits,
-            served,
-            &shutdown,
-        )
-        .await
-        {
-            Ok(Some(n)) => n,
-            Ok(None) => return,
-            Err(p) => {
-                reject(proxy, &mut client, p, &mut out).await;
-                return;
-            }
-        };
+        let head_len =
+            match read_head(proxy, client, &mut scanner, &scan_limits, served, &shutdown).await {
+                Ok(Some(n)) => n,
+                Ok(None) => return,
+                Err(p) => {
+                    reject(proxy, client, p, &mut out).await;
+                    return;
+                }
+            };
         let started = Instant::now();
         served += 1;
         let parsed = head::parse_request(
@@ -129,7 +149,7 @@ async fn connection(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<
         let req: Request = match parsed {
             Ok(r) => r,
             Err(p) => {
-                reject(proxy, &mut client, p, &mut out).await;
+                reject(proxy, client, p, &mut out).await;
                 return;
             }
         };
@@ -146,23 +166,16 @@ async fn connection(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<
             || served >= cfg.limits.max_requests_per_connection
             || *shutdown.borrow();
         let outcome = match (req.route, req.authorized) {
-            (Route::Health, _) => health(proxy, &mut client, &req, close_after, &mut out).await,
+            (Route::Health, _) => health(proxy, client, &req, close_after, &mut out).await,
             (Route::Forward, false) => {
                 // Nothing reaches the upstream; the unread body makes the connection unusable.
-                let o = answer_own(
-                    proxy,
-                    &mut client,
-                    &req,
-                    Problem::Unauthorized,
-                    false,
-                    &mut out,
-                )
-                .await;
+                let o =
+                    answer_own(proxy, client, &req, Problem::Unauthorized, false, &mut out).await;
                 log_request(req.method, &log_path, &o, started);
                 return;
             }
             (Route::Forward, true) => {
-                relay::forward(proxy, &mut client, &req, &up_head, close_after, &mut out).await
+                relay::forward(proxy, client, &req, &up_head, close_after, &mut out).await
             }
         };
         log_request(req.method, &log_path, &outcome, started);
@@ -230,8 +243,6 @@ async fn reject(proxy: &Proxy, client: &mut Client, p: Problem, out: &mut Vec<u8
         client.stream.write_all(out),
     )
     .await;
-    // Lingering close (R34): stop sending, let the answer drain before the socket closes.
-    let _ = client.stream.shutdown().await;
 }
 
 async fn health(
@@ -272,7 +283,6 @@ async fn answer_own(
         client.stream.write_all(out),
     )
     .await;
-    let _ = client.stream.shutdown().await;
     Outcome {
         status: p.status(),
         bytes: out.len() as u64,
