@@ -1,0 +1,151 @@
+//! Everything a client controls is bounded: head size, line lengths, field count, the time to
+//! send a head, the gaps in a body. Breaches get the proxy's own error (or a close) and nothing
+//! incomplete reaches the upstream.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Send `req` and expect the proxy's `status`/`kind` error, a close, and an untouched upstream.
+fn expect_refused(extra: &[(&str, &str)], req: &[u8], status: u16, kind: &str) {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, extra);
+    let mut c = Client::connect(proxy.addr());
+    let _ = c.try_send(req);
+    let r = c
+        .read_response_to("GET")
+        .unwrap_or_else(|e| panic!("no {status} response: {e}"));
+    r.assert_proxy_error(status, kind);
+    assert!(
+        c.is_closed(CLOSE_BOUND),
+        "connection left open after {status}"
+    );
+    up.assert_untouched();
+}
+
+#[test]
+fn a_request_line_over_max_request_line_gets_414() {
+    let path = format!("/v1/{}", "a".repeat(300));
+    expect_refused(
+        &[("MAX_REQUEST_LINE", "128")],
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        414,
+        "invalid_request_error",
+    );
+}
+
+#[test]
+fn a_field_line_over_max_field_line_gets_431() {
+    let v = "b".repeat(300);
+    expect_refused(
+        &[("MAX_FIELD_LINE", "128")],
+        format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {v}\r\n\r\n").as_bytes(),
+        431,
+        "invalid_request_error",
+    );
+}
+
+#[test]
+fn more_fields_than_max_headers_gets_431() {
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..20 {
+        req.push_str(&format!("X-F{i}: {i}\r\n"));
+    }
+    req.push_str("\r\n");
+    expect_refused(
+        &[("MAX_HEADERS", "10")],
+        req.as_bytes(),
+        431,
+        "invalid_request_error",
+    );
+}
+
+#[test]
+fn a_head_over_max_head_bytes_gets_431() {
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..40 {
+        req.push_str(&format!("X-Field-{i:02}: {}\r\n", "v".repeat(40)));
+    }
+    req.push_str("\r\n");
+    expect_refused(
+        &[("MAX_HEAD_BYTES", "1024")],
+        req.as_bytes(),
+        431,
+        "invalid_request_error",
+    );
+}
+
+#[test]
+fn a_head_not_finished_within_header_timeout_gets_408() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, &[("HEADER_TIMEOUT", "300ms")]);
+    let mut c = Client::connect(proxy.addr());
+    let t = Instant::now();
+    c.send("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
+    let r = c.read_response_to("GET").expect("408 response");
+    r.assert_proxy_error(408, "invalid_request_error");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(c.is_closed(CLOSE_BOUND));
+    up.assert_untouched();
+}
+
+#[test]
+fn a_head_trickled_byte_by_byte_is_still_cut_off_at_header_timeout() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, &[("HEADER_TIMEOUT", "500ms")]);
+    let mut c = Client::connect(proxy.addr());
+    let t = Instant::now();
+    // Keep sending one byte at a time: the deadline is absolute, not reset by each byte.
+    let filler = "X-Slow: ".to_string() + &"s".repeat(4000);
+    c.send("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
+    for b in filler.bytes() {
+        if c.try_send([b]).is_err() || t.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the proxy kept reading a trickled head past HEADER_TIMEOUT"
+    );
+    up.assert_untouched();
+}
+
+#[test]
+fn a_body_that_stalls_past_client_idle_timeout_is_never_completed_upstream() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, &[("CLIENT_IDLE_TIMEOUT", "300ms")]);
+    let mut c = Client::connect(proxy.addr());
+    c.send("POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345");
+    // The proxy either answers 408 or just closes; it must not hang and must not complete it.
+    if let Ok(r) = c.read_response_to("POST") {
+        r.assert_proxy_error(408, "invalid_request_error");
+    }
+    assert!(c.is_closed(CLOSE_BOUND));
+    assert!(
+        up.requests().is_empty(),
+        "an incomplete body was completed upstream"
+    );
+}
+
+#[test]
+fn chunk_extensions_over_max_chunk_ext_get_400() {
+    let ext = "e".repeat(200);
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, &[("MAX_CHUNK_EXT", "64")]);
+    let mut c = Client::connect(proxy.addr());
+    let _ = c.try_send(format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;{ext}\r\na\r\n0\r\n\r\n"
+    ));
+    if let Ok(r) = c.read_response_to("POST") {
+        r.assert_proxy_error(400, "invalid_request_error");
+    }
+    assert!(c.is_closed(CLOSE_BOUND));
+    assert!(up.requests().is_empty());
+}

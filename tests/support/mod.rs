@@ -1,0 +1,87 @@
+//! Test harness for the process-level integration tests.
+//!
+//! - [`proxy`]: the real binary as a child process (clean env, token on stdin, stderr captured,
+//!   listen address from the startup line), plus one-shot process runs for exit-code tests.
+//! - [`upstream`]: recording fixture upstreams, plain and TLS (CA made by rcgen at test time),
+//!   with scripted handlers and canned ones.
+//! - [`client`]: a raw HTTP/1.1 client speaking exact bytes, with keep-alive and pipelining helpers.
+//! - [`wire`]: the strict HTTP/1.1 reader both sides share.
+//! - [`tls`]: the test PKI.
+//!
+//! Everything listens on 127.0.0.1:0, uses blocking std I/O with timeouts, and every wait is
+//! bounded. No test sleeps to synchronise: handlers wait on a [`upstream::Gate`] or
+//! [`upstream::Steps`] that the test opens when it has observed what it needs.
+
+// Each test file uses a different part of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod proxy;
+pub mod tls;
+pub mod upstream;
+pub mod wire;
+
+use std::time::Duration;
+
+pub use client::{get, pipeline, post, roundtrip, Client, Response, Rng};
+pub use proxy::{run, Outcome, Proxy};
+pub use upstream::{handlers, Gate, Steps, UpConn, UpRequest, Upstream};
+pub use wire::{Fields, Framing};
+
+/// Bound on any single read, write or wait in the harness.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound for "the proxy closes the connection" checks.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(3);
+
+/// The token most tests give the proxy. Distinctive so leaks are easy to find.
+pub const TOKEN: &str = "sk-ant-test-REALTOKEN-0123456789abcdef";
+
+/// Start a proxy whose TARGET is `up` (with its CA file if TLS), plus `extra` settings.
+pub fn proxy_for(up: &Upstream, extra: &[(&str, &str)]) -> Proxy {
+    let target = up.target_url();
+    let ca;
+    let mut envs: Vec<(&str, &str)> = vec![("TARGET", target.as_str())];
+    if up.target_url().starts_with("https") {
+        ca = up.ca_file();
+        envs.push(("TARGET_CA_FILE", ca.as_str()));
+    }
+    envs.extend_from_slice(extra);
+    Proxy::spawn(&envs, TOKEN)
+}
+
+/// An `http://127.0.0.1:PORT` URL where nothing listens (a port the OS just gave and took back).
+pub fn dead_target() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The upstream request head the proxy must produce for `target` and `fields` (each a full
+/// `Name: value` line without CRLF), with the framing line if any and the token last.
+pub fn expected_head(
+    method: &str,
+    target: &str,
+    authority: &str,
+    fields: &[&str],
+    framing: Option<&str>,
+) -> String {
+    let mut s = format!("{method} {target} HTTP/1.1\r\nHost: {authority}\r\n");
+    for f in fields {
+        s.push_str(f);
+        s.push_str("\r\n");
+    }
+    if let Some(f) = framing {
+        s.push_str(f);
+        s.push_str("\r\n");
+    }
+    s.push_str(&format!("Authorization: Bearer {TOKEN}\r\n\r\n"));
+    s
+}
+
+/// `s` with every occurrence of [`TOKEN`] replaced by as many `*` (what the proxy's response
+/// scrubbing makes of a reflected token).
+pub fn masked(s: &str) -> String {
+    s.replace(TOKEN, &"*".repeat(TOKEN.len()))
+}

@@ -1,0 +1,95 @@
+//! The real token never reaches the sandbox: wherever an upstream reflects it in a response
+//! (head or body, whole or split across reads and chunks), the client sees as many `*`
+//! instead, with framing and lengths intact.
+
+mod support;
+
+use std::time::Duration;
+
+use support::wire::chunked;
+use support::*;
+
+fn stars() -> String {
+    "*".repeat(TOKEN.len())
+}
+
+#[test]
+fn a_token_reflected_in_a_content_length_body_is_masked_with_the_same_length() {
+    let body = format!(r#"{{"echo":"Bearer {TOKEN}","again":"{TOKEN}"}}"#);
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let up = Upstream::plain().serve(handlers::fixed(resp.as_bytes()));
+    let proxy = proxy_for(&up, &[]);
+    let r = roundtrip(proxy.addr(), get("/v1/models"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body_str(), masked(&body));
+    assert!(!r.body_str().contains(TOKEN));
+}
+
+#[test]
+fn a_token_reflected_in_a_response_header_is_masked() {
+    let resp = format!("HTTP/1.1 200 OK\r\nX-Echo: Bearer {TOKEN}\r\nContent-Length: 2\r\n\r\nok");
+    let up = Upstream::plain().serve(handlers::fixed(resp.as_bytes()));
+    let proxy = proxy_for(&up, &[]);
+    let r = roundtrip(proxy.addr(), get("/v1/models"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.header_str("x-echo"), Some(format!("Bearer {}", stars())));
+    assert_eq!(r.body(), b"ok");
+}
+
+#[test]
+fn a_token_split_across_chunks_and_writes_is_masked() {
+    let payload = format!("data: {TOKEN}\n\n");
+    // Split the token in the middle, across two chunks sent as two paced writes.
+    let cut = "data: ".len() + TOKEN.len() / 2;
+    let first = chunked(&payload.as_bytes()[..cut], &[usize::MAX]);
+    let first = first[..first.len() - 5].to_vec(); // without the last-chunk
+    let second = chunked(&payload.as_bytes()[cut..], &[usize::MAX]);
+    let up = Upstream::plain().serve(move |c: &mut UpConn| {
+        if c.read_request().is_none() {
+            return;
+        }
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let _ = c.send_paced(&[head, &first, &second], Duration::from_millis(20));
+        let _ = c.read_request();
+    });
+    let proxy = proxy_for(&up, &[]);
+    let r = roundtrip(proxy.addr(), post("/v1/messages", "{}"));
+    assert_eq!(r.body_str(), masked(&payload));
+}
+
+#[test]
+fn a_token_prefix_at_the_end_of_a_body_is_delivered_unchanged() {
+    // Bytes that could start the token are held back while undecided; at the end of the body
+    // they must be released as they are.
+    let prefix = &TOKEN[..TOKEN.len() - 3];
+    let body = format!("ends with {prefix}");
+    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{body}");
+    let up = Upstream::plain().serve(handlers::fixed_then_close(resp.as_bytes()));
+    let proxy = proxy_for(&up, &[]);
+    let r = roundtrip(proxy.addr(), get("/v1/models"));
+    assert_eq!(r.body_str(), body);
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let up = Upstream::plain().serve(handlers::fixed(resp.as_bytes()));
+    let proxy = proxy_for(&up, &[]);
+    let r = roundtrip(proxy.addr(), get("/v1/models"));
+    assert_eq!(r.body_str(), body);
+}
+
+#[test]
+fn a_reflected_token_is_masked_for_http_1_0_clients_too() {
+    let body = format!("token={TOKEN}");
+    let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    resp.extend_from_slice(&chunked(body.as_bytes(), &[7]));
+    let up = Upstream::plain().serve(handlers::fixed(&resp));
+    let proxy = proxy_for(&up, &[]);
+    let mut c = Client::connect(proxy.addr());
+    c.send("GET /v1/models HTTP/1.0\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.body_str(), masked(&body));
+}

@@ -1,0 +1,125 @@
+//! Upstream connections are reused only when the previous exchange ended cleanly: never after
+//! excess bytes, a close, or a framing doubt (HARDENING invariant 3, R30).
+
+mod support;
+
+use support::*;
+
+/// Wait until the proxy has logged the exchange for `path`: by then it has returned (or not)
+/// the upstream connection to its pool.
+fn settled(proxy: &Proxy, path: &str) {
+    assert!(
+        proxy.wait_for_stderr(&format!("proxy: GET {path} 200 "), IO_TIMEOUT),
+        "no log line for {path}"
+    );
+}
+
+#[test]
+fn a_clean_upstream_connection_is_reused_for_the_next_request() {
+    let up = Upstream::plain().serve(handlers::echo_target());
+    let proxy = proxy_for(&up, &[]);
+    assert_eq!(roundtrip(proxy.addr(), get("/a")).body_str(), "/a");
+    settled(&proxy, "/a");
+    assert_eq!(roundtrip(proxy.addr(), get("/b")).body_str(), "/b");
+    let reqs = up.wait_requests(2, IO_TIMEOUT);
+    assert_eq!(
+        (reqs[0].conn, reqs[1].conn),
+        (0, 0),
+        "second request did not reuse the idle connection"
+    );
+}
+
+#[test]
+fn with_pool_max_idle_0_every_request_gets_a_new_upstream_connection() {
+    let up = Upstream::plain().serve(handlers::echo_target());
+    let proxy = proxy_for(&up, &[("POOL_MAX_IDLE", "0")]);
+    roundtrip(proxy.addr(), get("/a"));
+    settled(&proxy, "/a");
+    roundtrip(proxy.addr(), get("/b"));
+    let reqs = up.wait_requests(2, IO_TIMEOUT);
+    assert_ne!(reqs[0].conn, reqs[1].conn);
+}
+
+#[test]
+fn an_upstream_connection_that_sent_excess_bytes_is_not_reused() {
+    // Connection 0 answers with bytes beyond its Content-Length (a would-be second response);
+    // any request the proxy sends on it afterwards would be answered by that injected response.
+    let up = Upstream::plain().serve(|c: &mut UpConn| {
+        let first = c.index == 0;
+        while let Some(req) = c.read_request() {
+            let body = req.head.target.clone();
+            let mut out = handlers::ok_text(&req, body.as_bytes());
+            if first {
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED");
+            }
+            if c.send(&out).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&up, &[]);
+    assert_eq!(roundtrip(proxy.addr(), get("/a")).body_str(), "/a");
+    settled(&proxy, "/a");
+    let r = roundtrip(proxy.addr(), get("/b"));
+    assert_eq!(
+        r.body_str(),
+        "/b",
+        "a response injected on a dirty connection was served"
+    );
+    let reqs = up.wait_requests(2, IO_TIMEOUT);
+    assert_ne!(reqs[1].conn, 0, "the dirty connection was reused");
+}
+
+#[test]
+fn an_upstream_connection_that_said_connection_close_is_not_reused() {
+    let up = Upstream::plain().serve(|c: &mut UpConn| {
+        while let Some(req) = c.read_request() {
+            let body = req.head.target.clone();
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if c.send(out.as_bytes()).is_err() {
+                return;
+            }
+            // Keep the socket open: only the header says not to reuse it.
+        }
+    });
+    let proxy = proxy_for(&up, &[]);
+    roundtrip(proxy.addr(), get("/a"));
+    settled(&proxy, "/a");
+    let r = roundtrip(proxy.addr(), get("/b"));
+    assert_eq!(r.body_str(), "/b");
+    let reqs = up.wait_requests(2, IO_TIMEOUT);
+    assert_ne!(reqs[0].conn, reqs[1].conn);
+}
+
+#[test]
+fn an_idle_upstream_connection_the_upstream_closed_is_not_used_for_the_next_post() {
+    let closed = Gate::new();
+    let g = closed.clone();
+    let up = Upstream::plain().serve(move |c: &mut UpConn| {
+        if let Some(req) = c.read_request() {
+            let _ = c.send(&handlers::ok_text(&req, req.head.target.as_bytes()));
+        }
+        if c.index == 0 {
+            c.close();
+            g.open();
+        }
+    });
+    let proxy = proxy_for(&up, &[]);
+    assert_eq!(roundtrip(proxy.addr(), get("/a")).status(), 200);
+    settled(&proxy, "/a");
+    assert!(closed.wait(IO_TIMEOUT));
+    // The pooled connection has been closed by the upstream (its FIN is on the proxy's socket).
+    // The POST must go out on a fresh connection, once (a POST is never retried, R33).
+    let r = roundtrip(proxy.addr(), post("/v1/messages", "{}"));
+    assert_eq!(r.status(), 200, "{}", r.body_str());
+    let reqs = up.wait_requests(2, IO_TIMEOUT);
+    let posts: Vec<usize> = reqs
+        .iter()
+        .filter(|q| q.head.method == "POST")
+        .map(|q| q.conn)
+        .collect();
+    assert_eq!(posts, [1]);
+}
