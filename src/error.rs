@@ -78,8 +78,10 @@ pub enum Problem {
     UpstreamUnreachable,
     /// TLS handshake or certificate verification failed.
     UpstreamTls,
-    /// Connect or handshake took too long.
+    /// TCP connect (with DNS) took too long.
     UpstreamConnectTimeout,
+    /// The TLS handshake took too long.
+    UpstreamTlsTimeout,
     /// No response head within the response timeout.
     UpstreamResponseTimeout,
     /// The response body stalled.
@@ -103,6 +105,7 @@ impl Problem {
             UpstreamUnreachable
             | UpstreamTls
             | UpstreamConnectTimeout
+            | UpstreamTlsTimeout
             | UpstreamResponseTimeout
             | UpstreamIdleTimeout
             | UpstreamMalformed
@@ -133,7 +136,10 @@ impl Problem {
             | UpstreamSwitchedProtocols
             | UpstreamClosed => 502,
             ShuttingDown => 503,
-            UpstreamConnectTimeout | UpstreamResponseTimeout | UpstreamIdleTimeout => 504,
+            UpstreamConnectTimeout
+            | UpstreamTlsTimeout
+            | UpstreamResponseTimeout
+            | UpstreamIdleTimeout => 504,
             // Nobody is listening for these; the connection just closes.
             ClientAborted | ClientWriteStalled => 400,
         }
@@ -178,6 +184,7 @@ impl Problem {
             UpstreamUnreachable => "upstream unreachable",
             UpstreamTls => "upstream TLS failure",
             UpstreamConnectTimeout => "upstream connect timed out",
+            UpstreamTlsTimeout => "upstream TLS handshake timed out",
             UpstreamResponseTimeout => "upstream response timed out",
             UpstreamIdleTimeout => "upstream stalled mid-response",
             UpstreamMalformed => "malformed upstream response",

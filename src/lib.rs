@@ -21,7 +21,7 @@
 //! - [`server`]: accept loop, connection loop, drain.
 //!
 //! Process: [`config`] (environment, limits, timeouts), [`secret`] (the token type),
-//! [`sys`] (the few libc calls), and `main.rs` (flags, token intake, signals).
+//! [`log`] (one write per stderr line), [`sys`] (the few libc calls), and `main.rs` (flags, token intake, signals).
 //!
 //! # The journey of one request
 //!
@@ -43,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod framing;
 pub mod head;
+pub mod log;
 pub mod relay;
 pub mod response;
 pub mod scrub;

@@ -72,7 +72,9 @@ fn main() -> ExitCode {
     };
 
     if !sys::harden_process() {
-        eprintln!("proxy: warning: could not make the process non-dumpable or disable core files");
+        agent_loop_proxy::log!(
+            "warning: could not make the process non-dumpable or disable core files"
+        );
     }
     let token = match read_token(&cfg) {
         Ok(t) => t,
@@ -80,10 +82,14 @@ fn main() -> ExitCode {
     };
     sys::close_stdin();
     if !token.is_locked() {
-        eprintln!("proxy: warning: could not lock the token in memory (mlock); it may be swapped");
+        agent_loop_proxy::log!(
+            "warning: could not lock the token in memory (mlock); it may be swapped"
+        );
     }
     if cfg.phantom.is_none() {
-        eprintln!("proxy: warning: PHANTOM_TOKEN unset; any process that reaches the port can use the token");
+        agent_loop_proxy::log!(
+            "warning: PHANTOM_TOKEN unset; any process that reaches the port can use the token"
+        );
     }
     let oauth_beta = oauth_beta.unwrap_or_else(|| {
         token.as_bytes().starts_with(b"sk-ant-oat")
@@ -114,7 +120,10 @@ fn main() -> ExitCode {
 }
 
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("{msg}");
+    // Messages already start with `proxy: `; one write, as for every log line.
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("{msg}\n").as_bytes());
     ExitCode::from(1)
 }
 
@@ -144,21 +153,18 @@ async fn run(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> ExitCode {
         Ok(s) => s,
         Err(_) => return fail("proxy: cannot install signal handlers"),
     };
-    eprintln!("proxy: listening on {addr}, target {}", proxy.cfg.target);
+    agent_loop_proxy::log!("listening on {addr}, target {}", proxy.cfg.target);
     let grace = proxy.cfg.timeouts.shutdown_grace;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, proxy.clone(), rx));
     signals.recv().await;
-    eprintln!(
-        "proxy: shutting down; draining for up to {}ms",
-        grace.as_millis()
-    );
+    agent_loop_proxy::log!("shutting down; draining for up to {}ms", grace.as_millis());
     let _ = tx.send(true);
     proxy.pool.clear();
     tokio::select! {
-        _ = server => eprintln!("proxy: drained; exiting"),
-        _ = tokio::time::sleep(grace) => eprintln!("proxy: grace period over; closing what is left"),
-        _ = signals.recv() => eprintln!("proxy: second signal; exiting now"),
+        _ = server => agent_loop_proxy::log!("drained; exiting"),
+        _ = tokio::time::sleep(grace) => agent_loop_proxy::log!("grace period over; closing what is left"),
+        _ = signals.recv() => agent_loop_proxy::log!("second signal; exiting now"),
     }
     ExitCode::SUCCESS
 }

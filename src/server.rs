@@ -233,7 +233,7 @@ async fn read_head(
 
 /// The proxy's own answer to a request it refused before routing; then the caller closes.
 async fn reject(proxy: &Proxy, client: &mut Client, p: Problem, out: &mut Vec<u8>) {
-    eprintln!("proxy: error: {p}");
+    crate::log!("error: {p}");
     if p == Problem::ClientAborted {
         return;
     }
@@ -296,8 +296,8 @@ async fn answer_own(
 /// plus a failure line with its static reason and side. Nothing else from a request.
 fn log_request(method: Method, path: &str, o: &Outcome, started: Instant) {
     let ms = started.elapsed().as_millis();
-    eprintln!(
-        "proxy: {} {} {} {}B {}ms",
+    crate::log!(
+        "{} {} {} {}B {}ms",
         method.as_str(),
         path,
         o.status,
@@ -305,9 +305,9 @@ fn log_request(method: Method, path: &str, o: &Outcome, started: Instant) {
         ms
     );
     if let Some(p) = o.failure {
-        eprintln!("proxy: error: {p}");
+        crate::log!("error: {p}");
     }
     if o.credential_rejected {
-        eprintln!("proxy: credential rejected by upstream ({})", o.status);
+        crate::log!("credential rejected by upstream ({})", o.status);
     }
 }

@@ -173,7 +173,7 @@ impl Connector {
         };
         let tls = timeout(self.timeouts.tls, connector.connect(name.clone(), tcp))
             .await
-            .map_err(|_| Problem::UpstreamConnectTimeout)?
+            .map_err(|_| Problem::UpstreamTlsTimeout)?
             .map_err(|_| Problem::UpstreamTls)?;
         // We offered only http/1.1; a server that picked something else is not speaking it.
         if tls
