@@ -45,7 +45,7 @@ pub struct Client {
 }
 
 /// How an exchange ended, for the log and the connection loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Outcome {
     /// Status sent to the client (0 when nothing was sent).
     pub status: u16,
@@ -57,6 +57,9 @@ pub struct Outcome {
     pub failure: Option<Problem>,
     /// The upstream answered 401 or 403 to our credential.
     pub credential_rejected: bool,
+    /// Response bytes reached the client and the response is incomplete: the connection is
+    /// reset rather than closed, so even a close-delimited body cannot look complete.
+    pub cut: bool,
 }
 
 /// How the request body is framed upstream, as bytes arrive.
@@ -232,6 +235,7 @@ async fn answer(
         client_reusable: reusable && sent.is_ok(),
         failure: Some(p),
         credential_rejected: false,
+        cut: false,
     }
 }
 
@@ -252,6 +256,8 @@ struct Download {
     failure: Option<Problem>,
     /// Any byte arrived from the upstream.
     received_any: bool,
+    /// The body was close-delimited (its end cannot be told from a truncation by a FIN).
+    until_close: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -284,6 +290,7 @@ async fn exchange(
         client_reusable: false,
         failure: None,
         credential_rejected: false,
+        cut: false,
     };
 
     // R26: answer 100-continue ourselves, once the upstream is reachable, if the client waits.
@@ -415,6 +422,9 @@ async fn exchange(
             );
         }
         fail(p, &mut outcome);
+        // A Content-Length or chunked body cut short is visibly incomplete after a FIN; a
+        // close-delimited one is not, so that connection is reset instead (R29).
+        outcome.cut = down.until_close;
         return Exchange::Done(outcome);
     }
     if down.upstream_reusable && body_sent {
@@ -493,6 +503,7 @@ async fn relay_response(
         close_client: true,
         failure: None,
         received_any: false,
+        until_close: false,
     };
     let mut rbuf = vec![0u8; RELAY_BUF_START];
     let mut filled = 0;
@@ -549,6 +560,7 @@ async fn relay_response(
     };
     d.status = head.status;
     d.close_client = head.close_client;
+    d.until_close = head.body == response::ResponseBody::UntilClose;
 
     // The body: head and the first body bytes leave in one write.
     let mut tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.token);

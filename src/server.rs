@@ -95,8 +95,25 @@ async fn connection(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<
         stream,
         buf: BytesMut::new(),
     };
-    serve_requests(proxy, &mut client, shutdown).await;
-    linger_close(&mut client.stream).await;
+    match serve_requests(proxy, &mut client, shutdown).await {
+        Close::Graceful => linger_close(&mut client.stream).await,
+        Close::Reset => reset(&client.stream),
+    }
+}
+
+/// How a connection ends.
+enum Close {
+    /// After a complete response, or an answer of our own: FIN, then a lingering close.
+    Graceful,
+    /// A response was cut mid-way: RST, so the client cannot take it for complete (R29).
+    Reset,
+}
+
+/// Makes the coming close send RST. A zero linger never blocks on close, which is what the
+/// deprecation of `set_linger` (a blocking non-zero linger) warns about.
+#[allow(deprecated)]
+fn reset(stream: &TcpStream) {
+    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
 }
 
 /// R34's lingering close: stop sending, then read and discard what the client still sends
@@ -116,7 +133,11 @@ async fn linger_close(stream: &mut TcpStream) {
 }
 
 /// Serves requests until the connection closes, breaks a rule, or the proxy drains.
-async fn serve_requests(proxy: &Proxy, client: &mut Client, shutdown: watch::Receiver<bool>) {
+async fn serve_requests(
+    proxy: &Proxy,
+    client: &mut Client,
+    shutdown: watch::Receiver<bool>,
+) -> Close {
     let cfg = &proxy.cfg;
     let mut scanner = HeadScanner::new();
     let scan_limits = ScanLimits::request(&cfg.limits);
@@ -132,10 +153,10 @@ async fn serve_requests(proxy: &Proxy, client: &mut Client, shutdown: watch::Rec
         let head_len =
             match read_head(proxy, client, &mut scanner, &scan_limits, served, &shutdown).await {
                 Ok(Some(n)) => n,
-                Ok(None) => return,
+                Ok(None) => return Close::Graceful,
                 Err(p) => {
                     reject(proxy, client, p, &mut out).await;
-                    return;
+                    return Close::Graceful;
                 }
             };
         let started = Instant::now();
@@ -150,7 +171,7 @@ async fn serve_requests(proxy: &Proxy, client: &mut Client, shutdown: watch::Rec
             Ok(r) => r,
             Err(p) => {
                 reject(proxy, client, p, &mut out).await;
-                return;
+                return Close::Graceful;
             }
         };
         log_path.clear();
@@ -172,15 +193,18 @@ async fn serve_requests(proxy: &Proxy, client: &mut Client, shutdown: watch::Rec
                 let o =
                     answer_own(proxy, client, &req, Problem::Unauthorized, false, &mut out).await;
                 log_request(req.method, &log_path, &o, started);
-                return;
+                return Close::Graceful;
             }
             (Route::Forward, true) => {
                 relay::forward(proxy, client, &req, &up_head, close_after, &mut out).await
             }
         };
         log_request(req.method, &log_path, &outcome, started);
+        if outcome.cut {
+            return Close::Reset;
+        }
         if !outcome.client_reusable || close_after {
-            return;
+            return Close::Graceful;
         }
     }
 }
@@ -266,6 +290,7 @@ async fn health(
         client_reusable: !close && matches!(sent, Ok(Ok(()))),
         failure: None,
         credential_rejected: false,
+        cut: false,
     }
 }
 
@@ -289,6 +314,7 @@ async fn answer_own(
         client_reusable: reusable && matches!(sent, Ok(Ok(()))),
         failure: Some(p),
         credential_rejected: false,
+        cut: false,
     }
 }
 
