@@ -266,6 +266,21 @@ pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `n` in decimal, without allocating (Content-Length, status codes).
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// The canonical last chunk: no extensions, no trailers (R13: request trailers are dropped).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 

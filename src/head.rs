@@ -580,7 +580,7 @@ fn write_upstream_head(
         BodyKind::Empty => {}
         BodyKind::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            crate::framing::push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
         BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),

@@ -338,6 +338,14 @@ async fn exchange(
     .await;
     // Wipe the credential now: the buffer is reused (and may be reallocated) for the body.
     zeroize::Zeroize::zeroize(&mut *scratch);
+    if upload.is_done() {
+        // Nothing more goes up: give the buffers back before a possibly long stream, so an
+        // idle SSE stream holds only its relay buffer.
+        *scratch = Vec::new();
+        if client.buf.is_empty() {
+            client.buf = BytesMut::new();
+        }
+    }
     if let Err(p) = wrote {
         if retryable {
             return Exchange::Retry;

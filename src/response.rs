@@ -156,7 +156,7 @@ pub fn parse_response(
     out.clear();
     // Our own version (RFC 9110 §6.2), the upstream's status and reason.
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    crate::framing::push_decimal(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");

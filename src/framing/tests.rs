@@ -177,3 +177,12 @@ fn chunk_headers_are_lower_hex_without_padding() {
         assert_eq!(out, format!("{n:x}\r\n").into_bytes());
     }
 }
+
+#[test]
+fn decimals_are_written_without_padding() {
+    for n in [0u64, 7, 10, 200, 33_554_432, u64::MAX] {
+        let mut out = Vec::new();
+        push_decimal(&mut out, n);
+        assert_eq!(out, n.to_string().into_bytes());
+    }
+}
