@@ -240,6 +240,72 @@ impl Client {
     }
 }
 
+/// How a connection's byte stream ended, as [`Client::read_until_end`] saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A read returned 0: the peer sent FIN (a clean end of stream).
+    Eof,
+    /// A read failed with ECONNRESET (or ECONNABORTED): the peer sent RST.
+    Reset,
+    /// No end within the bound.
+    TimedOut,
+    /// Some other read error.
+    Other(ErrorKind),
+}
+
+impl Client {
+    /// Read raw bytes until the stream ends, telling a clean end (FIN) from a reset; bytes
+    /// already buffered come first. Bounded by `bound` in total.
+    pub fn read_until_end(&mut self, bound: Duration) -> (Vec<u8>, Ending) {
+        let mut out = self.wire.buffered().to_vec();
+        let n = out.len();
+        let _ = self.wire.read_up_to(n);
+        let deadline = Instant::now() + bound;
+        let mut buf = [0u8; 65536];
+        let ending = loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break Ending::TimedOut;
+            }
+            self.wire
+                .stream
+                .set_read_timeout(Some(deadline - now))
+                .unwrap();
+            match self.wire.stream.read(&mut buf) {
+                Ok(0) => break Ending::Eof,
+                Ok(k) => out.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    break Ending::Reset
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break Ending::TimedOut
+                }
+                Err(e) => break Ending::Other(e.kind()),
+            }
+        };
+        let _ = self.wire.stream.set_read_timeout(Some(IO_TIMEOUT));
+        (out, ending)
+    }
+
+    /// Read (bounded) until the bytes received and not yet consumed contain `needle`; they
+    /// stay buffered for the next read. False if the stream ended or the bound passed first.
+    pub fn wait_buffered(&mut self, needle: &[u8]) -> bool {
+        while !super::wire::contains(self.wire.buffered(), needle) {
+            match self.wire.fill() {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    }
+}
+
 /// Decoding state for [`Client::read_body_until`].
 #[derive(Default, Debug)]
 pub struct BodyState {

@@ -23,6 +23,7 @@ pub mod wire;
 
 use std::time::Duration;
 
+pub use client::Ending;
 pub use client::{get, pipeline, post, roundtrip, Client, Response, Rng};
 pub use proxy::{run, Outcome, Proxy};
 pub use upstream::{handlers, Gate, Steps, UpConn, UpRequest, Upstream};

@@ -157,10 +157,17 @@ impl Proxy {
         stdin: &[u8],
         close_stdin: bool,
     ) -> Result<Proxy, String> {
-        let mut child = Proxy::command(envs)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn proxy");
+        Proxy::spawn_command(Proxy::command(envs), stdin, close_stdin)
+    }
+
+    /// Like [`Proxy::spawn_with_stdin`], for a command the caller adjusted (another uid, a
+    /// resource limit): usually one from [`Proxy::command`]. stdout is discarded.
+    pub fn spawn_command(
+        mut cmd: Command,
+        stdin: &[u8],
+        close_stdin: bool,
+    ) -> Result<Proxy, String> {
+        let mut child = cmd.stdout(Stdio::null()).spawn().expect("spawn proxy");
         let stderr = Collected::spawn(child.stderr.take().expect("stderr"));
         let mut pipe = child.stdin.take().expect("stdin");
         let _ = pipe.write_all(stdin);

@@ -477,6 +477,11 @@ impl Gate {
         cv.notify_all();
     }
 
+    /// Whether the gate was opened (no waiting).
+    pub fn is_open(&self) -> bool {
+        *self.0 .0.lock().unwrap()
+    }
+
     /// Wait until opened; false on timeout.
     pub fn wait(&self, timeout: Duration) -> bool {
         let (m, cv) = &*self.0;
@@ -580,6 +585,28 @@ pub mod handlers {
         |c: &mut UpConn| {
             let _ = c.read_request();
             c.abort();
+        }
+    }
+
+    /// Read one request head and open `head_seen`; then read its body strictly (by the
+    /// head's framing) and open `body_complete` only if all of it arrived. `finished` opens
+    /// when the handler is done with the connection (the proxy closed it, or the body ended).
+    /// Never answers: for checking that a refused upload is never completed upstream.
+    pub fn head_then_body(
+        head_seen: Gate,
+        body_complete: Gate,
+        finished: Gate,
+    ) -> impl Fn(&mut UpConn) + Send + Sync + 'static {
+        move |c: &mut UpConn| {
+            if let Some(head) = c.read_head() {
+                head_seen.open();
+                if let Ok(framing) = request_framing(&head) {
+                    if c.wire.read_body(framing).is_ok() {
+                        body_complete.open();
+                    }
+                }
+            }
+            finished.open();
         }
     }
 
