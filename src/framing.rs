@@ -83,12 +83,15 @@ pub enum Step {
     Framing(usize),
     /// The first `n` bytes are payload.
     Data(usize),
+    /// The first `n` bytes are chunk-extension or trailer text: framing, but text an upstream
+    /// could fill with anything (the response scrubber masks the token in it too).
+    Meta(usize),
     /// The first `n` bytes were framing and ended the body; anything after is not part of it.
     Done(usize),
 }
 
 /// The incremental chunked decoder.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ChunkedDecoder {
     state: State,
     limits: ChunkLimits,
@@ -125,7 +128,8 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
-    /// Payload bytes seen so far.
+    /// Payload bytes announced by the chunk sizes read so far (counted when a size line
+    /// ends, before the chunk's data arrives).
     pub fn payload_len(&self) -> u64 {
         self.total
     }
@@ -149,15 +153,32 @@ impl ChunkedDecoder {
             }
             _ => {}
         }
+        // A run of framing bytes, or of extension/trailer text: a byte of the other kind ends
+        // it, un-consumed (the decoder is restored to before that byte).
+        let mut run_is_meta = None;
         for (i, &b) in input.iter().enumerate() {
+            let before = *self;
             self.state = self.next(b)?;
+            let is_meta = matches!(self.state, State::Ext | State::Trailer);
+            match run_is_meta {
+                None => run_is_meta = Some(is_meta),
+                Some(m) if m != is_meta => {
+                    *self = before;
+                    return Ok(if m { Step::Meta(i) } else { Step::Framing(i) });
+                }
+                Some(_) => {}
+            }
             match self.state {
                 State::Data => return Ok(Step::Framing(i + 1)),
                 State::Done => return Ok(Step::Done(i + 1)),
                 _ => {}
             }
         }
-        Ok(Step::Framing(input.len()))
+        Ok(if run_is_meta == Some(true) {
+            Step::Meta(input.len())
+        } else {
+            Step::Framing(input.len())
+        })
     }
 
     /// One framing byte. Each arm is one state of the grammar:
@@ -324,7 +345,7 @@ pub fn decode_naive(
             return Err(ChunkError::TooLarge);
         }
         if let Some(ext) = ext {
-            let ext = ext.trim_ascii_start();
+            let ext = &ext[ext.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
             if ext.first().is_none_or(|&b| !is_tchar(b)) || !ext.iter().all(visible) {
                 return Err(ChunkError::Malformed);
             }

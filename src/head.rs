@@ -68,69 +68,63 @@ impl HeadScanner {
     /// RFC 9112 §2.2: a bare CR is invalid and bare LF is only a MAY; we refuse both (R16),
     /// since httparse would accept bare LF and an upstream might not. Empty lines before the
     /// start line are skipped (RFC 9112 §2.2 SHOULD) but count toward the head limit.
+    ///
+    /// The answer does not depend on how the bytes were split into reads: when several rules
+    /// are broken, the one that became certain at the earliest byte is reported.
     pub fn scan(&mut self, buf: &[u8], lim: &ScanLimits) -> Result<Option<usize>, Problem> {
-        while self.pos < buf.len() {
-            let line_limit = if self.seen_start_line {
-                lim.field_line
-            } else {
-                lim.start_line
-            };
-            let rest = &buf[self.pos..];
-            let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
+        loop {
+            let Some(i) = memchr::memchr2(b'\r', b'\n', &buf[self.pos..]) else {
+                // No line ending yet: every byte so far belongs to the current line.
                 self.pos = buf.len();
-                break;
+                return self
+                    .limit_broken(buf.len(), buf.len(), lim)
+                    .map_or(Ok(None), Err);
             };
             let at = self.pos + i;
             if buf[at] == b'\n' {
-                // An LF not preceded by CR (a CR followed by LF was consumed below).
-                return Err(lim.syntax_problem);
+                // An LF without CR (a CRLF is consumed whole below), certain at `at + 1`.
+                return Err(self
+                    .limit_broken(at, at + 1, lim)
+                    .unwrap_or(lim.syntax_problem));
             }
-            // A CR: it must be followed by LF.
             let Some(&next) = buf.get(at + 1) else {
-                self.pos = at; // look at this CR again when more bytes arrive
-                break;
+                // A CR at the end: look at it again when more bytes arrive.
+                self.pos = at;
+                return self.limit_broken(at, buf.len(), lim).map_or(Ok(None), Err);
             };
+            if let Some(p) = self.limit_broken(at, at + 2, lim) {
+                return Err(p);
+            }
             if next != b'\n' {
                 return Err(lim.syntax_problem);
             }
-            let line_len = at - self.line_start;
-            if line_len > line_limit {
-                return Err(self.line_problem(lim));
-            }
+            let empty = at == self.line_start;
             self.pos = at + 2;
             self.line_start = self.pos;
-            if line_len == 0 {
-                if self.seen_start_line {
-                    if self.pos > lim.head {
-                        return Err(lim.head_problem);
-                    }
-                    return Ok(Some(self.pos));
-                }
-                // Leading empty line before the start line: skipped, still counted.
-            } else {
+            if !empty {
                 self.seen_start_line = true;
+            } else if self.seen_start_line {
+                return Ok(Some(self.pos));
             }
+            // An empty line before the start line is skipped (still counted).
         }
-        if self.pos - self.line_start
-            > if self.seen_start_line {
-                lim.field_line
-            } else {
-                lim.start_line
-            }
-        {
-            return Err(self.line_problem(lim));
-        }
-        if buf.len() > lim.head {
-            return Err(lim.head_problem);
-        }
-        Ok(None)
     }
 
-    fn line_problem(&self, lim: &ScanLimits) -> Problem {
-        if self.seen_start_line {
-            lim.head_problem
+    /// The size rule broken once the current line is known to run to `line_end` and `seen`
+    /// bytes have arrived, if any. When both are broken, the one certain at the earlier byte.
+    fn limit_broken(&self, line_end: usize, seen: usize, lim: &ScanLimits) -> Option<Problem> {
+        let (line_limit, line_problem) = if self.seen_start_line {
+            (lim.field_line, lim.head_problem)
         } else {
-            lim.start_line_problem
+            (lim.start_line, lim.start_line_problem)
+        };
+        let line_certain_at = self.line_start.saturating_add(line_limit).saturating_add(1);
+        let head_certain_at = lim.head.saturating_add(1);
+        match (line_end - self.line_start > line_limit, seen > lim.head) {
+            (true, true) if line_certain_at <= head_certain_at => Some(line_problem),
+            (true, false) => Some(line_problem),
+            (_, true) => Some(lim.head_problem),
+            (false, false) => None,
         }
     }
 
@@ -369,8 +363,6 @@ pub fn parse_request(
     let mut options: [&[u8]; MAX_CONNECTION_OPTIONS] = [b""; MAX_CONNECTION_OPTIONS];
     let mut option_count = 0;
     let mut authorized = rw.phantom.is_none();
-    let mut has_beta = false;
-    let mut beta_has_oauth = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -434,10 +426,6 @@ pub fn parse_request(
                 authorized |= constant_time_eq(p, phantom);
             }
         }
-        if rw.oauth_beta && name.eq_ignore_ascii_case(b"anthropic-beta") {
-            has_beta = true;
-            beta_has_oauth |= list_items(value).any(|i| i == OAUTH_BETA);
-        }
     }
     match (version, host_count) {
         (Version::Http11, 1) | (Version::Http10, 0 | 1) => {}
@@ -496,6 +484,16 @@ pub fn parse_request(
             + 128,
     );
     if route == Route::Forward && authorized {
+        let options = &options[..option_count];
+        // Only fields that survive the rewrite count (a `Connection` option removes them).
+        let surviving_beta = req.headers.iter().filter(|h| {
+            h.name.eq_ignore_ascii_case("anthropic-beta") && !name_is(h.name.as_bytes(), options)
+        });
+        let (mut has_beta, mut beta_has_oauth) = (false, false);
+        for h in surviving_beta {
+            has_beta = true;
+            beta_has_oauth |= list_items(h.value).any(|i| i == OAUTH_BETA);
+        }
         let beta = match (rw.oauth_beta, has_beta, beta_has_oauth) {
             (false, _, _) | (true, true, true) => Beta::Keep,
             (true, true, false) => Beta::AppendToFirst,
@@ -505,7 +503,7 @@ pub fn parse_request(
             method,
             prefix_slash,
             target,
-            options: &options[..option_count],
+            options,
             body,
             beta,
         };

@@ -124,7 +124,8 @@ impl Upload {
                             out.extend_from_slice(b"\r\n");
                             pos += n;
                         }
-                        Step::Framing(n) => pos += n,
+                        // Extensions are dropped when re-chunking (R11).
+                        Step::Framing(n) | Step::Meta(n) => pos += n,
                         Step::Done(n) => {
                             // R13: trailers were read within their bound and are dropped.
                             out.extend_from_slice(framing::LAST_CHUNK);

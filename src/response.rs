@@ -119,19 +119,24 @@ pub fn parse_response(
                     close = true;
                 } else if item.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_10 = true;
-                } else if !item.is_empty() && options.len() < 16 {
+                } else if !item.is_empty() {
+                    // No cap: every named field is removed (bounded by the head size).
                     options.push(item);
                 }
             }
         }
     }
 
+    // Conflicting framing fields are refused even where no body follows (HEAD, 204, 304):
+    // they are relayed, and a sender must not send both (RFC 9112 §6.1, §6.3; R1, R6).
+    if (te.is_some() && content_length.is_some()) || cl_count > 1 {
+        return Err(Problem::UpstreamMalformed);
+    }
     // RFC 9112 §6.3, in its order.
     let body = if ctx.request_was_head || interim || status == 204 || status == 304 {
         ResponseBody::None
     } else {
         match (te, content_length) {
-            // R1 for responses: both is a framing conflict; refuse rather than guess (R6).
             (Some(_), Some(_)) => return Err(Problem::UpstreamMalformed),
             // RFC 9112 §6.1: HTTP/1.0 has no transfer codings.
             (Some(_), None) if minor == 0 => return Err(Problem::UpstreamMalformed),
@@ -212,7 +217,11 @@ enum Framing {
 /// scrubbed), and, for an HTTP/1.0 client, the payload alone (de-chunked).
 pub struct BodyTracker<'t> {
     framing: Framing,
+    /// Masks the token in the payload.
     scrub: Scrubber<'t>,
+    /// Masks the token in chunk-extension and trailer text. A token (visible ASCII) cannot
+    /// span a line ending, so this one's hold is released at the end of each such run.
+    meta: Scrubber<'t>,
     dechunk: bool,
 }
 
@@ -227,6 +236,7 @@ impl<'t> BodyTracker<'t> {
         BodyTracker {
             framing,
             scrub: Scrubber::new(token),
+            meta: Scrubber::new(token),
             dechunk: dechunk && body == ResponseBody::Chunked,
         }
     }
@@ -277,6 +287,9 @@ impl<'t> BodyTracker<'t> {
                         | ChunkError::ExtensionTooLong
                         | ChunkError::TrailersTooLarge => Problem::UpstreamMalformed,
                     })?;
+                    if !matches!(step, Step::Meta(_)) {
+                        self.meta.finish();
+                    }
                     match step {
                         Step::Data(n) => {
                             if self.dechunk {
@@ -286,6 +299,17 @@ impl<'t> BodyTracker<'t> {
                             self.scrub.scan(buf, at..at + n);
                             pos += n;
                             end = if self.dechunk { end + n } else { pos };
+                        }
+                        Step::Meta(n) => {
+                            // Relayed as received (no re-framing), so masked like payload;
+                            // dropped altogether when de-chunking.
+                            if !self.dechunk {
+                                self.meta.scan(buf, pos..pos + n);
+                            }
+                            pos += n;
+                            if !self.dechunk {
+                                end = pos;
+                            }
                         }
                         Step::Framing(n) => {
                             pos += n;
@@ -307,8 +331,13 @@ impl<'t> BodyTracker<'t> {
         let excess = done && pos < buf.len();
         if done {
             self.scrub.finish();
+            self.meta.finish();
         }
-        let ready = self.scrub.hold_from().unwrap_or(end).min(end);
+        let held = [self.scrub.hold_from(), self.meta.hold_from()]
+            .into_iter()
+            .flatten()
+            .min();
+        let ready = held.unwrap_or(end).min(end);
         Ok(Advance {
             ready,
             keep: end,
@@ -320,11 +349,13 @@ impl<'t> BodyTracker<'t> {
     /// The relay moved `buf[ready..keep]` to the front.
     pub fn shifted(&mut self, ready: usize) {
         self.scrub.shift(ready);
+        self.meta.shift(ready);
     }
 
     /// The upstream closed: for a close-delimited body this is its end; release held bytes.
     pub fn finish_at_close(&mut self) -> bool {
         self.scrub.finish();
+        self.meta.finish();
         self.until_close()
     }
 }

@@ -29,7 +29,7 @@ fn incremental(
                     payload.extend_from_slice(&input[pos..pos + n]);
                     pos += n;
                 }
-                Step::Framing(n) => pos += n,
+                Step::Framing(n) | Step::Meta(n) => pos += n,
                 Step::Done(n) => return Ok(Some((payload, pos + n))),
             }
         }
@@ -185,4 +185,47 @@ fn decimals_are_written_without_padding() {
         push_decimal(&mut out, n);
         assert_eq!(out, n.to_string().into_bytes());
     }
+}
+
+#[test]
+fn extension_and_trailer_text_is_reported_as_meta() {
+    let input = b"5;ab=c\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
+    let mut d = ChunkedDecoder::new(LIMITS);
+    let mut pos = 0;
+    let mut steps = Vec::new();
+    while pos < input.len() {
+        let s = d.step(&input[pos..]).unwrap();
+        let n = match s {
+            Step::Framing(n) | Step::Meta(n) | Step::Data(n) | Step::Done(n) => n,
+        };
+        steps.push((
+            s,
+            String::from_utf8_lossy(&input[pos..pos + n]).into_owned(),
+        ));
+        pos += n;
+    }
+    let kinds: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|(s, t)| {
+            let k = match s {
+                Step::Framing(_) => "framing",
+                Step::Meta(_) => "meta",
+                Step::Data(_) => "data",
+                Step::Done(_) => "done",
+            };
+            (k, t.as_str())
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("framing", "5;"),
+            ("meta", "ab=c"),
+            ("framing", "\r\n"),
+            ("data", "hello"),
+            ("framing", "\r\n0\r\n"),
+            ("meta", "X-T: 1"),
+            ("done", "\r\n\r\n"),
+        ]
+    );
 }

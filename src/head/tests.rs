@@ -369,6 +369,11 @@ fn the_head_scanner_agrees_at_every_split_point() {
         b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\rX: b\r\n\r\n",
         b"GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        // Fuzz finding: a long line ended by a bare LF is 414 however it is split.
+        b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\n",
+        b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\r\n",
+        // A head over the limit with a bare LF after the limit: 431 however it is split.
+        b"GET / HTTP/1.1\r\nA: 1234567890123456789012345678901234567890\r\nB: 1234567890123456789012345678901234567890\r\nC: 1234567890123456789012345678901234567890\r\nD: 1234567890123456789012345678901234567890\r\nE: 1234567890123456789012345678901234567890\r\nF: 1234567890123456789012345678901234567890\r\nG: x\nH: y\r\n\r\n",
     ];
     for input in inputs {
         let whole = HeadScanner::new().scan(input, &lim);
@@ -398,4 +403,21 @@ fn the_head_scanner_agrees_at_every_split_point() {
         }
         assert_eq!(got, whole);
     }
+}
+
+/// Fuzz finding: the beta decision counts only fields that survive the rewrite.
+#[test]
+fn oauth_beta_is_added_when_the_clients_list_is_a_connection_option() {
+    let (_, out) = run_with(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: anthropic-beta\r\nanthropic-beta: x\r\n\r\n",
+        None,
+        true,
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("\r\nanthropic-beta: oauth-2025-04-20\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("anthropic-beta: x"));
 }

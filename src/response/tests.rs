@@ -258,3 +258,53 @@ fn own_answers_are_anthropic_shaped_and_static() {
     health(false, false, &mut out);
     assert!(out.ends_with(b"\r\n\r\nagent-loop-proxy ok"));
 }
+
+/// Fuzz finding: a reflected token in chunk extensions or trailers (relayed as framed) is
+/// masked too, wherever the reads split it; de-chunked output drops them altogether.
+#[test]
+fn masks_the_token_in_chunk_extensions_and_trailers_at_every_split() {
+    let input = b"1;x=sk-ant-REAL\r\na\r\n0\r\nX-Echo: sk-ant-REAL\r\n\r\n";
+    let want = b"1;x=***********\r\na\r\n0\r\nX-Echo: ***********\r\n\r\n";
+    for a in 0..=input.len() {
+        for b in a..=input.len() {
+            let (sent, done, _) = relay(ResponseBody::Chunked, false, input, &[a, b]).unwrap();
+            assert_eq!(sent, want, "split at {a},{b}");
+            assert!(done);
+            let (sent, _, _) = relay(ResponseBody::Chunked, true, input, &[a, b]).unwrap();
+            assert_eq!(sent, b"a");
+        }
+    }
+}
+
+/// Fuzz finding: every field named by `Connection` is removed, however many.
+#[test]
+fn every_connection_option_is_removed_from_the_response() {
+    let names: Vec<String> = (1..=20).map(|i| format!("x-opt{i}")).collect();
+    let fields: String = names.iter().map(|n| format!("{n}: secret\r\n")).collect();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nConnection: {}\r\n{fields}Content-Length: 0\r\n\r\n",
+        names.join(",")
+    );
+    let (_, out) = parse(head.as_bytes(), &ctx()).unwrap();
+    assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+}
+
+#[test]
+fn conflicting_framing_is_refused_even_without_a_body() {
+    let head = ResponseContext {
+        request_was_head: true,
+        ..ctx()
+    };
+    for h in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+    ] {
+        assert_eq!(parse(h, &head).map(|_| ()), Err(Problem::UpstreamMalformed));
+    }
+    let (_, out) = parse(
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        &ctx(),
+    )
+    .unwrap();
+    assert!(out.contains("Content-Length: 5"));
+}
