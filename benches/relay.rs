@@ -65,6 +65,10 @@ options:
   --targets LIST       comma-separated subset of direct,proxy,nginx
   --transports LIST    comma-separated subset of plain,tls
   --no-nginx           same as --targets direct,proxy
+  --proxy-wrapper CMD  run the proxy under CMD (split on spaces), e.g.
+                       \"valgrind --tool=massif --massif-out-file=/tmp/massif.out\";
+                       for profiling only: its CPU and memory figures are then off
+  --keep-temp          keep the temp dir (proxy and nginx logs, nginx.conf) and print its path
   --list               list the scenarios and exit
 
 nginx is used when installed (apt-get update && apt-get install -y nginx); the bench writes
@@ -79,6 +83,8 @@ struct Args {
     transports: Vec<Transport>,
     filters: Vec<String>,
     list: bool,
+    keep_temp: bool,
+    proxy_wrapper: Vec<String>,
     help: bool,
     /// As given, for RESULTS.md.
     raw: Vec<String>,
@@ -110,6 +116,8 @@ impl Args {
             transports: Transport::ALL.to_vec(),
             filters: Vec::new(),
             list: false,
+            keep_temp: false,
+            proxy_wrapper: Vec::new(),
             help: false,
             raw: Vec::new(),
         };
@@ -122,6 +130,7 @@ impl Args {
                 "--quick" => a.quick = true,
                 "--write-results" => a.write_results = true,
                 "--list" => a.list = true,
+                "--keep-temp" => a.keep_temp = true,
                 "-h" | "--help" => a.help = true,
                 "--no-nginx" => a.targets.retain(|&t| t != Target::Nginx),
                 "--streams" => {
@@ -132,6 +141,12 @@ impl Args {
                     }
                     a.raw.push(format!("--streams {n}"));
                     a.streams = Some(n);
+                    continue;
+                }
+                "--proxy-wrapper" => {
+                    let v = value("--proxy-wrapper")?;
+                    a.proxy_wrapper = v.split_whitespace().map(str::to_string).collect();
+                    a.raw.push(format!("--proxy-wrapper '{v}'"));
                     continue;
                 }
                 "--targets" => {
@@ -170,8 +185,8 @@ impl Args {
     }
 }
 
-/// The bench's temp dir, removed on drop.
-struct TempDir(PathBuf);
+/// The bench's temp dir, removed on drop unless kept.
+struct TempDir(PathBuf, bool);
 
 impl TempDir {
     fn new() -> std::io::Result<TempDir> {
@@ -183,12 +198,16 @@ impl TempDir {
             std::process::id()
         ));
         fs::create_dir(&dir)?;
-        Ok(TempDir(dir))
+        Ok(TempDir(dir, false))
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.1 {
+            eprintln!("relay bench: kept {}", self.0.display());
+            return;
+        }
         let _ = fs::remove_dir_all(&self.0);
     }
 }
@@ -208,7 +227,14 @@ fn payload(len: usize) -> Vec<u8> {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::parse(std::env::args().skip(1).collect()) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() {
+        // `cargo bench` always passes --bench; no arguments at all means `cargo test
+        // --benches` (or `--all-targets`), which should not start a minutes-long run.
+        println!("relay bench: not run under cargo test; use `cargo bench --bench relay`");
+        return ExitCode::SUCCESS;
+    }
+    let args = match Args::parse(argv) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("relay bench: {e}\n\n{USAGE}");
@@ -268,13 +294,36 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&args, streams, cpu_middle, pinning)) {
+    let outcome = runtime.block_on(async {
+        // Dropping `run` on a signal stops the proxy, nginx and the upstreams, and removes the
+        // temp dir.
+        tokio::select! {
+            r = run(&args, streams, cpu_middle, pinning) => r,
+            s = interrupted() => Err(format!("interrupted by {s}")),
+        }
+    });
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("relay bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 
@@ -286,7 +335,8 @@ async fn run(
     pinning: String,
 ) -> Result<bool, String> {
     let clock = Instant::now();
-    let dir = TempDir::new().map_err(|e| format!("temp dir: {e}"))?;
+    let mut dir = TempDir::new().map_err(|e| format!("temp dir: {e}"))?;
+    dir.1 = args.keep_temp;
     let tls = tls::make()?;
     let ca_file = dir.0.join("ca.pem");
     fs::write(&ca_file, &tls.ca_pem).map_err(|e| format!("ca.pem: {e}"))?;
@@ -326,6 +376,7 @@ async fn run(
         dir: dir.0.clone(),
         token,
         proxy_bin,
+        proxy_wrapper: args.proxy_wrapper.clone(),
         nginx_bin,
         cpu_middle,
         payload_sha,
@@ -334,6 +385,7 @@ async fn run(
 
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
+    let mut load = report::OtherLoad::default();
     for scenario in Scenario::ALL {
         for transport in Transport::ALL {
             if !args.selects(scenario, transport) {
@@ -351,11 +403,13 @@ async fn run(
                 eprint!("{label:<20} {:<7} ", target.name());
                 let t = Instant::now();
                 match scenarios::run(&ctx, scenario, transport, target).await {
-                    Ok(values) => {
-                        for (row, v) in cells.iter_mut().zip(values) {
+                    Ok(r) => {
+                        for (row, v) in cells.iter_mut().zip(r.values) {
                             row[ti] = v.map_or(Cell::NotApplicable, Cell::Value);
                         }
-                        eprintln!("ok ({:.1} s)", t.elapsed().as_secs_f64());
+                        let secs = t.elapsed().as_secs_f64();
+                        eprintln!("ok ({secs:.1} s, other load {:.2} CPU)", r.other_load);
+                        load.add(&label, target, r.other_load, secs);
                     }
                     Err(e) => {
                         for row in cells.iter_mut() {
@@ -384,7 +438,7 @@ async fn run(
 
     let table = report::table(&outcomes);
     let targets = report::targets(&outcomes, streams);
-    println!("\n{table}\n{targets}");
+    println!("\n{table}\n{targets}\n{}", load.summary());
     if !failures.is_empty() {
         println!("failures:");
         for f in &failures {
@@ -409,11 +463,8 @@ async fn run(
             proxy: procs::version_of(&ctx.proxy_bin),
         };
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS.md");
-        fs::write(
-            &path,
-            report::results_md(&header, &table, &targets, &failures),
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        let md = report::results_md(&header, &table, &targets, &load.summary(), &failures);
+        fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!("relay bench: wrote {}", path.display());
     }
     Ok(failures.is_empty())
