@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use zeroize::Zeroizing;
@@ -26,12 +26,13 @@ use crate::error::Problem;
 use crate::framing::{self, ChunkError, ChunkLimits, ChunkedDecoder, Step};
 use crate::head::{BodyKind, HeadScanner, Request, Version};
 use crate::response::{self, Advance, BodyTracker, ResponseContext, RESPONSE_SCAN};
+use crate::scrub::TokenFinder;
 use crate::server::Proxy;
 use crate::upstream::Stream;
 
 /// First size of the response relay buffer: small, since SSE events are small and idle
 /// streams should cost little memory.
-pub const RELAY_BUF_START: usize = 4 * 1024;
+pub const RELAY_BUF_START: usize = 2 * 1024;
 /// The relay buffer doubles when a read fills it, up to this (bulk downloads).
 pub const RELAY_BUF_MAX: usize = 64 * 1024;
 /// Client reads during a request body.
@@ -180,6 +181,7 @@ pub async fn forward(
     req: &Request,
     up_head: &[u8],
     close_after: bool,
+    finder: &TokenFinder<'_>,
     out: &mut Vec<u8>,
 ) -> Outcome {
     let mut retried = false;
@@ -203,6 +205,7 @@ pub async fn forward(
             up_head,
             close_after,
             retryable,
+            finder,
             out,
         )
         .await
@@ -270,6 +273,7 @@ async fn exchange(
     up_head: &[u8],
     close_after: bool,
     retryable: bool,
+    finder: &TokenFinder<'_>,
     out: &mut Vec<u8>,
 ) -> Exchange {
     let cfg = &proxy.cfg;
@@ -356,53 +360,69 @@ async fn exchange(
 
     let upload_done = AtomicBool::new(upload.is_done());
     let started = AtomicBool::new(false);
-    let (mut ur, mut uw) = tokio::io::split(stream);
-    let (mut cr, mut cw) = client.stream.split();
-    let buf = &mut client.buf;
+    let ctx = ResponseContext {
+        request_was_head: req.method == crate::head::Method::Head,
+        close_client: close_after,
+        dechunk: req.version == Version::Http10,
+        finder,
+    };
 
-    let (up_result, down) = {
-        let up = send_body(
-            &mut cr,
-            buf,
-            &mut uw,
-            &mut upload,
-            &mut scratch,
-            t.client_idle,
-            t.upstream_idle,
-            &upload_done,
-        );
-        let ctx = ResponseContext {
-            request_was_head: req.method == crate::head::Method::Head,
-            close_client: close_after,
-            dechunk: req.version == Version::Http10,
-            token: proxy.token.as_bytes(),
-        };
-        let down = relay_response(
+    let (up_result, down, stream) = if upload.is_done() {
+        // The whole request went out with the head (the usual agent POST): relay the response
+        // on the stream itself, without splitting it.
+        let d = relay_response(
             proxy,
-            &mut ur,
-            &mut cw,
+            &mut stream,
+            &mut client.stream,
             ctx,
             req.version,
             &upload_done,
             &started,
             out,
-        );
-        tokio::pin!(up, down);
-        let mut up_result: Option<Result<(), UploadError>> =
-            upload_done.load(Relaxed).then_some(Ok(()));
-        // Cancel safety: both futures are polled by reference and live until this block
-        // ends. `down` is dropped unfinished only after an upload failure, and then its
-        // partial progress is judged through `started` (whether any byte reached the client).
-        let down = loop {
-            tokio::select! {
-                r = &mut up, if up_result.is_none() => match r {
-                    Err(UploadError::Client(p)) => break Err(p),
-                    other => up_result = Some(other),
-                },
-                d = &mut down => break Ok(d),
-            }
+        )
+        .await;
+        (Some(Ok(())), Ok(d), stream)
+    } else {
+        let (mut ur, mut uw) = tokio::io::split(stream);
+        let (mut cr, mut cw) = client.stream.split();
+        let (up_result, down) = {
+            let up = send_body(
+                &mut cr,
+                &mut client.buf,
+                &mut uw,
+                &mut upload,
+                &mut scratch,
+                t.client_idle,
+                t.upstream_idle,
+                &upload_done,
+            );
+            let down = relay_response(
+                proxy,
+                &mut ur,
+                &mut cw,
+                ctx,
+                req.version,
+                &upload_done,
+                &started,
+                out,
+            );
+            tokio::pin!(up, down);
+            let mut up_result: Option<Result<(), UploadError>> = None;
+            // Cancel safety: both futures are polled by reference and live until this block
+            // ends. `down` is dropped unfinished only after an upload failure, and then its
+            // partial progress is judged through `started` (whether any byte reached the client).
+            let down = loop {
+                tokio::select! {
+                    r = &mut up, if up_result.is_none() => match r {
+                        Err(UploadError::Client(p)) => break Err(p),
+                        other => up_result = Some(other),
+                    },
+                    d = &mut down => break Ok(d),
+                }
+            };
+            (up_result, down)
         };
-        (up_result, down)
+        (up_result, down, ur.unsplit(uw))
     };
 
     let down = match down {
@@ -437,7 +457,7 @@ async fn exchange(
         return Exchange::Done(outcome);
     }
     if down.upstream_reusable && body_sent {
-        proxy.pool.put(ur.unsplit(uw));
+        proxy.pool.put(stream);
     }
     outcome.client_reusable = body_sent && !down.close_client;
     Exchange::Done(outcome)
@@ -496,7 +516,7 @@ async fn send_body(
 #[allow(clippy::too_many_arguments)]
 async fn relay_response(
     proxy: &Proxy,
-    ur: &mut ReadHalf<Stream>,
+    ur: &mut (impl AsyncRead + Unpin),
     cw: &mut (impl AsyncWrite + Unpin),
     mut ctx: ResponseContext<'_>,
     version: Version,
@@ -572,7 +592,7 @@ async fn relay_response(
     d.until_close = head.body == response::ResponseBody::UntilClose;
 
     // The body: head and the first body bytes leave in one write.
-    let mut tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.token);
+    let mut tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.finder);
     rbuf.copy_within(head_len..filled, 0);
     filled -= head_len;
     let mut old = 0;

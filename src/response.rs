@@ -5,7 +5,7 @@
 use crate::error::Problem;
 use crate::framing::{ChunkError, ChunkLimits, ChunkedDecoder, Step};
 use crate::head::{parse_content_length, ScanLimits};
-use crate::scrub::{self, Scrubber};
+use crate::scrub::{self, Scrubber, TokenFinder};
 
 /// Largest upstream response head.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -58,8 +58,8 @@ pub struct ResponseContext<'a> {
     pub close_client: bool,
     /// The client speaks HTTP/1.0: a chunked body is de-chunked for it (R31).
     pub dechunk: bool,
-    /// Masked wherever it appears in the head.
-    pub token: &'a [u8],
+    /// Searches for the token, masked wherever it appears in the head.
+    pub finder: &'a TokenFinder<'a>,
 }
 
 /// Upstream hop-by-hop fields (RFC 9110 §7.6.1) not relayed to the client.
@@ -183,7 +183,7 @@ pub fn parse_response(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    scrub::mask_all(out, ctx.token);
+    scrub::mask_all(out, ctx.finder);
     Ok(ResponseHead {
         status,
         interim,
@@ -226,7 +226,7 @@ pub struct BodyTracker<'t> {
 }
 
 impl<'t> BodyTracker<'t> {
-    pub fn new(body: ResponseBody, dechunk: bool, token: &'t [u8]) -> BodyTracker<'t> {
+    pub fn new(body: ResponseBody, dechunk: bool, finder: &'t TokenFinder<'t>) -> BodyTracker<'t> {
         let framing = match body {
             ResponseBody::None | ResponseBody::Length(0) => Framing::None,
             ResponseBody::Length(n) => Framing::Length { remaining: n },
@@ -235,8 +235,8 @@ impl<'t> BodyTracker<'t> {
         };
         BodyTracker {
             framing,
-            scrub: Scrubber::new(token),
-            meta: Scrubber::new(token),
+            scrub: Scrubber::new(finder),
+            meta: Scrubber::new(finder),
             dechunk: dechunk && body == ResponseBody::Chunked,
         }
     }

@@ -15,10 +15,14 @@ use zeroize::Zeroizing;
 /// The byte that replaces each token byte.
 pub const MASK: u8 = b'*';
 
+/// The token's searcher, built once per connection and shared by every scrubber on it
+/// (building one costs about as much as scanning a small response).
+pub type TokenFinder<'t> = memmem::Finder<'t>;
+
 /// Streaming token masker over one response body.
 pub struct Scrubber<'t> {
     token: &'t [u8],
-    finder: memmem::Finder<'t>,
+    finder: &'t TokenFinder<'t>,
     /// Positions (in the relay buffer) of held payload bytes: a proper prefix of the token.
     held_at: Vec<usize>,
     /// Copies of those bytes, zeroized when dropped (they are a part of the token).
@@ -26,11 +30,11 @@ pub struct Scrubber<'t> {
 }
 
 impl<'t> Scrubber<'t> {
-    /// A scrubber for `token` (non-empty).
-    pub fn new(token: &'t [u8]) -> Scrubber<'t> {
+    /// A scrubber for the token `finder` searches for (non-empty).
+    pub fn new(finder: &'t TokenFinder<'t>) -> Scrubber<'t> {
         Scrubber {
-            token,
-            finder: memmem::Finder::new(token),
+            token: finder.needle(),
+            finder,
             held_at: Vec::new(),
             held: Zeroizing::new(Vec::new()),
         }
@@ -125,9 +129,9 @@ impl<'t> Scrubber<'t> {
     }
 }
 
-/// Masks every occurrence of `token` in `bytes` (a complete response head).
-pub fn mask_all(bytes: &mut [u8], token: &[u8]) {
-    let finder = memmem::Finder::new(token);
+/// Masks every occurrence of the token in `bytes` (a complete response head).
+pub fn mask_all(bytes: &mut [u8], finder: &TokenFinder<'_>) {
+    let token = finder.needle();
     let mut from = 0;
     while let Some(i) = finder.find(&bytes[from..]) {
         bytes[from + i..from + i + token.len()].fill(MASK);
@@ -142,7 +146,8 @@ mod tests {
     /// Feeds `input` as payload split at `splits`, sending what the hold allows after each
     /// segment, as the relay does; returns what the client received.
     fn stream(token: &[u8], input: &[u8], splits: &[usize]) -> Vec<u8> {
-        let mut s = Scrubber::new(token);
+        let finder = TokenFinder::new(token);
+        let mut s = Scrubber::new(&finder);
         let mut buf: Vec<u8> = Vec::new();
         let mut sent = Vec::new();
         let mut last = 0;
@@ -164,7 +169,7 @@ mod tests {
 
     fn naive(token: &[u8], input: &[u8]) -> Vec<u8> {
         let mut out = input.to_vec();
-        mask_all(&mut out, token);
+        mask_all(&mut out, &TokenFinder::new(token));
         out
     }
 
@@ -193,7 +198,8 @@ mod tests {
 
     #[test]
     fn sse_events_are_never_held() {
-        let mut s = Scrubber::new(b"sk-ant-api03-x");
+        let finder = TokenFinder::new(b"sk-ant-api03-x");
+        let mut s = Scrubber::new(&finder);
         let mut buf = b"event: ping\ndata: {}\n\n".to_vec();
         let len = buf.len();
         s.scan(&mut buf, 0..len);
@@ -202,7 +208,8 @@ mod tests {
 
     #[test]
     fn a_prefix_at_the_end_is_held_then_released() {
-        let mut s = Scrubber::new(b"secret");
+        let finder = TokenFinder::new(b"secret");
+        let mut s = Scrubber::new(&finder);
         let mut buf = b"data: sec".to_vec();
         s.scan(&mut buf, 0..9);
         assert_eq!(s.hold_from(), Some(6));

@@ -19,6 +19,7 @@ use crate::error::Problem;
 use crate::head::{self, HeadScanner, Method, Request, Rewrite, Route, ScanLimits};
 use crate::relay::{self, Client, Outcome};
 use crate::response;
+use crate::scrub::TokenFinder;
 use crate::secret::Token;
 use crate::upstream::{Connector, Pool};
 
@@ -146,6 +147,8 @@ async fn serve_requests(
     let mut out: Vec<u8> = Vec::new();
     let mut log_path = String::new();
     let mut served: u32 = 0;
+    // Built once per connection: the searcher for the token in every response on it.
+    let finder = TokenFinder::new(proxy.token.as_bytes());
     loop {
         if client.buf.is_empty() && client.buf.capacity() > IDLE_BUF_KEEP {
             client.buf = BytesMut::new();
@@ -196,7 +199,16 @@ async fn serve_requests(
                 return Close::Graceful;
             }
             (Route::Forward, true) => {
-                relay::forward(proxy, client, &req, &up_head, close_after, &mut out).await
+                relay::forward(
+                    proxy,
+                    client,
+                    &req,
+                    &up_head,
+                    close_after,
+                    &finder,
+                    &mut out,
+                )
+                .await
             }
         };
         log_request(req.method, &log_path, &outcome, started);

@@ -77,6 +77,12 @@ const HOP_BY_HOP_DOWN: &[&[u8]] = &[
     b"upgrade",
 ];
 
+/// The searcher for [`REAL_TOKEN`], built once (as the proxy builds one per connection).
+fn real_finder() -> &'static scrub::TokenFinder<'static> {
+    static FINDER: OnceLock<scrub::TokenFinder<'static>> = OnceLock::new();
+    FINDER.get_or_init(|| scrub::TokenFinder::new(REAL_TOKEN))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Input-derived split points
 // ---------------------------------------------------------------------------------------------
@@ -915,7 +921,7 @@ fn contexts() -> impl Iterator<Item = ResponseContext<'static>> {
         request_was_head: b & 1 != 0,
         close_client: b & 2 != 0,
         dechunk: b & 4 != 0,
-        token: REAL_TOKEN,
+        finder: real_finder(),
     })
 }
 
@@ -1057,7 +1063,7 @@ fn check_response_head(h: &[u8], head: &ResponseHead, ctx: &ResponseContext<'_>,
     // Every other upstream field is relayed in order, masked.
     let mask = |b: &[u8]| {
         let mut v = b.to_vec();
-        scrub::mask_all(&mut v, REAL_TOKEN);
+        scrub::mask_all(&mut v, real_finder());
         v
     };
     let expected: Vec<Field> = up
@@ -1091,7 +1097,7 @@ struct BodyRun {
 /// Drives a [`BodyTracker`] as the relay does: append a read, advance, send `..ready`, move
 /// `ready..keep` to the front; at the end of the input the upstream closes.
 fn drive_body(body: ResponseBody, dechunk: bool, data: &[u8], cuts: &[usize]) -> BodyRun {
-    let mut t = BodyTracker::new(body, dechunk, REAL_TOKEN);
+    let mut t = BodyTracker::new(body, dechunk, real_finder());
     let mut buf: Vec<u8> = Vec::new();
     let mut sent = Vec::new();
     let mut old = 0;
@@ -1148,7 +1154,7 @@ fn drive_body(body: ResponseBody, dechunk: bool, data: &[u8], cuts: &[usize]) ->
 fn check_body(data: &[u8], body: ResponseBody, dechunk: bool) {
     let masked = |b: &[u8]| {
         let mut v = b.to_vec();
-        scrub::mask_all(&mut v, REAL_TOKEN);
+        scrub::mask_all(&mut v, real_finder());
         v
     };
     let mut first: Option<BodyRun> = None;

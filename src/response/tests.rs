@@ -1,13 +1,19 @@
 use super::*;
+use crate::scrub::TokenFinder;
 
 const TOKEN: &[u8] = b"sk-ant-REAL";
+
+fn finder() -> &'static TokenFinder<'static> {
+    static FINDER: std::sync::OnceLock<TokenFinder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| TokenFinder::new(TOKEN))
+}
 
 fn ctx() -> ResponseContext<'static> {
     ResponseContext {
         request_was_head: false,
         close_client: false,
         dechunk: false,
-        token: TOKEN,
+        finder: finder(),
     }
 }
 
@@ -144,7 +150,7 @@ fn relay(
     input: &[u8],
     splits: &[usize],
 ) -> Result<(Vec<u8>, bool, bool), Problem> {
-    let mut t = BodyTracker::new(body, dechunk, TOKEN);
+    let mut t = BodyTracker::new(body, dechunk, finder());
     let mut buf: Vec<u8> = Vec::new();
     let mut sent = Vec::new();
     let mut last = 0;
