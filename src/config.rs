@@ -279,6 +279,9 @@ pub struct Config {
     /// `Vec`; its `Debug` is still redacted through [`Phantom`].
     pub phantom: Option<Phantom>,
     pub token_header: TokenHeader,
+    /// Merge the OAuth beta flag into `anthropic-beta` (`OAUTH_BETA`): `None` is `auto`
+    /// (an `sk-ant-oat` token sent to https://api.anthropic.com), decided once the token is read.
+    pub oauth_beta: Option<bool>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub pool_max_idle: usize,
@@ -303,6 +306,7 @@ impl Config {
             ca_file: None,
             phantom: None,
             token_header: TokenHeader::Authorization,
+            oauth_beta: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             pool_max_idle: POOL_MAX_IDLE,
@@ -363,6 +367,12 @@ impl Config {
                 return Err(err("TOKEN_HEADER", "must be authorization or x-api-key"));
             };
         }
+        cfg.oauth_beta = match var("OAUTH_BETA").as_deref() {
+            None | Some("auto") => None,
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            Some(_) => return Err(err("OAUTH_BETA", "must be auto, on or off")),
+        };
 
         let l = &mut cfg.limits;
         size(&var, "MAX_REQUEST_LINE", &mut l.max_request_line, 64)?;
@@ -531,6 +541,7 @@ mod tests {
             ("LISTEN_PORT", "70000"),
             ("LISTEN_ADDR", "localhost"),
             ("TOKEN_HEADER", "cookie"),
+            ("OAUTH_BETA", "yes"),
             ("HEADER_TIMEOUT", "0"),
             ("HEADER_TIMEOUT", "5h"),
             ("MAX_HEADERS", "-1"),

@@ -14,8 +14,8 @@ use std::time::Duration;
 use agent_loop_proxy::config::{Config, Scheme};
 use agent_loop_proxy::secret::Token;
 use agent_loop_proxy::server::{self, Proxy};
+use agent_loop_proxy::sys;
 use agent_loop_proxy::upstream::{Connector, Pool};
-use agent_loop_proxy::{head, sys};
 
 const HELP: &str = "\
 agent-loop-proxy: credential-injection reverse proxy for sandboxed AI coding agents
@@ -56,12 +56,6 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
-    let oauth_beta = match std::env::var("OAUTH_BETA").as_deref() {
-        Ok("on") => Some(true),
-        Ok("off") => Some(false),
-        Ok("auto") | Ok("") | Err(_) => None,
-        Ok(_) => return fail("proxy: OAUTH_BETA: must be auto, on or off"),
-    };
     let connector = match Connector::new(&cfg) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
@@ -91,12 +85,11 @@ fn main() -> ExitCode {
             "warning: PHANTOM_TOKEN unset; any process that reaches the port can use the token"
         );
     }
-    let oauth_beta = oauth_beta.unwrap_or_else(|| {
+    let oauth_beta = cfg.oauth_beta.unwrap_or_else(|| {
         token.as_bytes().starts_with(b"sk-ant-oat")
             && cfg.target.scheme == Scheme::Https
             && cfg.target.host == "api.anthropic.com"
     });
-    let _ = head::OAUTH_BETA;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
