@@ -217,7 +217,7 @@ pub async fn forward(
 }
 
 /// Sends the proxy's own error answer (nothing of a response was sent yet).
-async fn answer(
+pub async fn answer(
     proxy: &Proxy,
     client: &mut Client,
     req: &Request,
@@ -226,18 +226,29 @@ async fn answer(
     out: &mut Vec<u8>,
 ) -> Outcome {
     response::error(p, req.method == crate::head::Method::Head, !reusable, out);
-    let sent = within(
+    send_own(proxy, client, out, p.status(), reusable, Some(p)).await
+}
+
+/// Writes an answer of the proxy's own, already rendered in `out`, within the client write
+/// timeout, and reports it. `reusable`: the answer left the connection's framing certain.
+pub async fn send_own(
+    proxy: &Proxy,
+    client: &mut Client,
+    out: &[u8],
+    status: u16,
+    reusable: bool,
+    failure: Option<Problem>,
+) -> Outcome {
+    let sent = timeout(
         proxy.cfg.timeouts.client_write,
-        Problem::ClientWriteStalled,
-        Problem::ClientWriteStalled,
         client.stream.write_all(out),
     )
     .await;
     Outcome {
-        status: p.status(),
+        status,
         bytes: out.len() as u64,
-        client_reusable: reusable && sent.is_ok(),
-        failure: Some(p),
+        client_reusable: reusable && matches!(sent, Ok(Ok(()))),
+        failure,
         credential_rejected: false,
         cut: false,
     }

@@ -193,8 +193,8 @@ async fn serve_requests(
             (Route::Health, _) => health(proxy, client, &req, close_after, &mut out).await,
             (Route::Forward, false) => {
                 // Nothing reaches the upstream; the unread body makes the connection unusable.
-                let o =
-                    answer_own(proxy, client, &req, Problem::Unauthorized, false, &mut out).await;
+                let o = relay::answer(proxy, client, &req, Problem::Unauthorized, false, &mut out)
+                    .await;
                 log_request(req.method, &log_path, &o, started);
                 return Close::Graceful;
             }
@@ -274,11 +274,7 @@ async fn reject(proxy: &Proxy, client: &mut Client, p: Problem, out: &mut Vec<u8
         return;
     }
     response::error(p, false, true, out);
-    let _ = tokio::time::timeout(
-        proxy.cfg.timeouts.client_write,
-        client.stream.write_all(out),
-    )
-    .await;
+    relay::send_own(proxy, client, out, p.status(), false, Some(p)).await;
 }
 
 async fn health(
@@ -291,43 +287,7 @@ async fn health(
     // A body on a health check is not read: close after answering rather than parse it.
     let close = close_after || req.body.has_bytes();
     response::health(req.method == Method::Head, close, out);
-    let sent = tokio::time::timeout(
-        proxy.cfg.timeouts.client_write,
-        client.stream.write_all(out),
-    )
-    .await;
-    Outcome {
-        status: 200,
-        bytes: out.len() as u64,
-        client_reusable: !close && matches!(sent, Ok(Ok(()))),
-        failure: None,
-        credential_rejected: false,
-        cut: false,
-    }
-}
-
-async fn answer_own(
-    proxy: &Proxy,
-    client: &mut Client,
-    req: &Request,
-    p: Problem,
-    reusable: bool,
-    out: &mut Vec<u8>,
-) -> Outcome {
-    response::error(p, req.method == Method::Head, !reusable, out);
-    let sent = tokio::time::timeout(
-        proxy.cfg.timeouts.client_write,
-        client.stream.write_all(out),
-    )
-    .await;
-    Outcome {
-        status: p.status(),
-        bytes: out.len() as u64,
-        client_reusable: reusable && matches!(sent, Ok(Ok(()))),
-        failure: Some(p),
-        credential_rejected: false,
-        cut: false,
-    }
+    relay::send_own(proxy, client, out, 200, !close, None).await
 }
 
 /// One line per request (DESIGN: Logs): method, path without query, status, bytes, duration;
