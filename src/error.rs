@@ -90,6 +90,9 @@ pub enum Problem {
     UpstreamMalformed,
     /// The upstream tried to switch protocols (101).
     UpstreamSwitchedProtocols,
+    /// The upstream compressed its response although we asked for identity: the token could
+    /// not be masked in it.
+    UpstreamEncoded,
     /// The upstream closed before its response was complete.
     UpstreamClosed,
     // --- the proxy itself ---
@@ -110,6 +113,7 @@ impl Problem {
             | UpstreamIdleTimeout
             | UpstreamMalformed
             | UpstreamSwitchedProtocols
+            | UpstreamEncoded
             | UpstreamClosed => Side::Upstream,
             ShuttingDown => Side::Proxy,
             _ => Side::Client,
@@ -134,6 +138,7 @@ impl Problem {
             | UpstreamTls
             | UpstreamMalformed
             | UpstreamSwitchedProtocols
+            | UpstreamEncoded
             | UpstreamClosed => 502,
             ShuttingDown => 503,
             UpstreamConnectTimeout
@@ -189,6 +194,7 @@ impl Problem {
             UpstreamIdleTimeout => "upstream stalled mid-response",
             UpstreamMalformed => "malformed upstream response",
             UpstreamSwitchedProtocols => "upstream attempted a protocol switch",
+            UpstreamEncoded => "upstream response is content-encoded",
             UpstreamClosed => "upstream closed mid-response",
             ShuttingDown => "shutting down",
         }

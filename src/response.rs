@@ -71,6 +71,15 @@ const HOP_BY_HOP: &[&[u8]] = &[
     b"upgrade",
 ];
 
+/// Whether any element of a comma-separated list satisfies `f`.
+fn list_items_any(value: &[u8], f: impl Fn(&[u8]) -> bool) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|i| !i.is_empty())
+        .any(f)
+}
+
 /// Parses a complete response head (ending with the blank line) and writes the head for the
 /// client into `out` (cleared first), with the token masked.
 pub fn parse_response(
@@ -113,6 +122,11 @@ pub fn parse_response(
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te_count += 1;
             te = Some(h.value);
+        } else if name.eq_ignore_ascii_case(b"content-encoding")
+            && list_items_any(h.value, |i| !i.eq_ignore_ascii_case(b"identity"))
+        {
+            // We asked for identity; a compressed body would hide the token from masking.
+            return Err(Problem::UpstreamEncoded);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for item in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if item.eq_ignore_ascii_case(b"close") {

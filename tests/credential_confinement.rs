@@ -247,6 +247,7 @@ fn beta_cases(
             want.push_str(f);
             want.push_str("\r\n");
         }
+        want.push_str("Accept-Encoding: identity\r\n");
         want.push_str(&format!("Authorization: Bearer {token}\r\n\r\n"));
         assert_eq!(got[i].head_str(), want, "case {i}: {sent:?}");
     }
@@ -339,7 +340,7 @@ fn with_x_api_key_injection_the_phantom_key_is_replaced_by_the_real_key_and_no_a
     let reqs = up.wait_requests(3, IO_TIMEOUT);
     assert_eq!(reqs.len(), 3);
     let want = format!(
-        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nX-A: 1\r\nContent-Length: 2\r\nx-api-key: {TOKEN}\r\n\r\n",
+        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nX-A: 1\r\nAccept-Encoding: identity\r\nContent-Length: 2\r\nx-api-key: {TOKEN}\r\n\r\n",
         up.authority()
     );
     for r in &reqs {

@@ -93,3 +93,30 @@ fn a_reflected_token_is_masked_for_http_1_0_clients_too() {
     let r = c.read_response();
     assert_eq!(r.body_str(), masked(&body));
 }
+
+/// Review finding: masking is an exact byte match, so a sandbox asking for a compressed body
+/// (in which the reflected token is not verbatim) or for ranges shorter than the token would
+/// read it back. The proxy asks the upstream for identity and never forwards a range.
+#[test]
+fn the_sandbox_cannot_defeat_masking_with_compression_or_ranges() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, &[]);
+    let r = roundtrip(
+        proxy.addr(),
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, br\r\nRange: bytes=30-39\r\nIf-Range: \"x\"\r\n\r\n",
+    );
+    assert_eq!(r.status(), 200);
+    let got = up.only_request();
+    assert_eq!(got.all("accept-encoding"), vec![&b"identity"[..]]);
+    assert!(!got.has("range") && !got.has("if-range"));
+    assert!(!r.body_str().contains(TOKEN));
+}
+
+#[test]
+fn a_compressed_response_is_refused_with_502_since_the_token_could_not_be_masked() {
+    let resp =
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n\x1f\x8b\x08\x00";
+    let up = Upstream::plain().serve(handlers::fixed(resp));
+    let proxy = proxy_for(&up, &[]);
+    roundtrip(proxy.addr(), get("/v1/models")).assert_proxy_error(502, "api_error");
+}

@@ -36,6 +36,8 @@ const OAUTH_BETA: &[u8] = b"oauth-2025-04-20";
 /// Transfer-Encoding are checked separately (they are rebuilt, not absent).
 const NEVER_UPSTREAM: &[&[u8]] = &[
     b"x-api-key",
+    b"range",
+    b"if-range",
     b"proxy-authorization",
     b"cookie",
     b"connection",
@@ -65,6 +67,10 @@ const REMOVED_FROM_CLIENT: &[&[u8]] = &[
     b"upgrade",
     b"http2-settings",
     b"expect",
+    // Masking needs verbatim bodies: we send `Accept-Encoding: identity` and no ranges.
+    b"accept-encoding",
+    b"range",
+    b"if-range",
 ];
 
 /// Upstream fields never relayed to the client (RFC 9110 §7.6.1), apart from our own
@@ -707,6 +713,10 @@ fn check_upstream_head(h: &[u8], req: &Request, cfg: &Config, out: &[u8]) {
             f.value.extend_from_slice(OAUTH_BETA);
         }
     }
+    expected.push(Field {
+        name: b"Accept-Encoding".to_vec(),
+        value: b"identity".to_vec(),
+    });
     let framing = usize::from(req.body != BodyKind::Empty);
     let middle = &fields[1..fields.len() - 1 - framing];
     assert_eq!(

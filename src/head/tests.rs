@@ -56,6 +56,7 @@ fn forwards_a_claude_code_request_canonically() {
          anthropic-version: 2023-06-01\r\n\
          content-type: application/json\r\n\
          x-stainless-os: Linux\r\n\
+         Accept-Encoding: identity\r\n\
          Content-Length: 2\r\n\
          Authorization: Bearer REAL\r\n\r\n"
     );
@@ -69,7 +70,7 @@ fn removes_hop_by_hop_credentials_and_connection_named_fields() {
          Proxy-Authorization: Basic x\r\nCookie: c=1\r\nauthorization: Bearer a\r\nAUTHORIZATION: Bearer b\r\n\
          X-Other: o\r\nX-Keep: k\r\n\r\n",
     );
-    assert_eq!(got, "GET /base/x HTTP/1.1\r\nHost: api.example.com\r\nX-Keep: k\r\nAuthorization: Bearer REAL\r\n\r\n");
+    assert_eq!(got, "GET /base/x HTTP/1.1\r\nHost: api.example.com\r\nX-Keep: k\r\nAccept-Encoding: identity\r\nAuthorization: Bearer REAL\r\n\r\n");
 }
 
 #[test]
@@ -420,4 +421,17 @@ fn oauth_beta_is_added_when_the_clients_list_is_a_connection_option() {
         "{out}"
     );
     assert!(!out.contains("anthropic-beta: x"));
+}
+
+/// Review finding: masking is an exact match, so the sandbox may not ask for compressed or
+/// sliced bodies in which the token would not appear verbatim.
+#[test]
+fn the_client_cannot_ask_for_encodings_or_ranges_that_defeat_masking() {
+    let out = upstream(
+        "GET /x HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip, br\r\nRange: bytes=0-9\r\nIf-Range: \"e\"\r\n\r\n",
+    );
+    assert_eq!(
+        out,
+        "GET /base/x HTTP/1.1\r\nHost: api.example.com\r\nAccept-Encoding: identity\r\nAuthorization: Bearer REAL\r\n\r\n"
+    );
 }

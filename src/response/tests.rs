@@ -314,3 +314,18 @@ fn conflicting_framing_is_refused_even_without_a_body() {
     .unwrap();
     assert!(out.contains("Content-Length: 5"));
 }
+
+#[test]
+fn a_content_encoded_response_is_refused_since_the_token_could_not_be_masked() {
+    for h in [
+        &b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: identity, br\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        assert_eq!(parse(h, &ctx()).map(|_| ()), Err(Problem::UpstreamEncoded));
+    }
+    assert!(parse(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Length: 0\r\n\r\n",
+        &ctx()
+    )
+    .is_ok());
+}

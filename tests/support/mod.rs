@@ -73,6 +73,8 @@ pub fn expected_head(
         s.push_str(f);
         s.push_str("\r\n");
     }
+    // Always sent: token masking needs bodies that are not compressed.
+    s.push_str("Accept-Encoding: identity\r\n");
     if let Some(f) = framing {
         s.push_str(f);
         s.push_str("\r\n");
