@@ -271,8 +271,9 @@ struct Download {
     failure: Option<Problem>,
     /// Any byte arrived from the upstream.
     received_any: bool,
-    /// The body was close-delimited (its end cannot be told from a truncation by a FIN).
-    until_close: bool,
+    /// The client sees a close-delimited body (the upstream's was, or it was de-chunked for
+    /// an HTTP/1.0 client): its end cannot be told from a truncation by a FIN.
+    client_close_delimited: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -464,7 +465,7 @@ async fn exchange(
         fail(p, &mut outcome);
         // A Content-Length or chunked body cut short is visibly incomplete after a FIN; a
         // close-delimited one is not, so that connection is reset instead (R29).
-        outcome.cut = down.until_close;
+        outcome.cut = down.client_close_delimited;
         return Exchange::Done(outcome);
     }
     if down.upstream_reusable && body_sent {
@@ -543,7 +544,7 @@ async fn relay_response(
         close_client: true,
         failure: None,
         received_any: false,
-        until_close: false,
+        client_close_delimited: false,
     };
     let mut rbuf = vec![0u8; RELAY_BUF_START];
     let mut filled = 0;
@@ -600,7 +601,8 @@ async fn relay_response(
     };
     d.status = head.status;
     d.close_client = head.close_client;
-    d.until_close = head.body == response::ResponseBody::UntilClose;
+    d.client_close_delimited = head.body == response::ResponseBody::UntilClose
+        || (ctx.dechunk && head.body == response::ResponseBody::Chunked);
 
     // The body: head and the first body bytes leave in one write.
     let mut tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.finder);
@@ -635,7 +637,11 @@ async fn relay_response(
         }
         if adv.done {
             // R30: bytes beyond the message mean the upstream cannot be trusted for the next.
-            d.upstream_reusable = head.upstream_keep_alive && !adv.excess;
+            // Nor is a connection pooled after a response that ends at its head (HEAD, 204,
+            // 304): that is where an upstream that disagrees about a body would send one.
+            d.upstream_reusable = head.upstream_keep_alive
+                && !adv.excess
+                && head.body != response::ResponseBody::None;
             return d;
         }
         rbuf.copy_within(adv.ready..adv.keep, 0);

@@ -133,6 +133,12 @@ pub fn parse_response(
                     close = true;
                 } else if item.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_10 = true;
+                } else if item.eq_ignore_ascii_case(b"content-length")
+                    || item.eq_ignore_ascii_case(b"transfer-encoding")
+                {
+                    // Removing the framing field would leave the client unable to find the
+                    // end of the body (it would read into the next response).
+                    return Err(Problem::UpstreamMalformed);
                 } else if !item.is_empty() {
                     // No cap: every named field is removed (bounded by the head size).
                     options.push(item);

@@ -28,22 +28,24 @@ pub enum Stream {
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        }
-    }
-
     /// A pooled connection is usable only if nothing arrived on it while idle: EOF, an error,
     /// or unsolicited bytes (R30: data with no request outstanding is not a response) all
-    /// mean discard. Checked without blocking, before any byte of a request is written, so a
-    /// stale connection never costs a request (RFC 9112 §9.3.1 forbids retrying a POST).
-    fn is_reusable(&self) -> bool {
+    /// mean discard. Checked without blocking, before pooling and again before any byte of a
+    /// request is written, so a stale connection never costs a request (RFC 9112 §9.3.1
+    /// forbids retrying a POST).
+    ///
+    /// Over TLS the probe reads through rustls, not the socket: bytes an upstream sent after
+    /// its response may already be decrypted and buffered there, where a TCP peek cannot see
+    /// them. A byte consumed by the probe only condemns the connection anyway.
+    fn is_reusable(&mut self) -> bool {
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+        let polled = match self {
+            Stream::Plain(s) => s.poll_peek(&mut cx, &mut buf).map_ok(|_| ()),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(&mut cx, &mut buf),
+        };
+        polled.is_pending()
     }
 }
 
@@ -221,7 +223,7 @@ impl Pool {
     /// A connection that is still fresh and shows no sign of being closed.
     pub fn take(&self) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((stream, since)) = idle.pop() {
+        while let Some((mut stream, since)) = idle.pop() {
             if since.elapsed() < self.idle_timeout && stream.is_reusable() {
                 return Some(stream);
             }
@@ -230,8 +232,9 @@ impl Pool {
     }
 
     /// Returns a connection whose last exchange ended cleanly (the caller decides that).
-    pub fn put(&self, stream: Stream) {
-        if self.max_idle == 0 {
+    /// One with bytes already waiting is dropped instead.
+    pub fn put(&self, mut stream: Stream) {
+        if self.max_idle == 0 || !stream.is_reusable() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());

@@ -122,3 +122,36 @@ fn a_content_length_body_cut_short_by_a_tls_upstream_ends_with_a_fin_after_the_b
     assert_eq!(ending, Ending::Eof);
     assert_eq!(body, PART, "bytes were added to or lost from a cut body");
 }
+
+/// Review finding: a chunked body de-chunked for an HTTP/1.0 client is close-delimited on the
+/// client's side, so a truncation there must reset too, never end with a clean FIN.
+#[test]
+fn a_chunked_body_cut_short_while_de_chunked_for_an_http_1_0_client_resets_it() {
+    let steps = Steps::new();
+    let s = steps.clone();
+    let up = Upstream::plain().serve(move |c: &mut UpConn| {
+        if c.read_request().is_none() {
+            return;
+        }
+        let mut first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        first.extend_from_slice(format!("{:x}\r\n", PART.len()).as_bytes());
+        first.extend_from_slice(PART);
+        first.extend_from_slice(b"\r\n10\r\nwor");
+        let _ = c.send(&first);
+        s.wait_for(1, IO_TIMEOUT);
+        c.close();
+    });
+    let proxy = proxy_for(&up, &[]);
+    let mut c = Client::connect(proxy.addr());
+    c.send("GET /v1/files/f HTTP/1.0\r\n\r\n");
+    let head = c.read_head().expect("response head");
+    assert_eq!(head.status, 200);
+    assert!(c.wait_buffered(PART), "the first part never arrived");
+    steps.step();
+    let (_, ending) = c.read_until_end(IO_TIMEOUT);
+    assert_eq!(
+        ending,
+        Ending::Reset,
+        "a truncated de-chunked body ended like a complete one"
+    );
+}

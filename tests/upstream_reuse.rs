@@ -123,3 +123,66 @@ fn an_idle_upstream_connection_the_upstream_closed_is_not_used_for_the_next_post
         .collect();
     assert_eq!(posts, [1]);
 }
+
+/// Review finding: over TLS, bytes an upstream sends after its response may already be
+/// decrypted inside rustls when the proxy's read ends exactly at the body's end; a TCP peek
+/// cannot see them. The first response here is exactly one relay-buffer read long.
+#[test]
+fn excess_bytes_already_decrypted_inside_tls_are_noticed_before_reuse() {
+    let up = Upstream::tls().serve(|c: &mut UpConn| {
+        let first = c.index == 0;
+        while let Some(req) = c.read_request() {
+            let mut out = if first {
+                let head_len = "HTTP/1.1 200 OK\r\nContent-Length: 2011\r\n\r\n".len();
+                let body = "a".repeat(2048 - head_len);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            } else {
+                handlers::ok_text(&req, req.head.target.as_bytes())
+            };
+            if first {
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED");
+            }
+            if c.send(&out).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&up, &[]);
+    assert_eq!(roundtrip(proxy.addr(), get("/a")).status(), 200);
+    settled(&proxy, "/a");
+    let r = roundtrip(proxy.addr(), get("/b"));
+    assert_eq!(
+        r.body_str(),
+        "/b",
+        "a response injected inside TLS was served"
+    );
+}
+
+/// Review finding: a response that ends at its head (HEAD, 204, 304) is where an upstream
+/// that disagrees about a body would send one; such connections are not pooled.
+#[test]
+fn an_upstream_connection_is_not_reused_after_a_response_to_head() {
+    let up = Upstream::plain().serve(|c: &mut UpConn| {
+        while let Some(req) = c.read_request() {
+            let out = if req.head.method == "HEAD" {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec()
+            } else {
+                handlers::ok_text(&req, req.head.target.as_bytes())
+            };
+            if c.send(&out).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&up, &[]);
+    let r = roundtrip(proxy.addr(), "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status(), 200);
+    assert!(proxy.wait_for_stderr("proxy: HEAD /a 200 ", IO_TIMEOUT));
+    assert_eq!(roundtrip(proxy.addr(), get("/b")).body_str(), "/b");
+    let reqs = up.wait_requests(2, IO_TIMEOUT);
+    assert_ne!(reqs[0].conn, reqs[1].conn, "reused after HEAD");
+}

@@ -329,3 +329,15 @@ fn a_content_encoded_response_is_refused_since_the_token_could_not_be_masked() {
     )
     .is_ok());
 }
+
+/// Review finding: removing a framing field an upstream names in `Connection` would leave
+/// the client reading into the next response.
+#[test]
+fn an_upstream_connection_option_naming_a_framing_field_is_refused() {
+    for h in [
+        &b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nConnection: close, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        assert_eq!(parse(h, &ctx()).map(|_| ()), Err(Problem::UpstreamMalformed));
+    }
+}
