@@ -128,6 +128,14 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Whether the last chunk was read: only trailers (or the end) can follow, no payload.
+    pub fn payload_done(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart | State::Trailer | State::TrailerLf | State::EndLf | State::Done
+        )
+    }
+
     /// Payload bytes announced by the chunk sizes read so far (counted when a size line
     /// ends, before the chunk's data arrives).
     pub fn payload_len(&self) -> u64 {
@@ -202,7 +210,9 @@ impl ChunkedDecoder {
                 self.size = (self.size << 4) | u64::from(hex(b).unwrap_or(0));
                 Size
             }
-            (Size | SizeWs, b' ' | b'\t') => SizeWs,
+            // BWS after the size counts toward the extension limits: unbounded whitespace
+            // would be an unbounded line.
+            (Size | SizeWs, b' ' | b'\t') => self.ext_byte(SizeWs)?,
             (Size | SizeWs, b';') => ExtStart,
             (Size | SizeWs, b'\r') => SizeLf,
             (ExtStart, b' ' | b'\t') => self.ext_byte(ExtStart)?,
@@ -349,11 +359,12 @@ pub fn decode_naive(
             if ext.first().is_none_or(|&b| !is_tchar(b)) || !ext.iter().all(visible) {
                 return Err(ChunkError::Malformed);
             }
-            let len = size_line.len() - size_part.len() - 1;
-            ext_total += len;
-            if len > limits.max_ext_line || ext_total > limits.max_ext_total {
-                return Err(ChunkError::ExtensionTooLong);
-            }
+        }
+        // Everything after the digits but the `;` counts toward the extension limits.
+        let counted = size_line.len() - digits.len() - usize::from(ext.is_some());
+        ext_total += counted;
+        if counted > limits.max_ext_line || ext_total > limits.max_ext_total {
+            return Err(ChunkError::ExtensionTooLong);
         }
         let size = u64::from_str_radix(std::str::from_utf8(digits).unwrap_or("x"), 16)
             .map_err(|_| ChunkError::Malformed)?;

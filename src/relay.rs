@@ -647,15 +647,22 @@ async fn relay_response(
         rbuf.copy_within(adv.ready..adv.keep, 0);
         tracker.shifted(adv.ready);
         filled = adv.keep - adv.ready;
-        old = filled;
         if filled == rbuf.len() {
             if rbuf.len() >= RELAY_BUF_MAX {
-                // Held bytes filled the buffer (a pathological upstream): stop holding.
-                tracker.finish_at_close();
+                // Held bytes filled the whole buffer: only an upstream that interleaves a token
+                // prefix with 64 KiB of chunk framing gets here. Stop holding and send them, so
+                // the next read has room (an empty read would look like the upstream's EOF).
+                tracker.release();
+                if let Err(p) = write_client(cw, &rbuf[..filled], t.client_write).await {
+                    return d.failed(p);
+                }
+                d.bytes += filled as u64;
+                filled = 0;
             } else {
                 rbuf.resize(rbuf.len() * 2, 0);
             }
         }
+        old = filled;
         let n = match within(
             t.upstream_idle,
             Problem::UpstreamIdleTimeout,

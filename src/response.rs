@@ -310,6 +310,10 @@ impl<'t> BodyTracker<'t> {
                     if !matches!(step, Step::Meta(_)) {
                         self.meta.finish();
                     }
+                    if decoder.payload_done() {
+                        // The last chunk was read: no payload byte can complete a held prefix.
+                        self.scrub.finish();
+                    }
                     match step {
                         Step::Data(n) => {
                             if self.dechunk {
@@ -372,10 +376,15 @@ impl<'t> BodyTracker<'t> {
         self.meta.shift(ready);
     }
 
-    /// The upstream closed: for a close-delimited body this is its end; release held bytes.
-    pub fn finish_at_close(&mut self) -> bool {
+    /// Stops holding bytes back: everything processed may be sent.
+    pub fn release(&mut self) {
         self.scrub.finish();
         self.meta.finish();
+    }
+
+    /// The upstream closed: for a close-delimited body this is its end; release held bytes.
+    pub fn finish_at_close(&mut self) -> bool {
+        self.release();
         self.until_close()
     }
 }

@@ -120,3 +120,41 @@ fn a_compressed_response_is_refused_with_502_since_the_token_could_not_be_masked
     let proxy = proxy_for(&up, &[]);
     roundtrip(proxy.addr(), get("/v1/models")).assert_proxy_error(502, "api_error");
 }
+
+/// Review finding: when held bytes (a token prefix spread one byte per chunk between long
+/// extensions) fill the whole relay buffer, the proxy stops holding and sends them; it must
+/// not mistake the full buffer for the upstream's end and cut the response.
+#[test]
+fn a_relay_buffer_full_of_held_bytes_is_sent_on_and_the_response_completes() {
+    let prefix = &TOKEN.as_bytes()[..TOKEN.len() - 1];
+    let mut body = Vec::new();
+    // The first held byte comes first; then nearly the whole 64 KiB extension budget, so the
+    // held region outgrows the 64 KiB relay buffer.
+    for (i, &b) in prefix.iter().enumerate() {
+        let ext = if i == 0 {
+            0
+        } else {
+            65_500 / (prefix.len() - 1)
+        };
+        body.extend_from_slice(b"1");
+        if ext > 0 {
+            body.push(b';');
+            body.extend_from_slice(&vec![b'e'; ext]);
+        }
+        body.extend_from_slice(b"\r\n");
+        body.push(b);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    assert!(body.len() > 64 * 1024);
+    let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    resp.extend_from_slice(&body);
+    let up = Upstream::plain().serve(handlers::fixed(&resp));
+    let proxy = proxy_for(&up, &[]);
+    let r = roundtrip(proxy.addr(), get("/v1/models"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), prefix, "the de-framed payload arrived whole");
+    assert!(!proxy
+        .stderr_so_far()
+        .contains("upstream closed mid-response"));
+}

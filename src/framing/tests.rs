@@ -86,6 +86,8 @@ fn refuses_what_httparse_would_accept() {
         ("bare LF in trailer", b"0\r\nX: 1\n\r\n", Malformed),
         ("bare LF final line", b"0\r\n\n", Malformed),
         ("extension too long", b"1;aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", ExtensionTooLong),
+        // Review finding: whitespace after the size is bounded like an extension.
+        ("unbounded whitespace after the size", b"5                                          \r\nhello\r\n", ExtensionTooLong),
         ("trailers too long", b"0\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n", TrailersTooLarge),
     ];
     for (what, input, want) in cases {

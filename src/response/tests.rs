@@ -341,3 +341,20 @@ fn an_upstream_connection_option_naming_a_framing_field_is_refused() {
         assert_eq!(parse(h, &ctx()).map(|_| ()), Err(Problem::UpstreamMalformed));
     }
 }
+
+/// Review finding: once the last chunk is read no payload can complete a held token prefix,
+/// so the hold is released before the trailers (which may be long).
+#[test]
+fn a_held_token_prefix_is_released_at_the_last_chunk() {
+    let mut t = BodyTracker::new(ResponseBody::Chunked, false, finder());
+    let mut buf = b"5\r\nsk-an\r\n".to_vec();
+    let a = t.advance(&mut buf, 0).unwrap();
+    assert!(
+        a.ready < a.keep,
+        "the prefix is held while payload may follow"
+    );
+    let mut buf = b"5\r\nsk-an\r\n0\r\n".to_vec();
+    let mut t = BodyTracker::new(ResponseBody::Chunked, false, finder());
+    let a = t.advance(&mut buf, 0).unwrap();
+    assert_eq!((a.ready, a.keep), (buf.len(), buf.len()));
+}
