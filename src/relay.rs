@@ -35,6 +35,8 @@ use crate::upstream::Stream;
 pub const RELAY_BUF_START: usize = 2 * 1024;
 /// The relay buffer doubles when a read fills it, up to this (bulk downloads).
 pub const RELAY_BUF_MAX: usize = 64 * 1024;
+/// Interim (1xx) responses relayed before the final one; more is a misbehaving upstream.
+pub const MAX_INTERIM_RESPONSES: usize = 8;
 /// Client reads during a request body.
 pub const UPLOAD_READ: usize = 16 * 1024;
 
@@ -549,6 +551,9 @@ async fn relay_response(
     let mut rbuf = vec![0u8; RELAY_BUF_START];
     let mut filled = 0;
     let mut scanner = HeadScanner::new();
+    // One deadline for the final head, however it trickles in and whatever 1xx precede it.
+    let head_deadline = tokio::time::Instant::now() + t.response;
+    let mut interim = 0;
 
     // The head, after any interim responses (RFC 9110 §15.2).
     let (head, head_len) = loop {
@@ -562,7 +567,7 @@ async fn relay_response(
                 rbuf.resize((rbuf.len() * 2).min(response::MAX_RESPONSE_HEAD + 4), 0);
             }
             match within(
-                t.response,
+                head_deadline.saturating_duration_since(tokio::time::Instant::now()),
                 Problem::UpstreamResponseTimeout,
                 Problem::UpstreamClosed,
                 ur.read(&mut rbuf[filled..]),
@@ -585,6 +590,10 @@ async fn relay_response(
         };
         if !head.interim {
             break (head, head_end);
+        }
+        interim += 1;
+        if interim > MAX_INTERIM_RESPONSES {
+            return d.failed(Problem::UpstreamMalformed);
         }
         // R27: relay 1xx (103 Early Hints...) to HTTP/1.1 clients; drop 100, which answers an
         // expectation we never forwarded.
@@ -614,10 +623,7 @@ async fn relay_response(
         let adv: Advance = match tracker.advance(&mut rbuf[..filled], old) {
             Ok(a) => a,
             Err(p) => {
-                if !first {
-                    return d.failed(p);
-                }
-                // Nothing sent yet: a malformed first body chunk is still a clean 502.
+                // Before the first write this is still a clean 502; after, a cut.
                 return d.failed(p);
             }
         };

@@ -220,3 +220,46 @@ fn an_upstream_that_stalls_mid_chunked_body_never_gets_a_fake_last_chunk() {
     assert!(!r.body.complete, "a fake last-chunk was appended");
     assert_eq!(r.body(), b"abc");
 }
+
+/// Review finding: RESPONSE_TIMEOUT is one deadline for the whole head, not a per-read
+/// allowance that a head trickled byte by byte could stretch without end.
+#[test]
+fn a_response_head_trickled_past_response_timeout_gets_504() {
+    let up = Upstream::plain().serve(|c: &mut UpConn| {
+        if c.read_request().is_none() {
+            return;
+        }
+        let head = b"HTTP/1.1 200 OK\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\nContent-Length: 0\r\n\r\n";
+        let parts: Vec<&[u8]> = head.chunks(1).collect();
+        let _ = c.send_paced(&parts, std::time::Duration::from_millis(20));
+    });
+    let proxy = proxy_for(&up, &[("RESPONSE_TIMEOUT", "300ms")]);
+    roundtrip(proxy.addr(), get("/v1/models")).assert_proxy_error(504, "timeout_error");
+}
+
+/// Review finding: interim responses are capped, so an upstream cannot keep an exchange in
+/// 1xx forever; after the cap the client's connection ends without a final response.
+#[test]
+fn an_upstream_sending_endless_interim_responses_is_cut_off() {
+    let up = Upstream::plain().serve(|c: &mut UpConn| {
+        if c.read_request().is_none() {
+            return;
+        }
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            out.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n");
+        }
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let _ = c.send(&out);
+    });
+    let proxy = proxy_for(&up, &[]);
+    let mut c = Client::connect(proxy.addr());
+    c.send(get("/v1/models"));
+    let (bytes, _) = c.read_until_end(IO_TIMEOUT);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.matches(" 103 ").count() <= 8, "{text}");
+    assert!(
+        !text.contains(" 200 "),
+        "a final response after the cap: {text}"
+    );
+}
