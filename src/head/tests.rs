@@ -294,6 +294,15 @@ fn refuses_what_it_cannot_frame_or_route_with_certainty() {
         ("encoded dot-segment", b"GET /v1/%2E%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
         ("trailing dot-segment", b"GET /v1/.. HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
         ("backslash", b"GET /v1\\..\\x HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        // Review finding: separators and parameters as a normalising upstream sees them.
+        ("encoded slash after dots", b"GET /..%2fx HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("encoded dots and slash", b"GET /%2e%2e%2fadmin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("encoded backslash", b"GET /..%5cadmin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("dot-dot with parameters", b"GET /..;/admin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("dot with parameters", b"GET /.;x=1/admin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("encoded NUL", b"GET /v1/a%00b HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("broken escape", b"GET /v1/a%zz HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
+        ("truncated escape", b"GET /v1/a%2 HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
         ("absolute-form userinfo", b"GET http://u@h/ HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
         ("Upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", UpgradeRefused),
         ("h2c upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n", UpgradeRefused),
@@ -434,4 +443,23 @@ fn the_client_cannot_ask_for_encodings_or_ranges_that_defeat_masking() {
         out,
         "GET /base/x HTTP/1.1\r\nHost: api.example.com\r\nAccept-Encoding: identity\r\nAuthorization: Bearer REAL\r\n\r\n"
     );
+}
+
+#[test]
+fn ordinary_paths_with_escapes_dots_and_parameters_are_forwarded_unchanged() {
+    for target in [
+        "/v1/messages?beta=true",
+        "/v1/files/a%20b.txt",
+        "/v1/.well-known/x",
+        "/v1/...",
+        "/v1/a..b/c;v=1",
+        "/v1//double",
+        "/v1/%2e%2e%2e",
+    ] {
+        let out = upstream(&format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(
+            out.starts_with(&format!("GET /base{target} HTTP/1.1\r\n")),
+            "{target}: {out}"
+        );
+    }
 }
