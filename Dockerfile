@@ -37,6 +37,7 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/relay.rs \
+ && echo 'fn main() {}' > benches/scrub.rs \
  && cargo build --release --locked --target x86_64-unknown-linux-gnu \
  && rm -rf src benches target/x86_64-unknown-linux-gnu/release/.fingerprint/agent-loop-proxy-*
 

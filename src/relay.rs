@@ -303,14 +303,7 @@ async fn exchange(
         o.failure = Some(p);
         o.client_reusable = false;
     };
-    let mut outcome = Outcome {
-        status: 0,
-        bytes: 0,
-        client_reusable: false,
-        failure: None,
-        credential_rejected: false,
-        cut: false,
-    };
+    let mut outcome = Outcome::default();
 
     // R26: answer 100-continue ourselves, once the upstream is reachable, if the client waits.
     if req.expect_continue && client.buf.is_empty() {
