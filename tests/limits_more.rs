@@ -292,3 +292,58 @@ fn track_is_refused_with_405_like_trace() {
         "invalid_request_error",
     );
 }
+
+/// A listener on 127.0.0.1 whose accept queue is full: Linux drops further SYNs, so a
+/// connect to it hangs (the loopback stand-in for an unreachable host that drops packets).
+fn full_listener() -> (std::os::fd::OwnedFd, u16, Vec<std::net::TcpStream>) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; sockaddr_in is sized.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        let mut bound: libc::sockaddr_in = std::mem::zeroed();
+        let mut blen = len;
+        assert_eq!(
+            libc::getsockname(fd, (&mut bound as *mut libc::sockaddr_in).cast(), &mut blen),
+            0
+        );
+        let port = u16::from_be(bound.sin_port);
+        // Fill the queue (backlog 0 admits one, sometimes two): connects that are never accepted.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            if let Ok(s) = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                std::time::Duration::from_millis(200),
+            ) {
+                held.push(s);
+            }
+        }
+        (owned, port, held)
+    }
+}
+
+#[test]
+fn an_upstream_connect_that_hangs_gets_504_after_connect_timeout() {
+    let (_listener, port, _held) = full_listener();
+    let target = format!("http://127.0.0.1:{port}");
+    let proxy = Proxy::spawn(&[("TARGET", &target), ("CONNECT_TIMEOUT", "300ms")], TOKEN);
+    let started = std::time::Instant::now();
+    let r = roundtrip(proxy.addr(), get("/v1/models"));
+    r.assert_proxy_error(504, "timeout_error");
+    assert!(
+        r.body_str().contains("upstream connect timed out"),
+        "{}",
+        r.body_str()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
