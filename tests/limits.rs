@@ -8,23 +8,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Send `req` and expect the proxy's `status`/`kind` error, a close, and an untouched upstream.
-fn expect_refused(extra: &[(&str, &str)], req: &[u8], status: u16, kind: &str) {
-    let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = proxy_for(&up, extra);
-    let mut c = Client::connect(proxy.addr());
-    let _ = c.try_send(req);
-    let r = c
-        .read_response_to("GET")
-        .unwrap_or_else(|e| panic!("no {status} response: {e}"));
-    r.assert_proxy_error(status, kind);
-    assert!(
-        c.is_closed(CLOSE_BOUND),
-        "connection left open after {status}"
-    );
-    up.assert_untouched();
-}
-
 #[test]
 fn a_request_line_over_max_request_line_gets_414() {
     let path = format!("/v1/{}", "a".repeat(300));

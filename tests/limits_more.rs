@@ -11,23 +11,6 @@ use support::*;
 
 const LOG_BOUND: Duration = Duration::from_secs(10);
 
-/// Send `req` and expect the proxy's `status`/`kind` error, a close, and an untouched upstream.
-fn expect_refused(extra: &[(&str, &str)], req: &[u8], status: u16, kind: &str) {
-    let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = proxy_for(&up, extra);
-    let mut c = Client::connect(proxy.addr());
-    let _ = c.try_send(req);
-    let r = c
-        .read_response_to("GET")
-        .unwrap_or_else(|e| panic!("no {status} response: {e}"));
-    r.assert_proxy_error(status, kind);
-    assert!(
-        c.is_closed(CLOSE_BOUND),
-        "connection left open after {status}"
-    );
-    up.assert_untouched();
-}
-
 /// A head with `Host` and `n - 1` more fields (`n` in all).
 fn head_with_fields(n: usize) -> String {
     let mut req = String::from("GET /v1/models HTTP/1.1\r\nHost: x\r\n");

@@ -88,3 +88,20 @@ pub fn expected_head(
 pub fn masked(s: &str) -> String {
     s.replace(TOKEN, &"*".repeat(TOKEN.len()))
 }
+
+/// Send `req` and expect the proxy's `status`/`kind` error, a close, and an untouched upstream.
+pub fn expect_refused(extra: &[(&str, &str)], req: &[u8], status: u16, kind: &str) {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, extra);
+    let mut c = Client::connect(proxy.addr());
+    let _ = c.try_send(req);
+    let r = c
+        .read_response_to("GET")
+        .unwrap_or_else(|e| panic!("no {status} response: {e}"));
+    r.assert_proxy_error(status, kind);
+    assert!(
+        c.is_closed(CLOSE_BOUND),
+        "connection left open after {status}"
+    );
+    up.assert_untouched();
+}
