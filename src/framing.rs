@@ -6,6 +6,9 @@
 //! state machine with one variant per expected token, fed any split of the input, that reports
 //! which bytes are payload and which are framing. Nothing is buffered: it holds counters only.
 
+use crate::error::Problem;
+use crate::head::BodyKind;
+
 /// Limits a decoder enforces; requests and responses use different ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLimits {
@@ -314,6 +317,93 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// The canonical last chunk: no extensions, no trailers (R13: request trailers are dropped).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How a request body is framed upstream, as bytes arrive: Content-Length bodies as they
+/// are, chunked bodies decoded and re-encoded canonically (HARDENING invariant 1).
+pub enum RequestBody {
+    /// `remaining` bytes of a Content-Length body: forwarded as they are.
+    Length { remaining: u64 },
+    /// A chunked body: decoded, and re-encoded canonically (HARDENING invariant 1).
+    Chunked(ChunkedDecoder),
+    /// The body was sent whole.
+    Done,
+}
+
+/// What [`RequestBody::frame`] decided about the front of the client's buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framed {
+    /// Forward `input[..n]` unchanged.
+    Raw(usize),
+    /// `n` input bytes were consumed; forward what was appended to `out`.
+    Encoded(usize),
+}
+
+impl RequestBody {
+    pub fn new(body: BodyKind, max_body: u64, max_ext: usize, max_trailers: usize) -> RequestBody {
+        match body {
+            BodyKind::Empty | BodyKind::Length(0) => RequestBody::Done,
+            BodyKind::Length(n) => RequestBody::Length { remaining: n },
+            BodyKind::Chunked => RequestBody::Chunked(ChunkedDecoder::new(ChunkLimits {
+                max_body,
+                max_ext_line: max_ext,
+                max_ext_total: crate::config::MAX_CHUNK_EXT_TOTAL,
+                max_trailers,
+            })),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, RequestBody::Done)
+    }
+
+    /// Frames the body bytes at the front of `input`; stops at the end of the body, so bytes
+    /// of a pipelined request stay in the buffer.
+    pub fn frame(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Framed, Problem> {
+        match self {
+            RequestBody::Done => Ok(Framed::Raw(0)),
+            RequestBody::Length { remaining } => {
+                let n = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                *remaining -= n as u64;
+                if *remaining == 0 {
+                    *self = RequestBody::Done;
+                }
+                Ok(Framed::Raw(n))
+            }
+            RequestBody::Chunked(decoder) => {
+                let mut pos = 0;
+                while pos < input.len() {
+                    match decoder.step(&input[pos..]).map_err(chunk_problem)? {
+                        Step::Data(n) => {
+                            write_chunk_header(out, n);
+                            out.extend_from_slice(&input[pos..pos + n]);
+                            out.extend_from_slice(b"\r\n");
+                            pos += n;
+                        }
+                        // Extensions are dropped when re-chunking (R11).
+                        Step::Framing(n) | Step::Meta(n) => pos += n,
+                        Step::Done(n) => {
+                            // R13: trailers were read within their bound and are dropped.
+                            out.extend_from_slice(LAST_CHUNK);
+                            *self = RequestBody::Done;
+                            return Ok(Framed::Encoded(pos + n));
+                        }
+                    }
+                }
+                Ok(Framed::Encoded(pos))
+            }
+        }
+    }
+}
+
+pub fn chunk_problem(e: ChunkError) -> Problem {
+    match e {
+        ChunkError::Malformed | ChunkError::ExtensionTooLong => Problem::BadChunk,
+        ChunkError::TooLarge => Problem::BodyTooLarge,
+        ChunkError::TrailersTooLarge => Problem::TrailersTooLarge,
+    }
+}
 
 /// A naive whole-input chunked decoder, written independently of [`ChunkedDecoder`] (line by
 /// line with slices, no state machine), as the oracle for split-point tests and the `chunked`

@@ -9,7 +9,8 @@
 //! Pure modules (bytes in, decisions out; fuzzed and split-point tested):
 //! - [`head`]: finds the end of a request head, parses it strictly (httparse + the checks
 //!   httparse leaves to us), decides body framing (RFC 9112 §6.3), writes the upstream head.
-//! - [`framing`]: the incremental chunked decoder and the canonical chunk encoder.
+//! - [`framing`]: the incremental chunked decoder, the canonical chunk encoder, and the
+//!   request-body framer (Content-Length as is, chunked re-encoded).
 //! - [`response`]: the upstream response head, its body framing and the body tracker; the
 //!   proxy's own answers (health, Anthropic-style errors).
 //! - [`scrub`]: masks the real token wherever it appears in a response.

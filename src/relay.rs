@@ -23,8 +23,8 @@ use tokio::time::timeout;
 use zeroize::Zeroizing;
 
 use crate::error::Problem;
-use crate::framing::{self, ChunkError, ChunkLimits, ChunkedDecoder, Step};
-use crate::head::{BodyKind, HeadScanner, Request, Version};
+use crate::framing::{Framed, RequestBody};
+use crate::head::{HeadScanner, Request, Version};
 use crate::response::{self, Advance, BodyTracker, ResponseContext, RESPONSE_SCAN};
 use crate::scrub::TokenFinder;
 use crate::server::Proxy;
@@ -63,92 +63,6 @@ pub struct Outcome {
     /// Response bytes reached the client and the response is incomplete: the connection is
     /// reset rather than closed, so even a close-delimited body cannot look complete.
     pub cut: bool,
-}
-
-/// How the request body is framed upstream, as bytes arrive.
-enum Upload {
-    /// `remaining` bytes of a Content-Length body: forwarded as they are.
-    Length { remaining: u64 },
-    /// A chunked body: decoded, and re-encoded canonically (HARDENING invariant 1).
-    Chunked(ChunkedDecoder),
-    /// The body was sent whole.
-    Done,
-}
-
-/// What [`Upload::frame`] decided about the front of the client's buffer.
-#[derive(Debug, PartialEq, Eq)]
-enum Framed {
-    /// Forward `input[..n]` unchanged.
-    Raw(usize),
-    /// `n` input bytes were consumed; forward what was appended to `out`.
-    Encoded(usize),
-}
-
-impl Upload {
-    fn new(body: BodyKind, max_body: u64, max_ext: usize, max_trailers: usize) -> Upload {
-        match body {
-            BodyKind::Empty | BodyKind::Length(0) => Upload::Done,
-            BodyKind::Length(n) => Upload::Length { remaining: n },
-            BodyKind::Chunked => Upload::Chunked(ChunkedDecoder::new(ChunkLimits {
-                max_body,
-                max_ext_line: max_ext,
-                max_ext_total: crate::config::MAX_CHUNK_EXT_TOTAL,
-                max_trailers,
-            })),
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        matches!(self, Upload::Done)
-    }
-
-    /// Frames the body bytes at the front of `input`; stops at the end of the body, so bytes
-    /// of a pipelined request stay in the buffer.
-    fn frame(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Framed, Problem> {
-        match self {
-            Upload::Done => Ok(Framed::Raw(0)),
-            Upload::Length { remaining } => {
-                let n = usize::try_from(*remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(input.len());
-                *remaining -= n as u64;
-                if *remaining == 0 {
-                    *self = Upload::Done;
-                }
-                Ok(Framed::Raw(n))
-            }
-            Upload::Chunked(decoder) => {
-                let mut pos = 0;
-                while pos < input.len() {
-                    match decoder.step(&input[pos..]).map_err(chunk_problem)? {
-                        Step::Data(n) => {
-                            framing::write_chunk_header(out, n);
-                            out.extend_from_slice(&input[pos..pos + n]);
-                            out.extend_from_slice(b"\r\n");
-                            pos += n;
-                        }
-                        // Extensions are dropped when re-chunking (R11).
-                        Step::Framing(n) | Step::Meta(n) => pos += n,
-                        Step::Done(n) => {
-                            // R13: trailers were read within their bound and are dropped.
-                            out.extend_from_slice(framing::LAST_CHUNK);
-                            *self = Upload::Done;
-                            return Ok(Framed::Encoded(pos + n));
-                        }
-                    }
-                }
-                Ok(Framed::Encoded(pos))
-            }
-        }
-    }
-}
-
-fn chunk_problem(e: ChunkError) -> Problem {
-    match e {
-        ChunkError::Malformed | ChunkError::ExtensionTooLong => Problem::BadChunk,
-        ChunkError::TooLarge => Problem::BodyTooLarge,
-        ChunkError::TrailersTooLarge => Problem::TrailersTooLarge,
-    }
 }
 
 /// Why the upload stopped early.
@@ -293,7 +207,7 @@ async fn exchange(
     let cfg = &proxy.cfg;
     let l = &cfg.limits;
     let t = &cfg.timeouts;
-    let mut upload = Upload::new(
+    let mut upload = RequestBody::new(
         req.body,
         l.max_body_bytes,
         l.max_chunk_ext,
@@ -476,7 +390,7 @@ async fn send_body(
     cr: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     uw: &mut WriteHalf<Stream>,
-    upload: &mut Upload,
+    upload: &mut RequestBody,
     scratch: &mut Vec<u8>,
     client_idle: Duration,
     upstream_idle: Duration,
@@ -716,62 +630,4 @@ async fn write_client(
         cw.write_all(bytes),
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn length_bodies_stop_at_their_end() {
-        let mut u = Upload::new(BodyKind::Length(5), 100, 10, 10);
-        let mut out = Vec::new();
-        assert_eq!(u.frame(b"abc", &mut out).unwrap(), Framed::Raw(3));
-        assert_eq!(
-            u.frame(b"deGET / HTTP/1.1", &mut out).unwrap(),
-            Framed::Raw(2)
-        );
-        assert!(u.is_done());
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn chunked_bodies_are_reencoded_canonically_at_every_split() {
-        let input = b"3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\nNEXT";
-        let body_len = input.len() - 4;
-        for split in 0..=input.len() {
-            let mut u = Upload::new(BodyKind::Chunked, 100, 10, 100);
-            let mut out = Vec::new();
-            let mut consumed = 0;
-            for part in [&input[..split], &input[split..]] {
-                let mut pos = 0;
-                while pos < part.len() && !u.is_done() {
-                    match u.frame(&part[pos..], &mut out).unwrap() {
-                        Framed::Encoded(n) => pos += n,
-                        Framed::Raw(_) => unreachable!("chunked bodies are encoded"),
-                    }
-                }
-                consumed += pos;
-            }
-            assert_eq!(consumed, body_len, "split {split}");
-            let (payload, _) = framing::decode_naive(&out, ChunkLimits::RESPONSE)
-                .unwrap()
-                .unwrap();
-            assert_eq!(payload, b"abc0123456789abcdef");
-            assert!(out.ends_with(b"\r\n0\r\n\r\n"));
-            assert!(!out.windows(3).any(|w| w == b"ext"), "extensions dropped");
-            assert!(!out.windows(7).any(|w| w == b"Trailer"), "trailers dropped");
-        }
-    }
-
-    #[test]
-    fn chunk_errors_map_to_client_problems() {
-        let mut u = Upload::new(BodyKind::Chunked, 4, 10, 10);
-        assert_eq!(
-            u.frame(b"5\r\n", &mut Vec::new()),
-            Err(Problem::BodyTooLarge)
-        );
-        let mut u = Upload::new(BodyKind::Chunked, 100, 10, 10);
-        assert_eq!(u.frame(b"\r\n", &mut Vec::new()), Err(Problem::BadChunk));
-    }
 }

@@ -231,3 +231,58 @@ fn extension_and_trailer_text_is_reported_as_meta() {
         ]
     );
 }
+
+// The request body framer (re-chunking toward the upstream).
+use crate::error::Problem;
+use crate::head::BodyKind;
+
+#[test]
+fn length_bodies_stop_at_their_end() {
+    let mut u = RequestBody::new(BodyKind::Length(5), 100, 10, 10);
+    let mut out = Vec::new();
+    assert_eq!(u.frame(b"abc", &mut out).unwrap(), Framed::Raw(3));
+    assert_eq!(
+        u.frame(b"deGET / HTTP/1.1", &mut out).unwrap(),
+        Framed::Raw(2)
+    );
+    assert!(u.is_done());
+    assert!(out.is_empty());
+}
+
+#[test]
+fn chunked_bodies_are_reencoded_canonically_at_every_split() {
+    let input = b"3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+    let body_len = input.len() - 4;
+    for split in 0..=input.len() {
+        let mut u = RequestBody::new(BodyKind::Chunked, 100, 10, 100);
+        let mut out = Vec::new();
+        let mut consumed = 0;
+        for part in [&input[..split], &input[split..]] {
+            let mut pos = 0;
+            while pos < part.len() && !u.is_done() {
+                match u.frame(&part[pos..], &mut out).unwrap() {
+                    Framed::Encoded(n) => pos += n,
+                    Framed::Raw(_) => unreachable!("chunked bodies are encoded"),
+                }
+            }
+            consumed += pos;
+        }
+        assert_eq!(consumed, body_len, "split {split}");
+        let (payload, _) = decode_naive(&out, ChunkLimits::RESPONSE).unwrap().unwrap();
+        assert_eq!(payload, b"abc0123456789abcdef");
+        assert!(out.ends_with(b"\r\n0\r\n\r\n"));
+        assert!(!out.windows(3).any(|w| w == b"ext"), "extensions dropped");
+        assert!(!out.windows(7).any(|w| w == b"Trailer"), "trailers dropped");
+    }
+}
+
+#[test]
+fn chunk_errors_map_to_client_problems() {
+    let mut u = RequestBody::new(BodyKind::Chunked, 4, 10, 10);
+    assert_eq!(
+        u.frame(b"5\r\n", &mut Vec::new()),
+        Err(Problem::BodyTooLarge)
+    );
+    let mut u = RequestBody::new(BodyKind::Chunked, 100, 10, 10);
+    assert_eq!(u.frame(b"\r\n", &mut Vec::new()), Err(Problem::BadChunk));
+}
