@@ -15,8 +15,9 @@ use std::time::Instant;
 use agent_loop_proxy::framing::{
     write_chunk_header, ChunkLimits, ChunkedDecoder, Step, LAST_CHUNK,
 };
-use agent_loop_proxy::response::{BodyTracker, ResponseBody};
+use agent_loop_proxy::response::ResponseBody;
 use agent_loop_proxy::scrub::TokenFinder;
+use agent_loop_proxy::tracker::BodyTracker;
 
 /// An OAuth-token-shaped credential of realistic length.
 const TOKEN: &[u8] = b"sk-ant-oat01-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIjKlMnOpQr";

@@ -1,5 +1,6 @@
-//! Pure body framing: the incremental chunked decoder (RFC 9112 §7.1) and the canonical
-//! chunk encoder used to re-frame request bodies.
+//! Pure body framing for both directions: which framing fields a head carries and what they
+//! decide (RFC 9112 §6.3), the incremental chunked decoder (RFC 9112 §7.1), the canonical chunk
+//! encoder, and the request-body framer that uses them.
 //!
 //! httparse's `parse_chunk_size` accepts an empty size line as size 0, LF and NUL inside
 //! extensions, and a bare `;` (HARDENING.md §4). This decoder refuses all of them: it is a
@@ -7,7 +8,127 @@
 //! which bytes are payload and which are framing. Nothing is buffered: it holds counters only.
 
 use crate::error::Problem;
-use crate::head::BodyKind;
+use crate::limits;
+use crate::syntax::{hex, is_tchar, parse_content_length, push_hex};
+
+/// How a request body is framed (RFC 9112 §6.3), decided once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No Content-Length and no Transfer-Encoding: zero length (R9).
+    Empty,
+    /// Exactly this many bytes (possibly zero).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+impl BodyKind {
+    /// Whether body bytes follow the head.
+    pub fn has_bytes(self) -> bool {
+        !matches!(self, BodyKind::Empty | BodyKind::Length(0))
+    }
+}
+
+/// The framing fields of one head, collected field by field, then decided once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FramingFields<'a> {
+    content_length: Option<u64>,
+    cl_count: usize,
+    transfer_encoding: Option<&'a [u8]>,
+    te_count: usize,
+}
+
+/// What the framing fields say, for a message that may have a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldFraming {
+    /// Neither field: a request has no body (R9), a response runs until close (§6.3 rule 8).
+    Absent,
+    /// `Content-Length`.
+    Length(u64),
+    /// Exactly one `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Why the framing fields cannot frame a message with certainty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingError {
+    /// Both fields, repeated fields, an invalid Content-Length, or codings in HTTP/1.0.
+    Ambiguous,
+    /// One Transfer-Encoding field that is not exactly `chunked` (the request side tells
+    /// an unsupported coding from a malformed list with [`transfer_coding_problem`]).
+    Coding,
+}
+
+impl<'a> FramingFields<'a> {
+    /// Looks at one field; returns whether it was a framing field. An invalid Content-Length
+    /// is refused at once (R6/R8: digits only, one value, checked arithmetic).
+    pub fn see(&mut self, name: &[u8], value: &'a [u8]) -> Result<bool, FramingError> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.cl_count += 1;
+            self.content_length = Some(parse_content_length(value).ok_or(FramingError::Ambiguous)?);
+            Ok(true)
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.te_count += 1;
+            self.transfer_encoding = Some(value);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Both fields, or a repeated Content-Length (even with equal values): refused even
+    /// where no body follows, since a sender must not send them (RFC 9112 §6.1, §6.3; R1, R6,
+    /// R7).
+    pub fn conflicting(&self) -> bool {
+        (self.transfer_encoding.is_some() && self.content_length.is_some()) || self.cl_count > 1
+    }
+
+    /// The single Transfer-Encoding value, if any.
+    pub fn transfer_encoding(&self) -> Option<&'a [u8]> {
+        self.transfer_encoding
+    }
+
+    /// RFC 9112 §6.3 for a message that may have a body, in its order.
+    pub fn decide(&self, http10: bool) -> Result<FieldFraming, FramingError> {
+        if self.conflicting() {
+            return Err(FramingError::Ambiguous);
+        }
+        match (self.transfer_encoding, self.content_length) {
+            // R5, RFC 9112 §6.1: HTTP/1.0 has no transfer codings.
+            (Some(_), _) if http10 => Err(FramingError::Ambiguous),
+            // R4: codings spread over several fields.
+            (Some(_), _) if self.te_count > 1 => Err(FramingError::Ambiguous),
+            (Some(v), _) if v.eq_ignore_ascii_case(b"chunked") => Ok(FieldFraming::Chunked),
+            (Some(_), _) => Err(FramingError::Coding),
+            (None, Some(n)) => Ok(FieldFraming::Length(n)),
+            (None, None) => Ok(FieldFraming::Absent),
+        }
+    }
+}
+
+/// Which refusal a request's Transfer-Encoding that is not exactly `chunked` earns (RFC 9112
+/// §6.1: an unknown coding SHOULD get 501; a list we cannot frame is a 400).
+pub fn transfer_coding_problem(v: &[u8]) -> Problem {
+    let chunked = |i: &[u8]| {
+        let name = i.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+        name.eq_ignore_ascii_case(b"chunked")
+    };
+    let items = crate::syntax::list_items(v);
+    let (mut count, mut chunked_count, mut last_chunked) = (0, 0, false);
+    for item in items {
+        count += 1;
+        last_chunked = chunked(item);
+        chunked_count += usize::from(last_chunked);
+    }
+    match chunked_count {
+        // R3: only codings we do not implement.
+        0 => Problem::UnsupportedCoding,
+        // Other codings before a final chunked: we do not decode gzip and friends.
+        1 if count > 1 && last_chunked => Problem::UnsupportedCoding,
+        // R12 (`chunked;x=y`), R2 (chunked not final); R4 (chunked more than once).
+        _ => Problem::BadFraming,
+    }
+}
 
 /// Limits a decoder enforces; requests and responses use different ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +148,9 @@ impl ChunkLimits {
     /// arithmetic and line sizes are bounded.
     pub const RESPONSE: ChunkLimits = ChunkLimits {
         max_body: u64::MAX,
-        max_ext_line: 4096,
-        max_ext_total: 64 * 1024,
-        max_trailers: 64 * 1024,
+        max_ext_line: limits::MAX_RESPONSE_CHUNK_EXT,
+        max_ext_total: limits::MAX_RESPONSE_CHUNK_EXT_TOTAL,
+        max_trailers: limits::MAX_RESPONSE_TRAILER_BYTES,
     };
 }
 
@@ -269,50 +390,10 @@ impl ChunkedDecoder {
     }
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// Appends a canonical chunk header `<hex>\r\n` for `len` payload bytes (`len > 0`).
 pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    push_hex(out, len as u64);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Appends `n` in decimal, without allocating (Content-Length, status codes).
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// The canonical last chunk: no extensions, no trailers (R13: request trailers are dropped).
@@ -346,7 +427,7 @@ impl RequestBody {
             BodyKind::Chunked => RequestBody::Chunked(ChunkedDecoder::new(ChunkLimits {
                 max_body,
                 max_ext_line: max_ext,
-                max_ext_total: crate::config::MAX_CHUNK_EXT_TOTAL,
+                max_ext_total: limits::MAX_CHUNK_EXT_TOTAL,
                 max_trailers,
             })),
         }
@@ -416,15 +497,11 @@ pub fn decode_naive(
     input: &[u8],
     limits: ChunkLimits,
 ) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
-    fn line(input: &[u8], from: usize) -> Option<(&[u8], usize)> {
-        let rel = input[from..].windows(2).position(|w| w == b"\r\n")?;
-        Some((&input[from..from + rel], from + rel + 2))
-    }
     let visible = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
     let (mut pos, mut total, mut ext_total) = (0usize, 0u64, 0usize);
     let mut payload = Vec::new();
     loop {
-        let Some((size_line, next)) = line(input, pos) else {
+        let Some((size_line, next)) = naive_line(input, pos) else {
             return Ok(None);
         };
         // chunk-size [BWS] [; ext] : split at the first ';'.
@@ -480,14 +557,24 @@ pub fn decode_naive(
             None => return Ok(None),
         }
     }
-    // Trailer section: field lines, then an empty line.
+    naive_trailers(input, pos, limits).map(|end| end.map(|end| (payload, end)))
+}
+
+/// The oracle's trailer section from `pos`: field lines, then an empty line; returns where
+/// the body ends.
+fn naive_trailers(
+    input: &[u8],
+    mut pos: usize,
+    limits: ChunkLimits,
+) -> Result<Option<usize>, ChunkError> {
+    let visible = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
     let mut trailers = 0usize;
     loop {
-        let Some((field, next)) = line(input, pos) else {
+        let Some((field, next)) = naive_line(input, pos) else {
             return Ok(None);
         };
         if field.is_empty() {
-            return Ok(Some((payload, next)));
+            return Ok(Some(next));
         }
         if !is_tchar(field[0]) || !field.iter().all(visible) {
             return Err(ChunkError::Malformed);
@@ -498,6 +585,12 @@ pub fn decode_naive(
         }
         pos = next;
     }
+}
+
+/// The oracle's line splitter: the bytes up to the next CRLF, and where the next line starts.
+fn naive_line(input: &[u8], from: usize) -> Option<(&[u8], usize)> {
+    let rel = input[from..].windows(2).position(|w| w == b"\r\n")?;
+    Some((&input[from..from + rel], from + rel + 2))
 }
 
 #[cfg(test)]

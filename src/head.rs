@@ -1,138 +1,21 @@
-//! Pure request-head handling: find the end of the head, parse it strictly, decide the body
-//! framing, and write the canonical head for the upstream. Bytes in, decisions out; no I/O.
+//! Pure request-head handling: parse the head that [`crate::scan`] found complete, validate it
+//! strictly, decide the body framing (RFC 9112 §6.3) and route, then have [`crate::rewrite`]
+//! write the canonical head for the upstream. Bytes in, decisions out; no I/O.
 //!
 //! httparse is the lexer. It is not a framing validator (HARDENING.md §4), so this module adds
 //! what it lets through: bare LF, fragments and absolute/authority forms in the target,
 //! lower-case methods, obs-text in fields we interpret, and every framing rule of RFC 9112 §6.
-//!
-//! The upstream head is written fresh (invariant 1 of HARDENING.md §1): a rebuilt request line,
-//! `Host` from TARGET, the client's remaining fields as `name: value\r\n` in their order, one
-//! canonical framing field, and our credential last. Every client byte that reaches it has
-//! passed the checks below.
+//! Every client byte that reaches the upstream head has passed the checks below.
 
 use std::ops::Range;
 
-use crate::config::{Limits, Target};
 use crate::error::Problem;
-use crate::secret::constant_time_eq;
-
-/// The beta flag OAuth tokens need on api.anthropic.com.
-pub const OAUTH_BETA: &[u8] = b"oauth-2025-04-20";
-
-/// Incremental search for the end of a head, checking line limits and line endings as bytes
-/// arrive, so a peer is refused as soon as it breaks a rule and each byte is looked at once.
-#[derive(Debug, Clone, Default)]
-pub struct HeadScanner {
-    /// Bytes already examined.
-    pos: usize,
-    /// Start of the line being read.
-    line_start: usize,
-    /// Whether the start line (request or status line) has been seen.
-    seen_start_line: bool,
-}
-
-/// Limits for [`HeadScanner`]; each breach maps to its own [`Problem`].
-#[derive(Debug, Clone, Copy)]
-pub struct ScanLimits {
-    pub start_line: usize,
-    pub field_line: usize,
-    pub head: usize,
-    pub start_line_problem: Problem,
-    pub head_problem: Problem,
-    pub syntax_problem: Problem,
-}
-
-impl ScanLimits {
-    /// The request-side limits.
-    pub fn request(l: &Limits) -> ScanLimits {
-        ScanLimits {
-            start_line: l.max_request_line,
-            field_line: l.max_field_line,
-            head: l.max_head_bytes,
-            start_line_problem: Problem::UriTooLong,
-            head_problem: Problem::HeadTooLarge,
-            syntax_problem: Problem::MalformedHead,
-        }
-    }
-}
-
-impl HeadScanner {
-    pub fn new() -> HeadScanner {
-        HeadScanner::default()
-    }
-
-    /// Examines `buf` (which only ever grows between calls, until [`HeadScanner::reset`]).
-    /// Returns `Ok(Some(len))` once the head is complete (`len` includes the blank line),
-    /// `Ok(None)` when more bytes are needed, or the rule it broke.
-    ///
-    /// RFC 9112 §2.2: a bare CR is invalid and bare LF is only a MAY; we refuse both (R16),
-    /// since httparse would accept bare LF and an upstream might not. Empty lines before the
-    /// start line are skipped (RFC 9112 §2.2 SHOULD) but count toward the head limit.
-    ///
-    /// The answer does not depend on how the bytes were split into reads: when several rules
-    /// are broken, the one that became certain at the earliest byte is reported.
-    pub fn scan(&mut self, buf: &[u8], lim: &ScanLimits) -> Result<Option<usize>, Problem> {
-        loop {
-            let Some(i) = memchr::memchr2(b'\r', b'\n', &buf[self.pos..]) else {
-                // No line ending yet: every byte so far belongs to the current line.
-                self.pos = buf.len();
-                return self
-                    .limit_broken(buf.len(), buf.len(), lim)
-                    .map_or(Ok(None), Err);
-            };
-            let at = self.pos + i;
-            if buf[at] == b'\n' {
-                // An LF without CR (a CRLF is consumed whole below), certain at `at + 1`.
-                return Err(self
-                    .limit_broken(at, at + 1, lim)
-                    .unwrap_or(lim.syntax_problem));
-            }
-            let Some(&next) = buf.get(at + 1) else {
-                // A CR at the end: look at it again when more bytes arrive.
-                self.pos = at;
-                return self.limit_broken(at, buf.len(), lim).map_or(Ok(None), Err);
-            };
-            if let Some(p) = self.limit_broken(at, at + 2, lim) {
-                return Err(p);
-            }
-            if next != b'\n' {
-                return Err(lim.syntax_problem);
-            }
-            let empty = at == self.line_start;
-            self.pos = at + 2;
-            self.line_start = self.pos;
-            if !empty {
-                self.seen_start_line = true;
-            } else if self.seen_start_line {
-                return Ok(Some(self.pos));
-            }
-            // An empty line before the start line is skipped (still counted).
-        }
-    }
-
-    /// The size rule broken once the current line is known to run to `line_end` and `seen`
-    /// bytes have arrived, if any. When both are broken, the one certain at the earlier byte.
-    fn limit_broken(&self, line_end: usize, seen: usize, lim: &ScanLimits) -> Option<Problem> {
-        let (line_limit, line_problem) = if self.seen_start_line {
-            (lim.field_line, lim.head_problem)
-        } else {
-            (lim.start_line, lim.start_line_problem)
-        };
-        let line_certain_at = self.line_start.saturating_add(line_limit).saturating_add(1);
-        let head_certain_at = lim.head.saturating_add(1);
-        match (line_end - self.line_start > line_limit, seen > lim.head) {
-            (true, true) if line_certain_at <= head_certain_at => Some(line_problem),
-            (true, false) => Some(line_problem),
-            (_, true) => Some(lim.head_problem),
-            (false, false) => None,
-        }
-    }
-
-    /// Forgets the previous head, for the next message on the connection.
-    pub fn reset(&mut self) {
-        *self = HeadScanner::default();
-    }
-}
+use crate::framing::{
+    transfer_coding_problem, BodyKind, FieldFraming, FramingError, FramingFields,
+};
+use crate::limits::{Limits, MAX_CONNECTION_OPTIONS, MAX_HEADERS_CAP};
+use crate::rewrite::{self, Beta, Rewrite, Upstream, DROPPED};
+use crate::syntax::{bearer, connection_options, constant_time_eq, name_is, ConnectionOption};
 
 /// Methods the proxy forwards. Methods are case-sensitive (RFC 9110 §9.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,24 +71,6 @@ pub enum Version {
     Http11,
 }
 
-/// How the request body is framed (RFC 9112 §6.3), decided once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    /// No Content-Length and no Transfer-Encoding: zero length (R9).
-    Empty,
-    /// Exactly this many bytes (possibly zero).
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-}
-
-impl BodyKind {
-    /// Whether body bytes follow the head.
-    pub fn has_bytes(self) -> bool {
-        !matches!(self, BodyKind::Empty | BodyKind::Length(0))
-    }
-}
-
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -234,47 +99,6 @@ pub struct Request {
     pub authorized: bool,
 }
 
-/// What the rewrite adds: fixed per process.
-#[derive(Debug, Clone, Copy)]
-pub struct Rewrite<'a> {
-    pub target: &'a Target,
-    /// Our credential's complete header line (`Authorization: Bearer ...\r\n`).
-    pub credential_line: &'a [u8],
-    pub phantom: Option<&'a [u8]>,
-    /// Merge `oauth-2025-04-20` into `anthropic-beta`.
-    pub oauth_beta: bool,
-}
-
-/// Fields the client may not send upstream, and that a `_` look-alike may not imitate
-/// (R37, RFC 9110 §17.10). Lower-case.
-const DROPPED: &[&[u8]] = &[
-    // Routing and framing: rebuilt by us.
-    b"host",
-    b"content-length",
-    b"transfer-encoding",
-    // Hop-by-hop (RFC 9110 §7.6.1, R23) and protocol switching (R-invariant 7).
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"http2-settings",
-    // Handled by the proxy (R26).
-    b"expect",
-    // Token masking in responses is an exact byte match, so the sandbox may not ask for
-    // bodies in which the token would not appear verbatim: compressed (we send
-    // `Accept-Encoding: identity` instead) or in slices shorter than the token.
-    b"accept-encoding",
-    b"range",
-    b"if-range",
-    // The sandbox's credentials (invariant 5, R24).
-    b"authorization",
-    b"proxy-authorization",
-    b"x-api-key",
-    b"cookie",
-];
-
 /// Fields whose value we interpret: obs-text is refused in them (HARDENING.md §4).
 const INTERPRETED: &[&[u8]] = &[
     b"host",
@@ -289,16 +113,6 @@ const INTERPRETED: &[&[u8]] = &[
 /// Names a `Connection` header may not list: we frame and route with them (HARDENING §1.4).
 const NOT_HOP_BY_HOP: &[&[u8]] = &[b"host", b"content-length", b"transfer-encoding"];
 
-/// The largest `MAX_HEADERS` setting accepted (the parse array lives on the stack).
-pub const MAX_HEADERS_CAP: usize = 256;
-
-/// Most `Connection` options we keep track of; more is refused.
-const MAX_CONNECTION_OPTIONS: usize = 16;
-
-fn name_is(name: &[u8], list: &[&[u8]]) -> bool {
-    list.iter().any(|n| name.eq_ignore_ascii_case(n))
-}
-
 /// A name that becomes a protected one when `_` is read as `-` (R37).
 fn is_underscore_lookalike(name: &[u8]) -> bool {
     memchr::memchr(b'_', name).is_some()
@@ -311,21 +125,9 @@ fn is_underscore_lookalike(name: &[u8]) -> bool {
         })
 }
 
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Elements of a comma-separated list (RFC 9110 §5.6.1), trimmed, empty ones skipped.
-fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|s| s.trim_ascii())
-        .filter(|s| !s.is_empty())
-}
-
-/// Parses a head that [`HeadScanner`] found complete (`head` ends with the blank line),
-/// validates it, and writes the upstream head into `out` (cleared first) when the request is
-/// to be forwarded.
+/// Parses a head that [`crate::scan::HeadScanner`] found complete (`head` ends with the blank
+/// line), validates it, and writes the upstream head into `out` (wiped first) when the request
+/// is to be forwarded.
 pub fn parse_request(
     head: &[u8],
     limits: &Limits,
@@ -358,29 +160,106 @@ pub fn parse_request(
     let path = &target[..path_len];
     check_path(path)?;
 
-    // First pass: validate every field and collect what decides framing and routing.
-    let mut host_count = 0;
-    let mut content_length: Option<u64> = None;
-    let mut cl_count = 0;
-    let mut te: Option<&[u8]> = None;
-    let mut te_count = 0;
-    let mut close = false;
-    let mut expect_continue = false;
-    let mut options: [&[u8]; MAX_CONNECTION_OPTIONS] = [b""; MAX_CONNECTION_OPTIONS];
-    let mut option_count = 0;
-    let mut authorized = rw.phantom.is_none();
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        let value = h.value;
+    let fields = Fields::check(req.headers, version, rw.phantom)?;
+    let body = fields.body(version, limits)?;
+    let route = if matches!(method, Method::Get | Method::Head) && path == b"/health" {
+        Route::Health
+    } else {
+        Route::Forward
+    };
+    let request = Request {
+        method,
+        version,
+        path: target_start..target_start + path_len,
+        body,
+        keep_alive: version == Version::Http11 && !fields.close,
+        expect_continue: fields.expect_continue && body.has_bytes(),
+        route,
+        authorized: fields.authorized,
+    };
+    // Wipe (not just clear) before reserving: a reallocation frees the old block, which may
+    // hold the previous request's credential. Then reserve the final size so growing never
+    // leaves a copy.
+    zeroize::Zeroize::zeroize(out);
+    out.reserve(rewrite::size_bound(head.len(), rw));
+    if route == Route::Forward && fields.authorized {
+        let options = fields.options();
+        let up = Upstream {
+            method: method.as_str(),
+            prefix_slash,
+            target,
+            options,
+            body,
+            beta: Beta::decide(req.headers, options, rw.oauth_beta),
+        };
+        rewrite::write_upstream_head(out, &up, req.headers, rw);
+    }
+    Ok(request)
+}
+
+/// What the fields of a request head decide, gathered in one pass that validates each field.
+struct Fields<'h> {
+    host_count: usize,
+    framing: FramingFields<'h>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Expect: 100-continue` on HTTP/1.1.
+    expect_continue: bool,
+    /// Fields named by `Connection`: hop-by-hop, removed (RFC 9110 §7.6.1).
+    options: [&'h [u8]; MAX_CONNECTION_OPTIONS],
+    option_count: usize,
+    /// The phantom token was presented (always true when none is configured).
+    authorized: bool,
+}
+
+impl<'h> Fields<'h> {
+    fn check(
+        headers: &[httparse::Header<'h>],
+        version: Version,
+        phantom: Option<&[u8]>,
+    ) -> Result<Fields<'h>, Problem> {
+        let mut f = Fields {
+            host_count: 0,
+            framing: FramingFields::default(),
+            close: false,
+            expect_continue: false,
+            options: [b""; MAX_CONNECTION_OPTIONS],
+            option_count: 0,
+            authorized: phantom.is_none(),
+        };
+        for h in headers {
+            f.field(h.name.as_bytes(), h.value, version, phantom)?;
+        }
+        match (version, f.host_count) {
+            (Version::Http11, 1) | (Version::Http10, 0 | 1) => Ok(f),
+            _ => Err(Problem::BadHost),
+        }
+    }
+
+    /// Checks one field and records what it decides.
+    fn field(
+        &mut self,
+        name: &'h [u8],
+        value: &'h [u8],
+        version: Version,
+        phantom: Option<&[u8]>,
+    ) -> Result<(), Problem> {
         if is_underscore_lookalike(name) {
             return Err(Problem::AmbiguousName);
         }
         if name_is(name, INTERPRETED) && !value.is_ascii() {
             return Err(Problem::MalformedHead);
         }
+        if self
+            .framing
+            .see(name, value)
+            .map_err(|_| Problem::BadFraming)?
+        {
+            return Ok(());
+        }
         if name.eq_ignore_ascii_case(b"host") {
             // R20: exactly one valid Host; it is checked, then replaced, never used to route.
-            host_count += 1;
+            self.host_count += 1;
             let ok = !value.is_empty()
                 && value
                     .iter()
@@ -388,29 +267,8 @@ pub fn parse_request(
             if !ok {
                 return Err(Problem::BadHost);
             }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            // R6/R7/R8: digits only, one field, no list, checked arithmetic.
-            cl_count += 1;
-            content_length = Some(parse_content_length(value).ok_or(Problem::BadFraming)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_count += 1;
-            te = Some(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for item in list_items(value) {
-                if !item.iter().all(|&b| is_tchar(b)) {
-                    return Err(Problem::MalformedHead);
-                }
-                if item.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if item.eq_ignore_ascii_case(b"keep-alive") {
-                    // The HTTP/1.1 default; for HTTP/1.0 we close anyway (R35).
-                } else if name_is(item, NOT_HOP_BY_HOP) || option_count == MAX_CONNECTION_OPTIONS {
-                    return Err(Problem::BadConnectionOption);
-                } else {
-                    options[option_count] = item;
-                    option_count += 1;
-                }
-            }
+            self.connection(value)?;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             // Invariant 7: no protocol switching through the proxy.
             return Err(Problem::UpgradeRefused);
@@ -419,8 +277,8 @@ pub fn parse_request(
             if !value.eq_ignore_ascii_case(b"100-continue") {
                 return Err(Problem::ExpectationFailed);
             }
-            expect_continue = version == Version::Http11;
-        } else if let Some(phantom) = rw.phantom {
+            self.expect_continue = version == Version::Http11;
+        } else if let Some(phantom) = phantom {
             let presented = if name.eq_ignore_ascii_case(b"authorization") {
                 bearer(value)
             } else if name.eq_ignore_ascii_case(b"x-api-key") {
@@ -429,171 +287,54 @@ pub fn parse_request(
                 None
             };
             if let Some(p) = presented {
-                authorized |= constant_time_eq(p, phantom);
+                self.authorized |= constant_time_eq(p, phantom);
             }
         }
-    }
-    match (version, host_count) {
-        (Version::Http11, 1) | (Version::Http10, 0 | 1) => {}
-        _ => return Err(Problem::BadHost),
+        Ok(())
     }
 
-    // RFC 9112 §6.3: decide the body length once, refusing everything ambiguous.
-    let body = match (te, content_length) {
-        // R1: TE and CL together is a smuggling vector: refuse rather than pick one.
-        (Some(_), Some(_)) => return Err(Problem::BadFraming),
-        // R5: HTTP/1.0 has no transfer codings.
-        (Some(_), None) if version == Version::Http10 => return Err(Problem::BadFraming),
-        (Some(v), None) => {
-            if te_count > 1 {
-                // R4: codings spread over several fields; `chunked` must appear exactly once.
-                return Err(Problem::BadFraming);
+    /// `Connection` (RFC 9110 §7.6.1): `close`, and the fields it makes hop-by-hop. It may
+    /// not name a field we frame or route with (HARDENING §1.4), nor more than we track.
+    fn connection(&mut self, value: &'h [u8]) -> Result<(), Problem> {
+        for option in connection_options(value) {
+            match option {
+                ConnectionOption::Invalid => return Err(Problem::MalformedHead),
+                ConnectionOption::Close => self.close = true,
+                // The HTTP/1.1 default; for HTTP/1.0 we close anyway (R35).
+                ConnectionOption::KeepAlive => {}
+                ConnectionOption::Field(name)
+                    if name_is(name, NOT_HOP_BY_HOP)
+                        || self.option_count == MAX_CONNECTION_OPTIONS =>
+                {
+                    return Err(Problem::BadConnectionOption)
+                }
+                ConnectionOption::Field(name) => {
+                    self.options[self.option_count] = name;
+                    self.option_count += 1;
+                }
             }
-            transfer_coding(v)?
         }
-        // R7: repeated Content-Length, even with equal values, is refused.
-        (None, Some(_)) if cl_count > 1 => return Err(Problem::BadFraming),
-        (None, Some(n)) => {
-            if n > limits.max_body_bytes {
-                return Err(Problem::BodyTooLarge);
-            }
-            BodyKind::Length(n)
-        }
-        // R9: request bodies are never close-delimited.
-        (None, None) => BodyKind::Empty,
-    };
-
-    let route = if matches!(method, Method::Get | Method::Head) && path == b"/health" {
-        Route::Health
-    } else {
-        Route::Forward
-    };
-
-    let request = Request {
-        method,
-        version,
-        path: target_start..target_start + path_len,
-        body,
-        keep_alive: version == Version::Http11 && !close,
-        expect_continue: expect_continue && body.has_bytes(),
-        route,
-        authorized,
-    };
-    // Wipe (not just clear) before reserving: a reallocation frees the old block, which may
-    // hold the previous request's credential. Then reserve the final size so growing never
-    // leaves a copy: fields are only removed, except Host, framing, the beta flag, the
-    // encoding and the credential.
-    zeroize::Zeroize::zeroize(out);
-    out.reserve(
-        head.len()
-            + rw.target.base_path.len()
-            + rw.target.authority.len()
-            + rw.credential_line.len()
-            + 128,
-    );
-    if route == Route::Forward && authorized {
-        let options = &options[..option_count];
-        // Only fields that survive the rewrite count (a `Connection` option removes them).
-        let surviving_beta = req.headers.iter().filter(|h| {
-            h.name.eq_ignore_ascii_case("anthropic-beta") && !name_is(h.name.as_bytes(), options)
-        });
-        let (mut has_beta, mut beta_has_oauth) = (false, false);
-        for h in surviving_beta {
-            has_beta = true;
-            beta_has_oauth |= list_items(h.value).any(|i| i == OAUTH_BETA);
-        }
-        let beta = match (rw.oauth_beta, has_beta, beta_has_oauth) {
-            (false, _, _) | (true, true, true) => Beta::Keep,
-            (true, true, false) => Beta::AppendToFirst,
-            (true, false, _) => Beta::Add,
-        };
-        let up = Upstream {
-            method,
-            prefix_slash,
-            target,
-            options,
-            body,
-            beta,
-        };
-        write_upstream_head(out, &up, req.headers, rw);
+        Ok(())
     }
-    Ok(request)
-}
 
-/// What to do about `anthropic-beta` (issue: OAuth tokens need [`OAUTH_BETA`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Beta {
-    /// Not needed, or the client's list already has it: never duplicated.
-    Keep,
-    /// Merged into the client's first `anthropic-beta` list, never replacing it.
-    AppendToFirst,
-    /// The client sent none: add our own field.
-    Add,
-}
+    fn options(&self) -> &[&'h [u8]] {
+        &self.options[..self.option_count]
+    }
 
-/// The decided parts of the upstream request line and fields.
-struct Upstream<'a> {
-    method: Method,
-    prefix_slash: bool,
-    target: &'a [u8],
-    options: &'a [&'a [u8]],
-    body: BodyKind,
-    beta: Beta,
-}
-
-/// The upstream head: request line, Host, the client's surviving fields in order, then ours:
-/// the beta flag (when added), `Accept-Encoding: identity`, framing, the credential last.
-fn write_upstream_head(
-    out: &mut Vec<u8>,
-    up: &Upstream<'_>,
-    headers: &[httparse::Header<'_>],
-    rw: &Rewrite<'_>,
-) {
-    out.extend_from_slice(up.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(rw.target.base_path.as_bytes());
-    if up.prefix_slash {
-        out.push(b'/');
-    }
-    out.extend_from_slice(up.target);
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(rw.target.authority.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let mut append_beta = up.beta == Beta::AppendToFirst;
-    for h in headers {
-        let name = h.name.as_bytes();
-        if name_is(name, DROPPED) || name_is(name, up.options) {
-            continue;
+    /// RFC 9112 §6.3: the body length, decided once, refusing everything ambiguous (R1-R9).
+    fn body(&self, version: Version, limits: &Limits) -> Result<BodyKind, Problem> {
+        match self.framing.decide(version == Version::Http10) {
+            Ok(FieldFraming::Chunked) => Ok(BodyKind::Chunked),
+            Ok(FieldFraming::Length(n)) if n > limits.max_body_bytes => Err(Problem::BodyTooLarge),
+            Ok(FieldFraming::Length(n)) => Ok(BodyKind::Length(n)),
+            // R9: request bodies are never close-delimited.
+            Ok(FieldFraming::Absent) => Ok(BodyKind::Empty),
+            Err(FramingError::Ambiguous) => Err(Problem::BadFraming),
+            Err(FramingError::Coding) => Err(transfer_coding_problem(
+                self.framing.transfer_encoding().unwrap_or_default(),
+            )),
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        if append_beta && name.eq_ignore_ascii_case(b"anthropic-beta") {
-            if !h.value.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(OAUTH_BETA);
-            append_beta = false;
-        }
-        out.extend_from_slice(b"\r\n");
     }
-    if up.beta == Beta::Add {
-        out.extend_from_slice(b"anthropic-beta: ");
-        out.extend_from_slice(OAUTH_BETA);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"Accept-Encoding: identity\r\n");
-    match up.body {
-        BodyKind::Empty => {}
-        BodyKind::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            crate::framing::push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-    }
-    out.extend_from_slice(rw.credential_line);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The origin-form part of a request-target: `(needs a leading '/', path-and-query)`.
@@ -661,49 +402,6 @@ fn check_path(path: &[u8]) -> Result<(), Problem> {
         }
     }
     Ok(())
-}
-
-/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), at most 19 digits so it fits in u64.
-pub fn parse_content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
-/// A request's Transfer-Encoding (RFC 9112 §6.1): exactly `chunked` is accepted.
-fn transfer_coding(v: &[u8]) -> Result<BodyKind, Problem> {
-    if v.eq_ignore_ascii_case(b"chunked") {
-        return Ok(BodyKind::Chunked);
-    }
-    let items: Vec<&[u8]> = list_items(v).collect();
-    let chunked = |i: &&[u8]| {
-        let name = i.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
-        name.eq_ignore_ascii_case(b"chunked")
-    };
-    match items.iter().filter(|i| chunked(i)).count() {
-        // R3: only codings we do not implement.
-        0 => Err(Problem::UnsupportedCoding),
-        // R12 (`chunked;x=y`), R2 (chunked not final), and other codings before it: we do not
-        // decode gzip and friends, so nothing but a lone `chunked` is framed with certainty.
-        1 if items.len() > 1 && chunked(items.last().unwrap_or(&&b""[..])) => {
-            Err(Problem::UnsupportedCoding)
-        }
-        1 => Err(Problem::BadFraming),
-        // R4: chunked applied more than once.
-        _ => Err(Problem::BadFraming),
-    }
-}
-
-/// The credentials of `Authorization: Bearer <x>` (scheme case-insensitive, RFC 9110 §11.1).
-fn bearer(v: &[u8]) -> Option<&[u8]> {
-    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
-        Some(v[7..].trim_ascii())
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]

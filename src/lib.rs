@@ -6,51 +6,82 @@
 //!
 //! # Layout
 //!
-//! Pure modules (bytes in, decisions out; fuzzed and split-point tested):
-//! - [`head`]: finds the end of a request head, parses it strictly (httparse + the checks
-//!   httparse leaves to us), decides body framing (RFC 9112 §6.3), writes the upstream head.
-//! - [`framing`]: the incremental chunked decoder, the canonical chunk encoder, and the
-//!   request-body framer (Content-Length as is, chunked re-encoded).
-//! - [`response`]: the upstream response head, its body framing and the body tracker; the
-//!   proxy's own answers (health, Anthropic-style errors).
-//! - [`scrub`]: masks the real token wherever it appears in a response.
-//! - [`error`]: every failure, its side, status and static message, in one place.
+//! The modules form layers, listed top-down. A module imports only modules listed after it
+//! (in its own layer or below), never upwards, so the graph has no cycles and reads one way.
+//! `tests/layering.rs` checks this order, that the bottom imports nothing of the crate, and
+//! that the pure core uses neither tokio nor sockets, files or processes.
 //!
-//! I/O at the edges:
-//! - [`upstream`]: TCP/TLS connections to TARGET and the idle pool.
-//! - [`relay`]: one exchange, body up and response down, each await bounded.
-//! - [`server`]: accept loop, connection loop, drain.
-//!
-//! Process: [`config`] (environment, limits, timeouts), [`secret`] (the token type),
-//! [`log`] (one write per stderr line), [`sys`] (the few libc calls), and `main.rs` (flags, token intake, signals).
+//! 1. **I/O**, from the entry point down (`main.rs` is above all of them):
+//!    - [`server`]: the accept loop and the drain.
+//!    - [`connection`]: one client connection: socket and buffer, reading heads, the proxy's
+//!      own answers, the log line, lingering close or reset.
+//!    - [`exchange`]: one exchange as named states: head and body up, head and body down.
+//!    - [`state`]: what every connection shares (config, token, connector, pool).
+//!    - [`upstream`]: TCP/TLS connections to TARGET and the idle pool.
+//! 2. **Process**: [`config`] (the environment, parsed once), [`secret`] (the token type),
+//!    [`log`] (one write per stderr line), [`sys`] (the few libc calls).
+//! 3. **Pure core**, bytes in, decisions out (fuzzed and split-point tested):
+//!    - [`head`]: parses and validates a request head, decides framing and route.
+//!    - [`rewrite`]: writes the upstream request head.
+//!    - [`tracker`]: one response body as it streams: its end, masking, de-chunking.
+//!    - [`response`]: parses the upstream response head and writes the client's.
+//!    - [`answer`]: the proxy's own answers (health, Anthropic-shaped errors).
+//!    - [`framing`]: framing fields (RFC 9112 §6.3), the chunked decoder and encoder, the
+//!      request-body framer.
+//!    - [`scan`]: finds the end of a head, request or response.
+//!    - [`persist`]: every keep-alive decision: the exchange's final state in, each
+//!      connection's fate out.
+//!    - [`scrub`]: masks the real token wherever it appears in a response.
+//! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
+//!    bound), [`syntax`] (small grammar helpers), [`error`] (every failure, its side, status
+//!    and static message), [`target`] (TARGET's parsed form).
 //!
 //! # The journey of one request
 //!
-//! `server` reads bytes into the connection buffer until [`head::HeadScanner`] finds the
-//! blank line (bounded in size and by the header deadline). [`head::parse_request`] validates
-//! the head, refuses anything it cannot frame with certainty (400/501, connection closed,
-//! nothing forwarded), answers `/health` locally, checks the phantom token, and writes a fresh
-//! upstream head: TARGET's base path + the client's path and query, `Host` of TARGET, the
-//! client's fields minus credentials and hop-by-hop fields, one canonical framing field, and
-//! our `Authorization` last. [`relay::forward`] takes a pooled or new upstream connection,
-//! writes the head with the first body bytes, streams the rest of the body (Content-Length as
-//! is, chunked re-encoded canonically), and meanwhile reads the response head, relays it minus
-//! hop-by-hop fields, then relays each body read at once, masking the token, until the body
-//! ends by its framing. Both connections are kept only if everything ended cleanly.
+//! [`server`] accepts; [`connection`] reads bytes into the connection buffer until
+//! [`scan::HeadScanner`] finds the blank line (bounded in size and by the header deadline).
+//! [`head::parse_request`] validates the head, refuses anything it cannot frame with
+//! certainty (400/501, connection closed, nothing forwarded), routes `/health` to a local
+//! answer, checks the phantom token, and has [`rewrite`] write a fresh upstream head:
+//! TARGET's base path + the client's path and query, `Host` of TARGET, the client's fields
+//! minus credentials and hop-by-hop fields, one canonical framing field, and our
+//! `Authorization` last. [`exchange::forward`] takes a pooled or new upstream connection,
+//! writes the head with the first body bytes, streams the rest of the body (Content-Length
+//! as is, chunked re-encoded canonically), and meanwhile reads the response head
+//! ([`response`]), relays it minus hop-by-hop fields, then relays each body read at once,
+//! masking the token ([`tracker`]), until the body ends by its framing. [`persist::settle`]
+//! then decides from the exchange's final state whether the client connection is kept,
+//! closed or reset and whether the upstream connection returns to the pool.
 
 #![deny(unsafe_code)]
 
-pub mod config;
-pub mod error;
-pub mod framing;
-pub mod head;
-pub mod log;
-pub mod relay;
-pub mod response;
-pub mod scrub;
-pub mod secret;
+// 1. I/O
+pub mod connection;
+pub mod exchange;
 pub mod server;
+pub mod state;
 pub mod upstream;
 
+// 2. Process
+pub mod config;
+pub mod log;
+pub mod secret;
 #[allow(unsafe_code)]
 pub mod sys;
+
+// 3. Pure core
+pub mod answer;
+pub mod framing;
+pub mod head;
+pub mod persist;
+pub mod response;
+pub mod rewrite;
+pub mod scan;
+pub mod scrub;
+pub mod tracker;
+
+// 4. Bottom
+pub mod error;
+pub mod limits;
+pub mod syntax;
+pub mod target;

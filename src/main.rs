@@ -11,13 +11,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_loop_proxy::config::{Config, Scheme};
+use agent_loop_proxy::config::Config;
+use agent_loop_proxy::limits::{self, HEALTHCHECK_TIMEOUT};
 use agent_loop_proxy::secret::Token;
-use agent_loop_proxy::server::{self, Proxy};
+use agent_loop_proxy::server;
+use agent_loop_proxy::state::Proxy;
 use agent_loop_proxy::sys;
+use agent_loop_proxy::target::Scheme;
 use agent_loop_proxy::upstream::{Connector, Pool};
 
-const HELP: &str = "\
+/// `--help`, with the defaults taken from [`limits`].
+fn help() -> String {
+    format!(
+        "\
 agent-loop-proxy: credential-injection reverse proxy for sandboxed AI coding agents
 
 USAGE:
@@ -26,21 +32,23 @@ USAGE:
     agent-loop-proxy --help | --version
 
 The real token is read from stdin (one line) and kept only in memory. Configuration comes
-from the environment: LISTEN_PORT (18080), LISTEN_ADDR (127.0.0.1), TARGET
-(https://api.anthropic.com), TARGET_CA_FILE, PHANTOM_TOKEN, TOKEN_HEADER (authorization |
-x-api-key), OAUTH_BETA (auto | on | off), SHUTDOWN_GRACE, and the limits and timeouts listed
-in the README.
-";
-
-/// How long `healthcheck` waits in total.
-const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+from the environment: LISTEN_PORT ({port}), LISTEN_ADDR (127.0.0.1), TARGET
+({target}), TARGET_CA_FILE, PHANTOM_TOKEN, TOKEN_HEADER (authorization |
+x-api-key), OAUTH_BETA (auto | on | off), SHUTDOWN_GRACE ({grace}s), and the limits and
+timeouts listed in the README.
+",
+        port = limits::DEFAULT_LISTEN_PORT,
+        target = limits::DEFAULT_TARGET,
+        grace = limits::SHUTDOWN_GRACE.as_secs(),
+    )
+}
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match (args.next().as_deref(), args.next()) {
         (None, _) => {}
         (Some("-h" | "--help"), None) => {
-            print!("{HELP}");
+            print!("{}", help());
             return ExitCode::SUCCESS;
         }
         (Some("-V" | "--version"), None) => {

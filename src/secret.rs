@@ -10,11 +10,30 @@ use std::io::Read;
 
 use zeroize::Zeroizing;
 
-use crate::config::TokenHeader;
+use crate::limits::MAX_TOKEN_LEN;
 use crate::sys;
 
-/// The longest token accepted. Anthropic keys and OAuth tokens are about 100 bytes.
-pub const MAX_TOKEN_LEN: usize = 4096;
+/// Which header carries the real token upstream (`TOKEN_HEADER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenHeader {
+    /// `Authorization: Bearer <token>` (OAuth tokens, most APIs).
+    Authorization,
+    /// `x-api-key: <token>` (Anthropic API keys).
+    XApiKey,
+}
+
+impl TokenHeader {
+    /// The setting's value, case-insensitive.
+    pub fn parse(s: &str) -> Option<TokenHeader> {
+        if s.eq_ignore_ascii_case("authorization") {
+            Some(TokenHeader::Authorization)
+        } else if s.eq_ignore_ascii_case("x-api-key") {
+            Some(TokenHeader::XApiKey)
+        } else {
+            None
+        }
+    }
+}
 
 /// Why the token on stdin was refused. Never carries any of its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,14 +50,17 @@ pub enum TokenError {
 
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TokenError::Missing => "proxy: token: expected one line on stdin, got none or an empty one",
-            TokenError::TooLong => "proxy: token: longer than 4096 bytes",
-            TokenError::InvalidByte => {
-                "proxy: token: contains a byte that is not visible ASCII (space, control or non-ASCII)"
+        f.write_str("proxy: token: ")?;
+        match self {
+            TokenError::Missing => {
+                f.write_str("expected one line on stdin, got none or an empty one")
             }
-            TokenError::Unreadable => "proxy: token: could not read stdin",
-        })
+            TokenError::TooLong => write!(f, "longer than {MAX_TOKEN_LEN} bytes"),
+            TokenError::InvalidByte => f.write_str(
+                "contains a byte that is not visible ASCII (space, control or non-ASCII)",
+            ),
+            TokenError::Unreadable => f.write_str("could not read stdin"),
+        }
     }
 }
 
@@ -142,15 +164,6 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,12 +217,5 @@ mod tests {
     fn debug_shows_nothing_of_the_token() {
         let t = Token::new(b"sk-ant-secret", TokenHeader::Authorization).unwrap();
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
-    }
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

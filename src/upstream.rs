@@ -18,8 +18,10 @@ use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, ConfigError, Scheme, Target, Timeouts};
+use crate::config::{Config, ConfigError};
 use crate::error::Problem;
+use crate::limits::Timeouts;
+use crate::target::{Scheme, Target};
 
 /// One upstream connection, plain or TLS.
 pub enum Stream {
@@ -123,18 +125,17 @@ impl Connector {
                 let mut roots = rustls::RootCertStore::empty();
                 match &cfg.ca_file {
                     Some(path) => {
-                        let bad = ConfigError {
-                            setting: "TARGET_CA_FILE",
-                            reason: "holds no usable PEM certificate",
+                        let bad = || {
+                            ConfigError::new("TARGET_CA_FILE", "holds no usable PEM certificate")
                         };
                         let certs: Vec<CertificateDer<'static>> =
                             CertificateDer::pem_file_iter(path)
-                                .map_err(|_| bad)?
+                                .map_err(|_| bad())?
                                 .collect::<Result<_, _>>()
-                                .map_err(|_| bad)?;
+                                .map_err(|_| bad())?;
                         let (added, _) = roots.add_parsable_certificates(certs);
                         if added == 0 {
-                            return Err(bad);
+                            return Err(bad());
                         }
                     }
                     None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -142,18 +143,13 @@ impl Connector {
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
                 let mut config = rustls::ClientConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()
-                    .map_err(|_| ConfigError {
-                        setting: "TARGET",
-                        reason: "no TLS protocol version available",
-                    })?
+                    .map_err(|_| ConfigError::new("TARGET", "no TLS protocol version available"))?
                     .with_root_certificates(roots)
                     .with_no_client_auth();
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let name =
-                    ServerName::try_from(cfg.target.host.clone()).map_err(|_| ConfigError {
-                        setting: "TARGET",
-                        reason: "host is not a valid TLS server name",
-                    })?;
+                let name = ServerName::try_from(cfg.target.host.clone()).map_err(|_| {
+                    ConfigError::new("TARGET", "host is not a valid TLS server name")
+                })?;
                 Some((TlsConnector::from(Arc::new(config)), name))
             }
         };

@@ -11,16 +11,17 @@
 
 use std::sync::OnceLock;
 
-use agent_loop_proxy::config::{Limits, Target};
 use agent_loop_proxy::error::Problem;
-use agent_loop_proxy::framing::{self, ChunkError, ChunkLimits, ChunkedDecoder, Step};
-use agent_loop_proxy::head::{
-    self, BodyKind, HeadScanner, Method, Request, Rewrite, Route, ScanLimits, Version,
-};
-use agent_loop_proxy::response::{
-    self, BodyTracker, ResponseBody, ResponseContext, ResponseHead, RESPONSE_SCAN,
-};
+use agent_loop_proxy::framing::{self, BodyKind, ChunkError, ChunkLimits, ChunkedDecoder, Step};
+use agent_loop_proxy::head::{self, Method, Request, Route, Version};
+use agent_loop_proxy::limits::{self, Limits};
+use agent_loop_proxy::response::{self, ResponseBody, ResponseContext, ResponseHead};
+use agent_loop_proxy::rewrite::Rewrite;
+use agent_loop_proxy::scan::{HeadScanner, ScanLimits};
 use agent_loop_proxy::scrub;
+use agent_loop_proxy::syntax;
+use agent_loop_proxy::target::Target;
+use agent_loop_proxy::tracker::BodyTracker;
 
 /// The real credential: it must reach the upstream exactly once and the client never.
 pub const REAL_TOKEN: &[u8] = b"REALTOKEN";
@@ -742,7 +743,7 @@ fn check_upstream_head(h: &[u8], req: &Request, cfg: &Config, out: &[u8]) {
 /// phantom when one is required, and the largest header count (our fields add up to three).
 fn check_idempotent(req: &Request, cfg: &Config, out: &[u8]) {
     let limits = Limits {
-        max_headers: head::MAX_HEADERS_CAP,
+        max_headers: limits::MAX_HEADERS_CAP,
         max_head_bytes: usize::MAX,
         max_request_line: usize::MAX,
         max_field_line: usize::MAX,
@@ -796,10 +797,10 @@ const SMALL_CHUNK: ChunkLimits = ChunkLimits {
 
 /// The request-side limits the relay uses with the default configuration.
 const REQUEST_CHUNK: ChunkLimits = ChunkLimits {
-    max_body: agent_loop_proxy::config::MAX_BODY_BYTES,
-    max_ext_line: agent_loop_proxy::config::MAX_CHUNK_EXT,
-    max_ext_total: agent_loop_proxy::config::MAX_CHUNK_EXT_TOTAL,
-    max_trailers: agent_loop_proxy::config::MAX_TRAILER_BYTES,
+    max_body: limits::MAX_BODY_BYTES,
+    max_ext_line: limits::MAX_CHUNK_EXT,
+    max_ext_total: limits::MAX_CHUNK_EXT_TOTAL,
+    max_trailers: limits::MAX_TRAILER_BYTES,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -942,7 +943,7 @@ pub fn response_head(data: &[u8]) {
         let mut rest = data;
         // The relay reads interim (1xx) heads until the final one; at most a few here.
         for _ in 0..4 {
-            let Ok(Some(n)) = scan_checked(rest, &RESPONSE_SCAN, 5) else {
+            let Ok(Some(n)) = scan_checked(rest, &ScanLimits::RESPONSE, 5) else {
                 break;
             };
             let mut out = b"stale bytes".to_vec();
@@ -1053,7 +1054,7 @@ fn check_response_head(h: &[u8], head: &ResponseHead, ctx: &ResponseContext<'_>,
             assert!(te.is_empty() && cl.len() == 1, "Length framing");
             // Relayed as the upstream wrote it (leading zeros are 1*DIGIT too).
             assert_eq!(
-                head::parse_content_length(&cl[0].value),
+                syntax::parse_content_length(&cl[0].value),
                 Some(n),
                 "Content-Length"
             );

@@ -181,15 +181,6 @@ fn chunk_headers_are_lower_hex_without_padding() {
 }
 
 #[test]
-fn decimals_are_written_without_padding() {
-    for n in [0u64, 7, 10, 200, 33_554_432, u64::MAX] {
-        let mut out = Vec::new();
-        push_decimal(&mut out, n);
-        assert_eq!(out, n.to_string().into_bytes());
-    }
-}
-
-#[test]
 fn extension_and_trailer_text_is_reported_as_meta() {
     let input = b"5;ab=c\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
     let mut d = ChunkedDecoder::new(LIMITS);
@@ -234,7 +225,6 @@ fn extension_and_trailer_text_is_reported_as_meta() {
 
 // The request body framer (re-chunking toward the upstream).
 use crate::error::Problem;
-use crate::head::BodyKind;
 
 #[test]
 fn length_bodies_stop_at_their_end() {

@@ -1,5 +1,7 @@
 use super::*;
-use crate::config::{Limits, Target};
+use crate::limits::Limits;
+use crate::scan::{HeadScanner, ScanLimits};
+use crate::target::Target;
 
 const CRED: &[u8] = b"Authorization: Bearer REAL\r\n";
 

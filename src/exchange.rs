@@ -1,0 +1,717 @@
+//! One exchange: the request head and body up, the response head and body down.
+//!
+//! Upload and download run concurrently in the connection's task, so an upstream that answers
+//! early (say 413 before the body is in) is relayed, and the request body streams while the
+//! upstream thinks. Every await has its own timeout (STYLE habit 9). Bytes are written to the
+//! client as soon as they are read: no coalescing, no flush interval.
+//!
+//! The states, each one function:
+//!
+//! ```text
+//!   forward ── connect or take from the pool
+//!      └─ attempt ── send_head ── race(upload ‖ download) ── finish
+//!           │             │                │                   ├─ Relayed (whole)
+//!           │             │                │                   ├─ Cut (bytes reached the client)
+//!           │             │                │                   └─ ClientGone
+//!           └─────────────┴── nothing reached the client ──────── Answer (the connection answers)
+//! ```
+//!
+//! A pooled connection that fails before any response byte arrived is replaced once, only for
+//! a body-less idempotent request (RFC 9112 §9.3.1: never a POST). What happens to each
+//! connection afterwards is [`persist::settle`]'s decision, from the final state. Once
+//! response bytes reached the client, a failure only closes the connection: no fake ending
+//! ever makes a truncated reply look whole.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use zeroize::Zeroizing;
+
+use crate::answer::CONTINUE;
+use crate::error::Problem;
+use crate::framing::{Framed, RequestBody};
+use crate::head::{Method, Request, Version};
+use crate::limits::{self, Timeouts};
+use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
+use crate::response::{self, ResponseBody, ResponseContext, ResponseHead};
+use crate::scan::{HeadScanner, ScanLimits};
+use crate::scrub::TokenFinder;
+use crate::state::Proxy;
+use crate::tracker::BodyTracker;
+use crate::upstream::Stream;
+
+/// What one exchange works with, fixed for its duration.
+pub struct Exchange<'a> {
+    pub proxy: &'a Proxy,
+    pub req: &'a Request,
+    /// The rewritten upstream head; it holds our credential.
+    pub up_head: &'a [u8],
+    pub terms: ClientTerms,
+    /// The token's searcher, built once per client connection.
+    pub finder: &'a TokenFinder<'a>,
+}
+
+/// The client's side of the connection, as the exchange uses it: the socket, and the bytes
+/// read but not yet used (body bytes, pipelined requests).
+pub struct ClientIo<'c> {
+    pub stream: &'c mut TcpStream,
+    pub buf: &'c mut BytesMut,
+}
+
+/// How an exchange ended, for the log line and the connection loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Status sent to the client (0 when nothing was sent).
+    pub status: u16,
+    /// Bytes written to the client (heads included).
+    pub bytes: u64,
+    /// What went wrong, if anything.
+    pub failure: Option<Problem>,
+    /// The upstream answered 401 or 403 to our credential.
+    pub credential_rejected: bool,
+    /// What happens to the client connection now.
+    pub client: ClientFate,
+}
+
+impl Outcome {
+    /// The client stopped reading or left: nothing more can be said to it.
+    fn client_gone(p: Problem) -> Outcome {
+        Outcome {
+            status: 0,
+            bytes: 0,
+            failure: Some(p),
+            credential_rejected: false,
+            client: persist::settle(End::ClientGone, ClientTerms::CLOSING).client,
+        }
+    }
+}
+
+/// What [`forward`] leaves to the client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// Nothing of a response reached the client: the connection answers `problem` itself.
+    /// `in_sync`: the request was read exactly, so the connection's framing is certain.
+    Answer { problem: Problem, in_sync: bool },
+    /// The response, whole or cut, reached the client, or the client left.
+    Relayed(Outcome),
+}
+
+/// The result of one attempt on one upstream connection.
+enum Attempt {
+    /// A pooled connection was found dead before anything was received: try a fresh one.
+    Retry,
+    Done(Forwarded),
+}
+
+/// Forwards one request whose rewritten head is `x.up_head`.
+pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<u8>) -> Forwarded {
+    let mut retried = false;
+    loop {
+        let (stream, reused) = match x.proxy.pool.take() {
+            Some(s) => (s, true),
+            None => match x.proxy.connector.connect().await {
+                Ok(s) => (s, false),
+                Err(problem) => {
+                    let in_sync = !x.req.body.has_bytes();
+                    return Forwarded::Answer { problem, in_sync };
+                }
+            },
+        };
+        let retryable =
+            reused && !retried && !x.req.body.has_bytes() && x.req.method.is_idempotent();
+        match attempt(x, client, stream, retryable, out).await {
+            Attempt::Retry => retried = true,
+            Attempt::Done(f) => return f,
+        }
+    }
+}
+
+/// One attempt on `stream`: the head (with the body bytes already here), then the race.
+async fn attempt(
+    x: &Exchange<'_>,
+    client: &mut ClientIo<'_>,
+    mut stream: Stream,
+    retryable: bool,
+    out: &mut Vec<u8>,
+) -> Attempt {
+    let (l, t) = (&x.proxy.cfg.limits, &x.proxy.cfg.timeouts);
+    // R26: answer 100-continue ourselves, once the upstream is reachable, if the client waits.
+    if x.req.expect_continue && client.buf.is_empty() {
+        if let Err(p) = write_client(client.stream, CONTINUE, t.client_write).await {
+            return Attempt::Done(Forwarded::Relayed(Outcome::client_gone(p)));
+        }
+    }
+    let mut upload = RequestBody::new(
+        x.req.body,
+        l.max_body_bytes,
+        l.max_chunk_ext,
+        l.max_trailer_bytes,
+    );
+    let mut scratch = Zeroizing::new(Vec::new());
+    match send_head(x, client, &mut stream, &mut upload, &mut scratch).await {
+        Ok(()) => {}
+        Err(HeadFailed::Write(_)) if retryable => return Attempt::Retry,
+        // Nothing of the request is known to have reached the upstream.
+        Err(HeadFailed::Framing(problem) | HeadFailed::Write(problem)) => {
+            let in_sync = false;
+            return Attempt::Done(Forwarded::Answer { problem, in_sync });
+        }
+    }
+    let raced = race(x, client, stream, upload, scratch, out).await;
+    finish(x, raced, retryable)
+}
+
+/// Why the head could not be sent.
+enum HeadFailed {
+    /// The body bytes already here break framing: refused before anything is written.
+    Framing(Problem),
+    /// The upstream did not take the head.
+    Write(Problem),
+}
+
+/// Writes the head and whatever body bytes already arrived, in one write.
+///
+/// The head holds our credential: `scratch` is wiped when dropped, and sized up front so no
+/// reallocation leaves a copy behind (re-chunking adds at most 4 bytes per input byte).
+async fn send_head(
+    x: &Exchange<'_>,
+    client: &mut ClientIo<'_>,
+    stream: &mut Stream,
+    upload: &mut RequestBody,
+    scratch: &mut Zeroizing<Vec<u8>>,
+) -> Result<(), HeadFailed> {
+    scratch.reserve(x.up_head.len() + client.buf.len() * 4 + 64);
+    scratch.extend_from_slice(x.up_head);
+    match upload
+        .frame(client.buf, scratch)
+        .map_err(HeadFailed::Framing)?
+    {
+        Framed::Raw(n) => {
+            scratch.extend_from_slice(&client.buf[..n]);
+            client.buf.advance(n);
+        }
+        Framed::Encoded(n) => client.buf.advance(n),
+    }
+    let wrote = within(
+        x.proxy.cfg.timeouts.upstream_idle,
+        Problem::UpstreamIdleTimeout,
+        Problem::UpstreamClosed,
+        async {
+            stream.write_all(scratch).await?;
+            stream.flush().await
+        },
+    )
+    .await;
+    // Wipe the credential now: the buffer is reused (and may be reallocated) for the body.
+    zeroize::Zeroize::zeroize(&mut **scratch);
+    if upload.is_done() {
+        // Nothing more goes up: give the buffers back before a possibly long stream, so an
+        // idle SSE stream holds only its relay buffer.
+        **scratch = Vec::new();
+        if client.buf.is_empty() {
+            *client.buf = BytesMut::new();
+        }
+    }
+    wrote.map_err(HeadFailed::Write)
+}
+
+/// What the two racing halves of an exchange (upload and download) tell each other. Both are
+/// futures polled by the one connection task; the flags are atomics only because that task
+/// must be `Send` (a `Cell` shared by reference is not), so `Relaxed` is enough.
+struct Progress {
+    /// The request body was sent whole (set by the upload, read when the response head
+    /// arrives: a client whose body is still coming cannot be kept).
+    body_sent: AtomicBool,
+    /// A byte of a response reached the client: from then on a failure is a cut, never an
+    /// answer of our own (read after the upload failed and the download was dropped).
+    response_started: AtomicBool,
+}
+
+impl Progress {
+    fn new(body_sent: bool) -> Progress {
+        Progress {
+            body_sent: AtomicBool::new(body_sent),
+            response_started: AtomicBool::new(false),
+        }
+    }
+
+    fn body_sent(&self) -> bool {
+        self.body_sent.load(Relaxed)
+    }
+
+    fn response_started(&self) -> bool {
+        self.response_started.load(Relaxed)
+    }
+
+    fn start_response(&self) {
+        self.response_started.store(true, Relaxed);
+    }
+}
+
+/// Why the upload stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadError {
+    /// The client broke framing, stalled or left: the exchange is aborted.
+    Client(Problem),
+    /// The upstream stopped accepting the body; its response (if any) is still relayed.
+    Upstream,
+}
+
+/// Where the race between upload and download left the exchange.
+struct Raced {
+    /// `None`: the upload was still running when the response ended.
+    upload: Option<Result<(), UploadError>>,
+    /// `Err`: the client broke its body, and the download was dropped.
+    download: Result<DownReport, Problem>,
+    /// A byte of the response reached the client.
+    started: bool,
+    stream: Stream,
+}
+
+/// Streams the rest of the body up while the response comes down.
+async fn race(
+    x: &Exchange<'_>,
+    client: &mut ClientIo<'_>,
+    mut stream: Stream,
+    mut body: RequestBody,
+    mut scratch: Zeroizing<Vec<u8>>,
+    out: &mut Vec<u8>,
+) -> Raced {
+    let t = &x.proxy.cfg.timeouts;
+    let version = x.req.version;
+    let progress = Progress::new(body.is_done());
+    let ctx = ResponseContext {
+        request_was_head: x.req.method == Method::Head,
+        close_client: !x.terms.persist(),
+        dechunk: version == Version::Http10,
+        finder: x.finder,
+    };
+    if body.is_done() {
+        // The whole request went out with the head (the usual agent POST): relay the response
+        // on the stream itself, without splitting it.
+        let down = Download::new(&mut stream, &mut *client.stream, t, &progress);
+        let report = down.run(ctx, version, out).await;
+        return Raced {
+            upload: Some(Ok(())),
+            download: Ok(report),
+            started: progress.response_started(),
+            stream,
+        };
+    }
+    let (mut ur, mut uw) = tokio::io::split(stream);
+    let (mut cr, mut cw) = client.stream.split();
+    let (upload, download) = {
+        let up = Upload {
+            cr: &mut cr,
+            buf: client.buf,
+            uw: &mut uw,
+            body: &mut body,
+            scratch: &mut scratch,
+            t,
+            progress: &progress,
+        }
+        .run();
+        let down = Download::new(&mut ur, &mut cw, t, &progress).run(ctx, version, out);
+        tokio::pin!(up, down);
+        let mut upload = None;
+        // Cancel safety: both futures are polled by reference and live until this block
+        // ends. `down` is dropped unfinished only after the client broke its body, and then
+        // its partial progress is judged through `progress.response_started()`.
+        let download = loop {
+            tokio::select! {
+                r = &mut up, if upload.is_none() => match r {
+                    Err(UploadError::Client(p)) => break Err(p),
+                    other => upload = Some(other),
+                },
+                d = &mut down => break Ok(d),
+            }
+        };
+        (upload, download)
+    };
+    Raced {
+        upload,
+        download,
+        started: progress.response_started(),
+        stream: ur.unsplit(uw),
+    }
+}
+
+/// The final state, from what the race left; pools the upstream connection if it may be.
+fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
+    let started = raced.started;
+    let down = match raced.download {
+        Ok(d) => d,
+        // The client broke its body. The upstream saw a partial request and is dropped
+        // without a terminating chunk, so it never sees a complete one.
+        Err(p) if started => return Attempt::Done(Forwarded::Relayed(Outcome::client_gone(p))),
+        Err(problem) => {
+            return Attempt::Done(Forwarded::Answer {
+                problem,
+                in_sync: false,
+            })
+        }
+    };
+    let body_sent = matches!(raced.upload, Some(Ok(())));
+    let end = match down.failure {
+        Some(p) if !started && retryable && !down.received_any && p == Problem::UpstreamClosed => {
+            return Attempt::Retry;
+        }
+        Some(problem) if !started => {
+            let in_sync = body_sent;
+            return Attempt::Done(Forwarded::Answer { problem, in_sync });
+        }
+        // A Content-Length or chunked body cut short is visibly incomplete after a FIN; a
+        // close-delimited one is not, so that connection is reset instead (R29).
+        Some(_) => End::Cut {
+            close_delimited: down.client_close_delimited,
+        },
+        None => End::Relayed(Relayed {
+            body_sent,
+            announced_close: down.close_client,
+            upstream_allows: down.upstream_allows,
+            ended_exactly: down.ended_exactly,
+        }),
+    };
+    let fate = persist::settle(end, x.terms);
+    if fate.upstream == UpstreamFate::Pool {
+        x.proxy.pool.put(raced.stream);
+    }
+    Attempt::Done(Forwarded::Relayed(Outcome {
+        status: down.status,
+        bytes: down.bytes,
+        failure: down.failure,
+        credential_rejected: matches!(down.status, 401 | 403),
+        client: fate.client,
+    }))
+}
+
+/// The request body's way up: from the client's buffer and socket to the upstream.
+struct Upload<'a, R, W> {
+    cr: &'a mut R,
+    buf: &'a mut BytesMut,
+    uw: &'a mut W,
+    body: &'a mut RequestBody,
+    /// Re-chunked bytes on their way up.
+    scratch: &'a mut Vec<u8>,
+    t: &'a Timeouts,
+    progress: &'a Progress,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Upload<'_, R, W> {
+    /// Streams the rest of the request body from the client to the upstream.
+    async fn run(self) -> Result<(), UploadError> {
+        while !self.body.is_done() {
+            if self.buf.is_empty() {
+                self.buf.reserve(limits::UPLOAD_READ);
+                let n = within(
+                    self.t.client_idle,
+                    Problem::BodyTimeout,
+                    Problem::ClientAborted,
+                    self.cr.read_buf(self.buf),
+                )
+                .await
+                .map_err(UploadError::Client)?;
+                if n == 0 {
+                    // R10: a body shorter than declared is incomplete; the upstream is dropped.
+                    return Err(UploadError::Client(Problem::ClientAborted));
+                }
+            }
+            self.scratch.clear();
+            let framed = self.body.frame(self.buf, self.scratch);
+            let (bytes, consumed): (&[u8], usize) = match framed.map_err(UploadError::Client)? {
+                Framed::Raw(n) => (&self.buf[..n], n),
+                Framed::Encoded(n) => (&self.scratch[..], n),
+            };
+            if !bytes.is_empty() {
+                let sent = timeout(self.t.upstream_idle, self.uw.write_all(bytes)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return Err(UploadError::Upstream);
+                }
+            }
+            self.buf.advance(consumed);
+        }
+        if !matches!(
+            timeout(self.t.upstream_idle, self.uw.flush()).await,
+            Ok(Ok(()))
+        ) {
+            return Err(UploadError::Upstream);
+        }
+        self.progress.body_sent.store(true, Relaxed);
+        Ok(())
+    }
+}
+
+/// What the download half reports.
+struct DownReport {
+    status: u16,
+    bytes: u64,
+    /// The final head allowed reusing the upstream connection.
+    upstream_allows: bool,
+    /// The body ended exactly where its framing said (see [`Relayed::ended_exactly`]).
+    ended_exactly: bool,
+    /// `Connection: close` was sent to the client.
+    close_client: bool,
+    failure: Option<Problem>,
+    /// Any byte arrived from the upstream.
+    received_any: bool,
+    /// The client sees a close-delimited body (the upstream's was, or it was de-chunked for
+    /// an HTTP/1.0 client): its end cannot be told from a truncation by a FIN.
+    client_close_delimited: bool,
+}
+
+/// The response's way down: reads the upstream, writes the client.
+struct Download<'a, R, W> {
+    ur: &'a mut R,
+    cw: &'a mut W,
+    t: &'a Timeouts,
+    progress: &'a Progress,
+    /// The relay buffer; `buf[..filled]` holds bytes read and not yet sent.
+    buf: Vec<u8>,
+    filled: usize,
+    report: DownReport,
+}
+
+impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
+    fn new(ur: &'a mut R, cw: &'a mut W, t: &'a Timeouts, progress: &'a Progress) -> Self {
+        Download {
+            ur,
+            cw,
+            t,
+            progress,
+            buf: vec![0u8; limits::RELAY_BUF_START],
+            filled: 0,
+            report: DownReport {
+                status: 0,
+                bytes: 0,
+                upstream_allows: false,
+                ended_exactly: false,
+                close_client: true,
+                failure: None,
+                received_any: false,
+                client_close_delimited: false,
+            },
+        }
+    }
+
+    /// Reads the response head (relaying interim 1xx), then streams the body to the client.
+    async fn run(
+        mut self,
+        mut ctx: ResponseContext<'_>,
+        version: Version,
+        out: &mut Vec<u8>,
+    ) -> DownReport {
+        let relayed = match self.final_head(&mut ctx, version, out).await {
+            Ok((head, head_len)) => self.body(head, head_len, &ctx, out).await,
+            Err(p) => Err(p),
+        };
+        if let Err(p) = relayed {
+            self.report.failure = Some(p);
+            self.report.ended_exactly = false;
+        }
+        self.report
+    }
+
+    /// The final head, after any interim responses (RFC 9110 §15.2), within one deadline
+    /// however it trickles in and whatever 1xx precede it. Returns it with its length.
+    async fn final_head(
+        &mut self,
+        ctx: &mut ResponseContext<'_>,
+        version: Version,
+        out: &mut Vec<u8>,
+    ) -> Result<(ResponseHead, usize), Problem> {
+        let deadline = Instant::now() + self.t.response;
+        let mut scanner = HeadScanner::new();
+        let mut interim = 0;
+        loop {
+            let head_end = self.read_head(&mut scanner, deadline).await?;
+            // The client connection closes if its body is not fully consumed by now.
+            ctx.close_client |= !self.progress.body_sent();
+            let head = response::parse_response(&self.buf[..head_end], ctx, out)?;
+            if !head.interim {
+                self.report.status = head.status;
+                self.report.close_client = head.close_client;
+                self.report.upstream_allows = head.upstream_keep_alive;
+                self.report.client_close_delimited = head.body == ResponseBody::UntilClose
+                    || (ctx.dechunk && head.body == ResponseBody::Chunked);
+                return Ok((head, head_end));
+            }
+            interim += 1;
+            if interim > limits::MAX_INTERIM_RESPONSES {
+                return Err(Problem::UpstreamMalformed);
+            }
+            // R27: relay 1xx (103 Early Hints...) to HTTP/1.1 clients; drop 100, which answers
+            // an expectation we never forwarded.
+            if head.status != 100 && version == Version::Http11 {
+                self.progress.start_response();
+                write_client(self.cw, out, self.t.client_write).await?;
+                self.report.bytes += out.len() as u64;
+            }
+            self.buf.copy_within(head_end..self.filled, 0);
+            self.filled -= head_end;
+            scanner.reset();
+        }
+    }
+
+    /// Reads until `scanner` finds a complete head in the buffer; returns its length.
+    async fn read_head(
+        &mut self,
+        scanner: &mut HeadScanner,
+        deadline: Instant,
+    ) -> Result<usize, Problem> {
+        loop {
+            if let Some(n) = scanner.scan(&self.buf[..self.filled], &ScanLimits::RESPONSE)? {
+                return Ok(n);
+            }
+            if self.filled == self.buf.len() {
+                let grown = (self.buf.len() * 2).min(limits::MAX_RESPONSE_HEAD + 4);
+                self.buf.resize(grown, 0);
+            }
+            let n = within(
+                deadline.saturating_duration_since(Instant::now()),
+                Problem::UpstreamResponseTimeout,
+                Problem::UpstreamClosed,
+                self.ur.read(&mut self.buf[self.filled..]),
+            )
+            .await?;
+            if n == 0 {
+                return Err(Problem::UpstreamClosed);
+            }
+            self.filled += n;
+            self.report.received_any = true;
+        }
+    }
+
+    /// The body: the head and the first body bytes leave in one write, then each read is
+    /// written at once (minus held bytes that may begin a token) until the framing ends it.
+    async fn body(
+        &mut self,
+        head: ResponseHead,
+        head_len: usize,
+        ctx: &ResponseContext<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Problem> {
+        let mut tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.finder);
+        self.buf.copy_within(head_len..self.filled, 0);
+        self.filled -= head_len;
+        let mut old = 0;
+        let mut first = true;
+        loop {
+            // Before the first write a failure is still a clean 502; after, a cut.
+            let adv = tracker.advance(&mut self.buf[..self.filled], old)?;
+            if first {
+                out.extend_from_slice(&self.buf[..adv.ready]);
+                self.progress.start_response();
+                write_client(self.cw, out, self.t.client_write).await?;
+                self.report.bytes += out.len() as u64;
+                first = false;
+            } else {
+                self.send(adv.ready).await?;
+            }
+            if adv.done {
+                // R30: bytes beyond the message mean the upstream cannot be trusted for the
+                // next; nor one whose response ended at its head.
+                self.report.ended_exactly = !adv.excess && head.body != ResponseBody::None;
+                return Ok(());
+            }
+            self.buf.copy_within(adv.ready..adv.keep, 0);
+            tracker.shifted(adv.ready);
+            self.filled = adv.keep - adv.ready;
+            self.make_room(&mut tracker).await?;
+            old = self.filled;
+            if !self.read_body(&mut tracker).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ensures the next read has room in the buffer.
+    async fn make_room(&mut self, tracker: &mut BodyTracker<'_>) -> Result<(), Problem> {
+        if self.filled < self.buf.len() {
+            return Ok(());
+        }
+        if self.buf.len() < limits::RELAY_BUF_MAX {
+            self.buf.resize(self.buf.len() * 2, 0);
+            return Ok(());
+        }
+        // Held bytes filled the whole buffer: only an upstream that interleaves a token
+        // prefix with 64 KiB of chunk framing gets here. Stop holding and send them, so the
+        // next read has room (an empty read would look like the upstream's EOF).
+        tracker.release();
+        let n = self.filled;
+        self.send(n).await?;
+        self.filled = 0;
+        Ok(())
+    }
+
+    /// One read of body bytes. `Ok(false)`: the upstream closed where a close-delimited body
+    /// ends (what was held has been sent).
+    async fn read_body(&mut self, tracker: &mut BodyTracker<'_>) -> Result<bool, Problem> {
+        // R29: a TLS close without close_notify is a truncation, even for a close-delimited
+        // body; tokio-rustls reports it as an error.
+        let n = within(
+            self.t.upstream_idle,
+            Problem::UpstreamIdleTimeout,
+            Problem::UpstreamClosed,
+            self.ur.read(&mut self.buf[self.filled..]),
+        )
+        .await?;
+        if n == 0 {
+            if !tracker.finish_at_close() {
+                return Err(Problem::UpstreamClosed);
+            }
+            let n = self.filled;
+            self.send(n).await?;
+            return Ok(false);
+        }
+        if n == self.buf.len() - self.filled && self.buf.len() < limits::RELAY_BUF_MAX {
+            // The read filled the buffer: a bulk body; grow for fewer, larger writes.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        self.filled += n;
+        Ok(true)
+    }
+
+    /// Writes `buf[..n]` to the client.
+    async fn send(&mut self, n: usize) -> Result<(), Problem> {
+        if n > 0 {
+            write_client(self.cw, &self.buf[..n], self.t.client_write).await?;
+            self.report.bytes += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Awaits `f` for at most `limit`; an I/O error becomes `on_error`, the timeout `on_timeout`.
+async fn within<T>(
+    limit: Duration,
+    on_timeout: Problem,
+    on_error: Problem,
+    f: impl Future<Output = io::Result<T>>,
+) -> Result<T, Problem> {
+    match timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(on_error),
+        Err(_) => Err(on_timeout),
+    }
+}
+
+/// Writes to the client within the client write timeout.
+pub async fn write_client(
+    cw: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), Problem> {
+    within(
+        limit,
+        Problem::ClientWriteStalled,
+        Problem::ClientWriteStalled,
+        cw.write_all(bytes),
+    )
+    .await
+}

@@ -1,0 +1,197 @@
+//! Every limit, default and bound of the proxy, in one place. Imports nothing of the crate.
+//!
+//! Each constant says what it bounds and, where a setting mirrors it, the environment variable
+//! of the same name. Defaults follow HARDENING.md §5 (the limits trusted proxies use). Help and
+//! error texts are built from these constants, never from numbers repeated by hand.
+
+use std::time::Duration;
+
+// --- the defaults of the two addresses ---
+
+/// Port the proxy listens on (`LISTEN_PORT`).
+pub const DEFAULT_LISTEN_PORT: u16 = 18080;
+/// Default upstream (`TARGET`).
+pub const DEFAULT_TARGET: &str = "https://api.anthropic.com";
+
+// --- request heads (client side; settings) ---
+
+/// Longest request line (`MAX_REQUEST_LINE`, 414). nginx: one 8 KiB buffer.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Longest single field line (`MAX_FIELD_LINE`, 431). nginx: 8 KiB.
+pub const MAX_FIELD_LINE: usize = 8 * 1024;
+/// Largest whole request head (`MAX_HEAD_BYTES`, 431). nginx: 4 x 8 KiB.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// Most fields in a request head (`MAX_HEADERS`, 431). hyper and Envoy: 100.
+pub const MAX_HEADERS: usize = 100;
+/// The largest `MAX_HEADERS` setting accepted (the parse array lives on the stack).
+pub const MAX_HEADERS_CAP: usize = 256;
+/// Most `Connection` options a request may name; more is refused (400).
+pub const MAX_CONNECTION_OPTIONS: usize = 16;
+
+// --- request bodies (settings) ---
+
+/// Largest request body (`MAX_BODY_BYTES`, 413): the Messages API's documented 32 MB limit.
+pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// Longest chunk extension on one request chunk line (`MAX_CHUNK_EXT`, 400). RFC 9112 §7.1.1.
+pub const MAX_CHUNK_EXT: usize = 1024;
+/// Chunk-extension bytes allowed over a whole request body (hyper: 16 KiB).
+pub const MAX_CHUNK_EXT_TOTAL: usize = 16 * 1024;
+/// Request trailer bytes read (then dropped) (`MAX_TRAILER_BYTES`, 431).
+pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+
+// --- connections (settings) ---
+
+/// Concurrent client connections (`MAX_CONNECTIONS`); more wait in the kernel backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Requests served on one client connection (`MAX_REQUESTS_PER_CONNECTION`).
+pub const MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
+/// Idle upstream connections kept for reuse (`POOL_MAX_IDLE`).
+pub const POOL_MAX_IDLE: usize = 32;
+
+// --- the smallest values the size settings accept ---
+
+/// Smallest `MAX_REQUEST_LINE`: room for a method, a short path and the version.
+pub const MIN_REQUEST_LINE: usize = 64;
+/// Smallest `MAX_FIELD_LINE`.
+pub const MIN_FIELD_LINE: usize = 64;
+/// Smallest `MAX_HEAD_BYTES`.
+pub const MIN_HEAD_BYTES: usize = 256;
+/// Smallest `MAX_HEADERS`: Host plus the fields every agent sends.
+pub const MIN_HEADERS: usize = 8;
+
+// --- upstream responses (the upstream is trusted for content, not for framing) ---
+
+/// Largest upstream response head.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Longest upstream status or field line.
+pub const MAX_RESPONSE_LINE: usize = 16 * 1024;
+/// Most fields in an upstream response head.
+pub const MAX_RESPONSE_HEADERS: usize = 128;
+/// Longest chunk extension on one response chunk line.
+pub const MAX_RESPONSE_CHUNK_EXT: usize = 4096;
+/// Chunk-extension bytes allowed over a whole response body.
+pub const MAX_RESPONSE_CHUNK_EXT_TOTAL: usize = 64 * 1024;
+/// Response trailer bytes.
+pub const MAX_RESPONSE_TRAILER_BYTES: usize = 64 * 1024;
+/// Interim (1xx) responses relayed before the final one; more is a misbehaving upstream.
+pub const MAX_INTERIM_RESPONSES: usize = 8;
+
+// --- buffers ---
+
+/// First read size for a request head; grows up to the head limit.
+pub const HEAD_READ: usize = 4 * 1024;
+/// A client buffer larger than this is released between requests.
+pub const IDLE_BUF_KEEP: usize = 8 * 1024;
+/// Client reads during a request body.
+pub const UPLOAD_READ: usize = 16 * 1024;
+/// First size of the response relay buffer: small, since SSE events are small and idle
+/// streams should cost little memory.
+pub const RELAY_BUF_START: usize = 2 * 1024;
+/// The relay buffer doubles when a read fills it, up to this (bulk downloads).
+pub const RELAY_BUF_MAX: usize = 64 * 1024;
+
+// --- closing ---
+
+/// How long a closing connection keeps reading what the client still sends (R34).
+pub const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes discarded while lingering.
+pub const LINGER_MAX_BYTES: usize = 256 * 1024;
+
+// --- the token and the log ---
+
+/// The longest token accepted. Anthropic keys and OAuth tokens are about 100 bytes.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// Longest path written to the log.
+pub const LOG_PATH_MAX: usize = 256;
+
+// --- timeouts, one per phase (settings) ---
+
+/// Absolute deadline from a request's first byte to the end of its head (`HEADER_TIMEOUT`, 408).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Idle client connection between requests (`KEEPALIVE_TIMEOUT`), closed silently.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upstream TCP connect (`CONNECT_TIMEOUT`, 504).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upstream TLS handshake (`TLS_TIMEOUT`, 504).
+pub const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request head sent to upstream response head (`RESPONSE_TIMEOUT`, 504). Minutes, because a
+/// non-streaming LLM call may think for a long time before its head.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Gap between request-body reads from the client (`CLIENT_IDLE_TIMEOUT`).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Gap between response-body reads from the upstream (`UPSTREAM_IDLE_TIMEOUT`); far above the
+/// SSE `ping` interval so a quiet stream is never cut. There is no total-duration limit.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A write to the client that makes no progress (`CLIENT_WRITE_TIMEOUT`).
+pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle upstream connection may be reused (`POOL_IDLE_TIMEOUT`); below the
+/// keep-alive timeouts that API front ends commonly use.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Drain period after SIGTERM/SIGINT (`SHUTDOWN_GRACE`); below Docker's 10 s stop timeout.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// Longest duration setting accepted: every phase is bounded.
+pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long `agent-loop-proxy healthcheck` waits in total.
+pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Size and count limits on what clients send; see the constants for meaning and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_request_line: usize,
+    pub max_field_line: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub max_chunk_ext: usize,
+    pub max_trailer_bytes: usize,
+    pub max_connections: usize,
+    pub max_requests_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_line: MAX_REQUEST_LINE,
+            max_field_line: MAX_FIELD_LINE,
+            max_head_bytes: MAX_HEAD_BYTES,
+            max_headers: MAX_HEADERS,
+            max_body_bytes: MAX_BODY_BYTES,
+            max_chunk_ext: MAX_CHUNK_EXT,
+            max_trailer_bytes: MAX_TRAILER_BYTES,
+            max_connections: MAX_CONNECTIONS,
+            max_requests_per_connection: MAX_REQUESTS_PER_CONNECTION,
+        }
+    }
+}
+
+/// One timeout per phase; see the constants for meaning and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub keepalive: Duration,
+    pub connect: Duration,
+    pub tls: Duration,
+    pub response: Duration,
+    pub client_idle: Duration,
+    pub upstream_idle: Duration,
+    pub client_write: Duration,
+    pub pool_idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header: HEADER_TIMEOUT,
+            keepalive: KEEPALIVE_TIMEOUT,
+            connect: CONNECT_TIMEOUT,
+            tls: TLS_TIMEOUT,
+            response: RESPONSE_TIMEOUT,
+            client_idle: CLIENT_IDLE_TIMEOUT,
+            upstream_idle: UPSTREAM_IDLE_TIMEOUT,
+            client_write: CLIENT_WRITE_TIMEOUT,
+            pool_idle: POOL_IDLE_TIMEOUT,
+            shutdown_grace: SHUTDOWN_GRACE,
+        }
+    }
+}

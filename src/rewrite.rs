@@ -1,0 +1,160 @@
+//! Pure: the upstream request head, written fresh (invariant 1 of HARDENING.md §1) from a head
+//! that `head.rs` has validated: a rebuilt request line, `Host` from TARGET, the client's
+//! remaining fields as `name: value\r\n` in their order, then ours: the OAuth beta flag when
+//! added, `Accept-Encoding: identity`, one canonical framing field, and our credential last.
+
+use crate::framing::BodyKind;
+use crate::syntax::{list_items, name_is, push_decimal, push_field};
+use crate::target::Target;
+
+/// The beta flag OAuth tokens need on api.anthropic.com.
+pub const OAUTH_BETA: &[u8] = b"oauth-2025-04-20";
+
+/// Fields the client may not send upstream, and that a `_` look-alike may not imitate
+/// (R37, RFC 9110 §17.10). Lower-case.
+pub const DROPPED: &[&[u8]] = &[
+    // Routing and framing: rebuilt by us.
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    // Hop-by-hop (RFC 9110 §7.6.1, R23) and protocol switching (R-invariant 7).
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"http2-settings",
+    // Handled by the proxy (R26).
+    b"expect",
+    // Token masking in responses is an exact byte match, so the sandbox may not ask for
+    // bodies in which the token would not appear verbatim: compressed (we send
+    // `Accept-Encoding: identity` instead) or in slices shorter than the token.
+    b"accept-encoding",
+    b"range",
+    b"if-range",
+    // The sandbox's credentials (invariant 5, R24).
+    b"authorization",
+    b"proxy-authorization",
+    b"x-api-key",
+    b"cookie",
+];
+
+/// What the rewrite adds: fixed per process.
+#[derive(Debug, Clone, Copy)]
+pub struct Rewrite<'a> {
+    pub target: &'a Target,
+    /// Our credential's complete header line (`Authorization: Bearer ...\r\n`).
+    pub credential_line: &'a [u8],
+    pub phantom: Option<&'a [u8]>,
+    /// Merge `oauth-2025-04-20` into `anthropic-beta`.
+    pub oauth_beta: bool,
+}
+
+/// What to do about `anthropic-beta` (OAuth tokens need [`OAUTH_BETA`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beta {
+    /// Not needed, or the client's list already has it: never duplicated.
+    Keep,
+    /// Merged into the client's first `anthropic-beta` list, never replacing it.
+    AppendToFirst,
+    /// The client sent none: add our own field.
+    Add,
+}
+
+impl Beta {
+    /// Decides from the client's fields; only fields that survive the rewrite count (a
+    /// `Connection` option removes them).
+    pub fn decide(headers: &[httparse::Header<'_>], options: &[&[u8]], wanted: bool) -> Beta {
+        let surviving = headers.iter().filter(|h| {
+            h.name.eq_ignore_ascii_case("anthropic-beta") && !name_is(h.name.as_bytes(), options)
+        });
+        let (mut has_beta, mut has_oauth) = (false, false);
+        for h in surviving {
+            has_beta = true;
+            has_oauth |= list_items(h.value).any(|i| i == OAUTH_BETA);
+        }
+        match (wanted, has_beta, has_oauth) {
+            (false, _, _) | (true, true, true) => Beta::Keep,
+            (true, true, false) => Beta::AppendToFirst,
+            (true, false, _) => Beta::Add,
+        }
+    }
+}
+
+/// The decided parts of the upstream request line and fields.
+pub struct Upstream<'a> {
+    pub method: &'static str,
+    /// The client's target lacks its leading `/` (absolute-form without a path).
+    pub prefix_slash: bool,
+    /// The client's path and query, byte for byte.
+    pub target: &'a [u8],
+    /// Fields the client's `Connection` named: hop-by-hop, removed.
+    pub options: &'a [&'a [u8]],
+    pub body: BodyKind,
+    pub beta: Beta,
+}
+
+/// An upper bound of the upstream head's size, so the caller can reserve it once and no
+/// reallocation leaves a copy of the credential behind: fields are only removed, except Host,
+/// framing, the beta flag, the encoding and the credential.
+pub fn size_bound(client_head_len: usize, rw: &Rewrite<'_>) -> usize {
+    client_head_len
+        + rw.target.base_path.len()
+        + rw.target.authority.len()
+        + rw.credential_line.len()
+        + 128
+}
+
+/// Writes the upstream head into `out`.
+pub fn write_upstream_head(
+    out: &mut Vec<u8>,
+    up: &Upstream<'_>,
+    headers: &[httparse::Header<'_>],
+    rw: &Rewrite<'_>,
+) {
+    out.extend_from_slice(up.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(rw.target.base_path.as_bytes());
+    if up.prefix_slash {
+        out.push(b'/');
+    }
+    out.extend_from_slice(up.target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_field(out, b"Host", rw.target.authority.as_bytes());
+    let mut append_beta = up.beta == Beta::AppendToFirst;
+    for h in headers {
+        let name = h.name.as_bytes();
+        if name_is(name, DROPPED) || name_is(name, up.options) {
+            continue;
+        }
+        if append_beta && name.eq_ignore_ascii_case(b"anthropic-beta") {
+            append_beta = false;
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            if !h.value.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(OAUTH_BETA);
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
+        push_field(out, name, h.value);
+    }
+    if up.beta == Beta::Add {
+        push_field(out, b"anthropic-beta", OAUTH_BETA);
+    }
+    push_field(out, b"Accept-Encoding", b"identity");
+    match up.body {
+        BodyKind::Empty => {}
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked => push_field(out, b"Transfer-Encoding", b"chunked"),
+    }
+    out.extend_from_slice(rw.credential_line);
+    out.extend_from_slice(b"\r\n");
+}

@@ -1,0 +1,169 @@
+//! Small pieces of HTTP grammar shared by the request and the response side, one copy each.
+//! Pure byte functions; imports nothing of the crate.
+
+/// `tchar` (RFC 9110 §5.6.2): the bytes of a token such as a field name or a method.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `name` equals one of `list`, ignoring ASCII case (field names, RFC 9110 §5.1).
+pub fn name_is(name: &[u8], list: &[&[u8]]) -> bool {
+    list.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Elements of a comma-separated list (RFC 9110 §5.6.1), trimmed, empty ones skipped.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|s| !s.is_empty())
+}
+
+/// One element of a `Connection` field (RFC 9110 §7.6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionOption<'a> {
+    /// `close`: the sender closes after this message (RFC 9112 §9.6).
+    Close,
+    /// `keep-alive`: HTTP/1.0's opt-in to persistence.
+    KeepAlive,
+    /// A token naming a field that is hop-by-hop for this connection.
+    Field(&'a [u8]),
+    /// Not a token: cannot name any field.
+    Invalid,
+}
+
+/// The options of one `Connection` field value, in order.
+pub fn connection_options(value: &[u8]) -> impl Iterator<Item = ConnectionOption<'_>> {
+    list_items(value).map(|item| {
+        if item.eq_ignore_ascii_case(b"close") {
+            ConnectionOption::Close
+        } else if item.eq_ignore_ascii_case(b"keep-alive") {
+            ConnectionOption::KeepAlive
+        } else if item.iter().all(|&b| is_tchar(b)) {
+            ConnectionOption::Field(item)
+        } else {
+            ConnectionOption::Invalid
+        }
+    })
+}
+
+/// The value of one hex digit.
+pub fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), at most 19 digits so it fits in u64.
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Appends `n` in decimal, without allocating (Content-Length, status codes).
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `n` in lower-case hex without leading zeros (chunk sizes).
+pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = HEX[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends one field line, `name: value\r\n`. Both were checked by the caller.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The credentials of `Authorization: Bearer <x>` (scheme case-insensitive, RFC 9110 §11.1).
+pub fn bearer(v: &[u8]) -> Option<&[u8]> {
+    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+        Some(v[7..].trim_ascii())
+    } else {
+        None
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_options_are_classified() {
+        use ConnectionOption::*;
+        let got: Vec<_> = connection_options(b" Close, ,keep-alive ,x-a, a b,").collect();
+        assert_eq!(got, [Close, KeepAlive, Field(b"x-a"), Invalid]);
+    }
+
+    #[test]
+    fn numbers_render_without_leading_zeros() {
+        for (n, dec, hex) in [(0u64, "0", "0"), (9, "9", "9"), (255, "255", "ff")] {
+            let (mut d, mut h) = (Vec::new(), Vec::new());
+            push_decimal(&mut d, n);
+            push_hex(&mut h, n);
+            assert_eq!(
+                (d.as_slice(), h.as_slice()),
+                (dec.as_bytes(), hex.as_bytes())
+            );
+        }
+        let mut d = Vec::new();
+        push_decimal(&mut d, u64::MAX);
+        assert_eq!(d, u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b"18446744073709551615"), None);
+        for bad in [&b""[..], b"+1", b"1 ", b"0x1", b"1,1"] {
+            assert_eq!(parse_content_length(bad), None);
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,212 @@
+//! Pure: one response body as it streams. Finds where it ends (its framing, RFC 9112 §6.3),
+//! masks the token in payload, chunk extensions and trailers, de-chunks for an HTTP/1.0
+//! client (R31), and says which bytes of the relay buffer may be sent now. Relayed bytes are
+//! never re-framed: a masked token keeps its length.
+
+use crate::error::Problem;
+use crate::framing::{ChunkLimits, ChunkedDecoder, Step};
+use crate::response::ResponseBody;
+use crate::scrub::{Scrubber, TokenFinder};
+
+/// What one call of [`BodyTracker::advance`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advance {
+    /// `buf[..ready]` may be sent to the client now.
+    pub ready: usize,
+    /// `buf[ready..keep]` is held (scrubbing) and must stay at the front of the buffer.
+    pub keep: usize,
+    /// The body is complete (after sending `ready`).
+    pub done: bool,
+    /// Bytes followed the end of the body: the upstream connection cannot be reused (R30).
+    pub excess: bool,
+}
+
+enum Framing {
+    None,
+    Length { remaining: u64 },
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+/// The two maskers of one body.
+struct Masks<'t> {
+    /// Masks the token in the payload.
+    payload: Scrubber<'t>,
+    /// Masks the token in chunk-extension and trailer text. A token (visible ASCII) cannot
+    /// span a line ending, so this one's hold is released at the end of each such run.
+    meta: Scrubber<'t>,
+}
+
+impl Masks<'_> {
+    fn release(&mut self) {
+        self.payload.finish();
+        self.meta.finish();
+    }
+
+    /// The first buffer position either masker holds back, if any.
+    fn hold_from(&self) -> Option<usize> {
+        [self.payload.hold_from(), self.meta.hold_from()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// Where [`BodyTracker::advance`] is in the buffer.
+struct Cursor {
+    /// Next unprocessed input byte.
+    pos: usize,
+    /// End of the output region (== `pos` unless de-chunking moves payload forward).
+    end: usize,
+}
+
+/// Tracks one response body as bytes arrive: where it ends, which bytes are payload (to be
+/// scrubbed), and, for an HTTP/1.0 client, the payload alone (de-chunked).
+pub struct BodyTracker<'t> {
+    framing: Framing,
+    masks: Masks<'t>,
+    dechunk: bool,
+}
+
+impl<'t> BodyTracker<'t> {
+    pub fn new(body: ResponseBody, dechunk: bool, finder: &'t TokenFinder<'t>) -> BodyTracker<'t> {
+        let framing = match body {
+            ResponseBody::None | ResponseBody::Length(0) => Framing::None,
+            ResponseBody::Length(n) => Framing::Length { remaining: n },
+            ResponseBody::Chunked => Framing::Chunked(ChunkedDecoder::new(ChunkLimits::RESPONSE)),
+            ResponseBody::UntilClose => Framing::UntilClose,
+        };
+        BodyTracker {
+            framing,
+            masks: Masks {
+                payload: Scrubber::new(finder),
+                meta: Scrubber::new(finder),
+            },
+            dechunk: dechunk && body == ResponseBody::Chunked,
+        }
+    }
+
+    /// Whether the body is complete.
+    pub fn is_done(&self) -> bool {
+        match &self.framing {
+            Framing::None => true,
+            Framing::Length { remaining } => *remaining == 0,
+            Framing::Chunked(d) => d.is_done(),
+            Framing::UntilClose => false,
+        }
+    }
+
+    /// Whether the body ends when the upstream closes.
+    pub fn until_close(&self) -> bool {
+        matches!(self.framing, Framing::UntilClose)
+    }
+
+    /// `buf[..old]` was kept from the previous call (already processed); `buf[old..]` is new.
+    /// Processes the new bytes in place (masking, de-chunking) and says what may be sent.
+    pub fn advance(&mut self, buf: &mut [u8], old: usize) -> Result<Advance, Problem> {
+        let mut at = Cursor { pos: old, end: old };
+        let mut done = self.is_done();
+        while at.pos < buf.len() && !done {
+            done = match &mut self.framing {
+                Framing::None => true,
+                Framing::UntilClose => {
+                    self.masks.payload.scan(buf, at.pos..buf.len());
+                    at.pos = buf.len();
+                    at.end = at.pos;
+                    false
+                }
+                Framing::Length { remaining } => {
+                    let n = usize::try_from(*remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len() - at.pos);
+                    self.masks.payload.scan(buf, at.pos..at.pos + n);
+                    *remaining -= n as u64;
+                    at.pos += n;
+                    at.end = at.pos;
+                    *remaining == 0
+                }
+                Framing::Chunked(decoder) => {
+                    chunk_step(decoder, &mut self.masks, self.dechunk, buf, &mut at)?
+                }
+            };
+        }
+        let excess = done && at.pos < buf.len();
+        if done {
+            self.masks.release();
+        }
+        let ready = self.masks.hold_from().unwrap_or(at.end).min(at.end);
+        Ok(Advance {
+            ready,
+            keep: at.end,
+            done,
+            excess,
+        })
+    }
+
+    /// The relay moved `buf[ready..keep]` to the front.
+    pub fn shifted(&mut self, ready: usize) {
+        self.masks.payload.shift(ready);
+        self.masks.meta.shift(ready);
+    }
+
+    /// Stops holding bytes back: everything processed may be sent.
+    pub fn release(&mut self) {
+        self.masks.release();
+    }
+
+    /// The upstream closed: for a close-delimited body this is its end; release held bytes.
+    pub fn finish_at_close(&mut self) -> bool {
+        self.release();
+        self.until_close()
+    }
+}
+
+/// One decoder step over the chunked body at `at`; returns whether the body ended.
+fn chunk_step(
+    decoder: &mut ChunkedDecoder,
+    masks: &mut Masks<'_>,
+    dechunk: bool,
+    buf: &mut [u8],
+    at: &mut Cursor,
+) -> Result<bool, Problem> {
+    // Every decoder error is the upstream's framing fault.
+    let step = decoder
+        .step(&buf[at.pos..])
+        .map_err(|_| Problem::UpstreamMalformed)?;
+    if !matches!(step, Step::Meta(_)) {
+        masks.meta.finish();
+    }
+    if decoder.payload_done() {
+        // The last chunk was read: no payload byte can complete a held prefix.
+        masks.payload.finish();
+    }
+    let (n, done) = match step {
+        Step::Data(n) => {
+            // De-chunking moves the payload forward over the framing before it.
+            let from = if dechunk { at.end } else { at.pos };
+            if dechunk {
+                buf.copy_within(at.pos..at.pos + n, at.end);
+            }
+            masks.payload.scan(buf, from..from + n);
+            at.pos += n;
+            at.end = if dechunk { at.end + n } else { at.pos };
+            return Ok(false);
+        }
+        // Relayed as received (no re-framing), so masked like payload; dropped altogether
+        // when de-chunking.
+        Step::Meta(n) if !dechunk => {
+            masks.meta.scan(buf, at.pos..at.pos + n);
+            (n, false)
+        }
+        Step::Meta(n) | Step::Framing(n) => (n, false),
+        Step::Done(n) => (n, true),
+    };
+    at.pos += n;
+    if !dechunk {
+        at.end = at.pos;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests;
