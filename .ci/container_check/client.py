@@ -1,6 +1,6 @@
 """Send one request through the proxy as a sandboxed agent would, then check what the
 upstream received. Prints nothing and exits 0 when all is well, else the problems."""
-import http.client, json, os, sys, time
+import http.client, json, os, sys
 host, port, record = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 token = os.environ["CC_TOKEN"]
 body = '{"model":"claude-x","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}'
