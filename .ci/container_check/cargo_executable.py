@@ -1,4 +1,5 @@
-"""Print the agent-loop-proxy executable(s) a cargo build reported.
+"""container-check helper: print the agent-loop-proxy executable(s) a cargo
+build reported.
 
 Usage: python3 cargo_executable.py BUILD_JSON
 

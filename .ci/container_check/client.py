@@ -1,5 +1,12 @@
-"""Send one request through the proxy as a sandboxed agent would, then check what the
-upstream received. Prints nothing and exits 0 when all is well, else the problems."""
+"""container-check fixture, the client: send one request through the proxy as a
+sandboxed agent would, then check what the upstream received. Prints nothing
+and exits 0 when all is well, else the problems (one a line) and exits 1.
+
+Usage: CC_TOKEN=<token> [CC_TIMEOUT=<seconds>] python3 client.py HOST PORT RECORD
+
+HOST:PORT is the proxy, RECORD the upstream's request record (upstream.py),
+CC_TOKEN the token the proxy was given.
+"""
 import http.client, json, os, sys
 host, port, record = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 token = os.environ["CC_TOKEN"]

@@ -1,4 +1,12 @@
-"""Check the Dockerfile against what container-check assumes; emit bash assignments."""
+"""container-check fixture: check the Dockerfile against what container-check
+assumes, and hand what it says to the script as bash assignments.
+
+Usage: python3 dockerfile_check.py DOCKERFILE DOCKERIGNORE CARGO_TOML TRIPLE OUT
+
+Writes df_* assignments (USER, COPY destination, ENV, HEALTHCHECK, ENTRYPOINT,
+version, dependency-cache layer) to OUT for the script to source, prints one
+line per problem found, and exits 1 if there was any.
+"""
 import json, re, shlex, sys
 
 dockerfile, dockerignore, cargo_toml, triple, out = sys.argv[1:6]

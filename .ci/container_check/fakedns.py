@@ -1,4 +1,11 @@
-"""Minimal DNS server: A queries for any name get 127.0.0.1, others an empty answer."""
+"""container-check fixture, a minimal DNS server: A queries for any name get
+127.0.0.1, others an empty answer.
+
+Usage: python3 fakedns.py ADDR READY
+
+Binds ADDR port 53 (UDP) and writes `ok` to READY, then serves until killed;
+if it cannot bind (port 53 needs root) it writes `error <errno>` and exits 0.
+"""
 import socket, struct, sys
 addr, ready = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

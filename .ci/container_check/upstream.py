@@ -1,5 +1,13 @@
-"""Recording upstream: answers every request 200 `upstream ok` (GET /health: 404),
-appends each request (method, target, header list, body) as a JSON line."""
+"""container-check fixture, a recording upstream: answers every request 200
+`upstream ok` (GET /health: 404), appends each request (method, target, header
+list, body) as a JSON line to RECORD.
+
+Usage: python3 upstream.py RECORD PORT_FILE [CERT KEY]
+
+Listens on 127.0.0.1 on a free port, whose number it writes to PORT_FILE
+(by rename, so the file is complete once it exists); with CERT and KEY it
+speaks TLS. Serves until killed.
+"""
 import json, ssl, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
