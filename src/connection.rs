@@ -265,12 +265,11 @@ async fn linger_close(stream: &mut TcpStream) {
     }
 }
 
-/// The path as logged: at most [`limits::LOG_PATH_MAX`] bytes, in a reused string.
+/// The path as logged, in a reused string: at most [`limits::LOG_PATH_MAX`] bytes, escaped
+/// outside printable ASCII (a second line of defence: such targets are refused already).
 fn set_log_path(log_path: &mut String, path: &[u8]) {
     log_path.clear();
-    log_path.push_str(&String::from_utf8_lossy(
-        &path[..path.len().min(limits::LOG_PATH_MAX)],
-    ));
+    crate::log::escape_into(log_path, path, limits::LOG_PATH_MAX);
 }
 
 /// One line per request (DESIGN: Logs): method, path without query, status, bytes, duration;

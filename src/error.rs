@@ -95,6 +95,9 @@ pub enum Problem {
     UpstreamEncoded,
     /// The upstream closed before its response was complete.
     UpstreamClosed,
+    /// A possible token prefix was held while the upstream's framing after it outgrew
+    /// `RELAY_HOLD_MAX`: the response is cut rather than the prefix released unmasked.
+    UpstreamHoldOverflow,
     // --- the proxy itself ---
     /// The proxy is draining for shutdown.
     ShuttingDown,
@@ -114,7 +117,8 @@ impl Problem {
             | UpstreamMalformed
             | UpstreamSwitchedProtocols
             | UpstreamEncoded
-            | UpstreamClosed => Side::Upstream,
+            | UpstreamClosed
+            | UpstreamHoldOverflow => Side::Upstream,
             ShuttingDown => Side::Proxy,
             _ => Side::Client,
         }
@@ -139,7 +143,8 @@ impl Problem {
             | UpstreamMalformed
             | UpstreamSwitchedProtocols
             | UpstreamEncoded
-            | UpstreamClosed => 502,
+            | UpstreamClosed
+            | UpstreamHoldOverflow => 502,
             ShuttingDown => 503,
             UpstreamConnectTimeout
             | UpstreamTlsTimeout
@@ -196,6 +201,7 @@ impl Problem {
             UpstreamSwitchedProtocols => "upstream attempted a protocol switch",
             UpstreamEncoded => "upstream response is content-encoded",
             UpstreamClosed => "upstream closed mid-response",
+            UpstreamHoldOverflow => "upstream framing outgrew the token-masking hold",
             ShuttingDown => "shutting down",
         }
     }

@@ -39,6 +39,7 @@ use crate::framing::{Framed, RequestBody};
 use crate::head::{Method, Request, Version};
 use crate::limits::{self, Timeouts};
 use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
+use crate::relaybuf::RelayBuf;
 use crate::response::{self, ResponseBody, ResponseContext, ResponseHead};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::scrub::TokenFinder;
@@ -373,6 +374,7 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
         },
         None => End::Relayed(Relayed {
             body_sent,
+            answered_early: down.answered_early,
             announced_close: down.close_client,
             upstream_allows: down.upstream_allows,
             ended_exactly: down.ended_exactly,
@@ -457,6 +459,8 @@ struct DownReport {
     ended_exactly: bool,
     /// `Connection: close` was sent to the client.
     close_client: bool,
+    /// The final head arrived before the request body was sent whole.
+    answered_early: bool,
     failure: Option<Problem>,
     /// Any byte arrived from the upstream.
     received_any: bool,
@@ -492,6 +496,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
                 upstream_allows: false,
                 ended_exactly: false,
                 close_client: true,
+                answered_early: false,
                 failure: None,
                 received_any: false,
                 client_close_delimited: false,
@@ -530,10 +535,13 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
         let mut interim = 0;
         loop {
             let head_end = self.read_head(&mut scanner, deadline).await?;
-            // The client connection closes if its body is not fully consumed by now.
-            ctx.close_client |= !self.progress.body_sent();
+            // The client connection closes if its body is not fully consumed by now, and the
+            // upstream connection is not pooled afterwards.
+            let early = !self.progress.body_sent();
+            ctx.close_client |= early;
             let head = response::parse_response(&self.buf[..head_end], ctx, out)?;
             if !head.interim {
+                self.report.answered_early = early;
                 self.report.status = head.status;
                 self.report.close_client = head.close_client;
                 self.report.upstream_allows = head.upstream_keep_alive;
@@ -549,8 +557,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
             // an expectation we never forwarded.
             if head.status != 100 && version == Version::Http11 {
                 self.progress.start_response();
-                write_client(self.cw, out, self.t.client_write).await?;
-                self.report.bytes += out.len() as u64;
+                self.write(out).await?;
             }
             self.buf.copy_within(head_end..self.filled, 0);
             self.filled -= head_end;
@@ -596,22 +603,20 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
         ctx: &ResponseContext<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Problem> {
-        let mut tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.finder);
-        self.buf.copy_within(head_len..self.filled, 0);
-        self.filled -= head_len;
-        let mut old = 0;
+        let tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.finder);
+        let buf = std::mem::take(&mut self.buf);
+        let mut relay = RelayBuf::new(tracker, buf, head_len, self.filled);
         let mut first = true;
         loop {
             // Before the first write a failure is still a clean 502; after, a cut.
-            let adv = tracker.advance(&mut self.buf[..self.filled], old)?;
+            let adv = relay.advance()?;
             if first {
-                out.extend_from_slice(&self.buf[..adv.ready]);
+                out.extend_from_slice(relay.front(adv.ready));
                 self.progress.start_response();
-                write_client(self.cw, out, self.t.client_write).await?;
-                self.report.bytes += out.len() as u64;
+                self.write(out).await?;
                 first = false;
             } else {
-                self.send(adv.ready).await?;
+                self.write(relay.front(adv.ready)).await?;
             }
             if adv.done {
                 // R30: bytes beyond the message mean the upstream cannot be trusted for the
@@ -619,69 +624,29 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
                 self.report.ended_exactly = !adv.excess && head.body != ResponseBody::None;
                 return Ok(());
             }
-            self.buf.copy_within(adv.ready..adv.keep, 0);
-            tracker.shifted(adv.ready);
-            self.filled = adv.keep - adv.ready;
-            self.make_room(&mut tracker).await?;
-            old = self.filled;
-            if !self.read_body(&mut tracker).await? {
-                return Ok(());
+            relay.consume(adv)?;
+            // R29: a TLS close without close_notify is a truncation, even for a
+            // close-delimited body; tokio-rustls reports it as an error.
+            let n = within(
+                self.t.upstream_idle,
+                Problem::UpstreamIdleTimeout,
+                Problem::UpstreamClosed,
+                self.ur.read(relay.spare()),
+            )
+            .await?;
+            if n == 0 {
+                let last = relay.closed()?;
+                return self.write(relay.front(last)).await;
             }
+            relay.filled(n);
         }
     }
 
-    /// Ensures the next read has room in the buffer.
-    async fn make_room(&mut self, tracker: &mut BodyTracker<'_>) -> Result<(), Problem> {
-        if self.filled < self.buf.len() {
-            return Ok(());
-        }
-        if self.buf.len() < limits::RELAY_BUF_MAX {
-            self.buf.resize(self.buf.len() * 2, 0);
-            return Ok(());
-        }
-        // Held bytes filled the whole buffer: only an upstream that interleaves a token
-        // prefix with 64 KiB of chunk framing gets here. Stop holding and send them, so the
-        // next read has room (an empty read would look like the upstream's EOF).
-        tracker.release();
-        let n = self.filled;
-        self.send(n).await?;
-        self.filled = 0;
-        Ok(())
-    }
-
-    /// One read of body bytes. `Ok(false)`: the upstream closed where a close-delimited body
-    /// ends (what was held has been sent).
-    async fn read_body(&mut self, tracker: &mut BodyTracker<'_>) -> Result<bool, Problem> {
-        // R29: a TLS close without close_notify is a truncation, even for a close-delimited
-        // body; tokio-rustls reports it as an error.
-        let n = within(
-            self.t.upstream_idle,
-            Problem::UpstreamIdleTimeout,
-            Problem::UpstreamClosed,
-            self.ur.read(&mut self.buf[self.filled..]),
-        )
-        .await?;
-        if n == 0 {
-            if !tracker.finish_at_close() {
-                return Err(Problem::UpstreamClosed);
-            }
-            let n = self.filled;
-            self.send(n).await?;
-            return Ok(false);
-        }
-        if n == self.buf.len() - self.filled && self.buf.len() < limits::RELAY_BUF_MAX {
-            // The read filled the buffer: a bulk body; grow for fewer, larger writes.
-            self.buf.resize(self.buf.len() * 2, 0);
-        }
-        self.filled += n;
-        Ok(true)
-    }
-
-    /// Writes `buf[..n]` to the client.
-    async fn send(&mut self, n: usize) -> Result<(), Problem> {
-        if n > 0 {
-            write_client(self.cw, &self.buf[..n], self.t.client_write).await?;
-            self.report.bytes += n as u64;
+    /// Writes `bytes` to the client, counting them.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Problem> {
+        if !bytes.is_empty() {
+            write_client(self.cw, bytes, self.t.client_write).await?;
+            self.report.bytes += bytes.len() as u64;
         }
         Ok(())
     }

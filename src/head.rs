@@ -14,7 +14,7 @@ use crate::framing::{
     transfer_coding_problem, BodyKind, FieldFraming, FramingError, FramingFields,
 };
 use crate::limits::{Limits, MAX_CONNECTION_OPTIONS, MAX_HEADERS_CAP};
-use crate::rewrite::{self, Beta, Rewrite, Upstream, DROPPED};
+use crate::rewrite::{self, is_underscore_lookalike, Beta, Rewrite, Upstream};
 use crate::syntax::{bearer, connection_options, constant_time_eq, name_is, ConnectionOption};
 
 /// Methods the proxy forwards. Methods are case-sensitive (RFC 9110 §9.1).
@@ -112,18 +112,6 @@ const INTERPRETED: &[&[u8]] = &[
 
 /// Names a `Connection` header may not list: we frame and route with them (HARDENING §1.4).
 const NOT_HOP_BY_HOP: &[&[u8]] = &[b"host", b"content-length", b"transfer-encoding"];
-
-/// A name that becomes a protected one when `_` is read as `-` (R37).
-fn is_underscore_lookalike(name: &[u8]) -> bool {
-    memchr::memchr(b'_', name).is_some()
-        && DROPPED.iter().any(|p| {
-            p.len() == name.len()
-                && name
-                    .iter()
-                    .zip(p.iter())
-                    .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
-        })
-}
 
 /// Parses a head that [`crate::scan::HeadScanner`] found complete (`head` ends with the blank
 /// line), validates it, and writes the upstream head into `out` (wiped first) when the request
@@ -344,6 +332,12 @@ impl<'h> Fields<'h> {
 /// authority-form are refused (R22). A fragment is never part of a request-target (HAProxy
 /// CVE-2023-45539).
 fn origin_form(target: &[u8]) -> Result<(bool, &[u8]), Problem> {
+    // RFC 9112 §3.2: the request-target is ASCII. httparse lets 0x80-0xFF through; UTF-8
+    // encoded C1 controls (U+009B is CSI to some terminals), U+2028 or U+202E in a path would
+    // reach the log and the upstream's.
+    if !target.is_ascii() {
+        return Err(Problem::BadTarget);
+    }
     if memchr::memchr(b'#', target).is_some() {
         return Err(Problem::BadTarget);
     }

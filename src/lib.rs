@@ -23,6 +23,7 @@
 //! 3. **Pure core**, bytes in, decisions out (fuzzed and split-point tested):
 //!    - [`head`]: parses and validates a request head, decides framing and route.
 //!    - [`rewrite`]: writes the upstream request head.
+//!    - [`relaybuf`]: the relay buffer of one response body: reads in, what to send out.
 //!    - [`tracker`]: one response body as it streams: its end, masking, de-chunking.
 //!    - [`response`]: parses the upstream response head and writes the client's.
 //!    - [`answer`]: the proxy's own answers (health, Anthropic-shaped errors).
@@ -74,6 +75,7 @@ pub mod answer;
 pub mod framing;
 pub mod head;
 pub mod persist;
+pub mod relaybuf;
 pub mod response;
 pub mod rewrite;
 pub mod scan;

@@ -89,6 +89,12 @@ pub const UPLOAD_READ: usize = 16 * 1024;
 pub const RELAY_BUF_START: usize = 2 * 1024;
 /// The relay buffer doubles when a read fills it, up to this (bulk downloads).
 pub const RELAY_BUF_MAX: usize = 64 * 1024;
+/// The relay buffer grows past [`RELAY_BUF_MAX`] only while held bytes (a possible token
+/// prefix and the framing after it) fill it, up to this; then the response is cut. Above the
+/// widest hold valid framing allows: a [`MAX_TOKEN_LEN`] token one byte per chunk, each size
+/// line 16 hex digits (about 21 bytes a chunk, 86 KiB), plus the whole extension budget
+/// ([`MAX_RESPONSE_CHUNK_EXT_TOTAL`]).
+pub const RELAY_HOLD_MAX: usize = 256 * 1024;
 
 // --- closing ---
 

@@ -75,6 +75,10 @@ pub enum End {
 pub struct Relayed {
     /// The request body was sent upstream whole.
     pub body_sent: bool,
+    /// The final response head arrived before the request body was sent whole: the upstream
+    /// answered without reading it all (or read the rest as something else), so what it
+    /// expects next on this connection is unknown.
+    pub answered_early: bool,
     /// The response head told the client `Connection: close`.
     pub announced_close: bool,
     /// The upstream allowed reuse (see [`upstream_allows_reuse`]).
@@ -124,7 +128,7 @@ pub fn settle(end: End, terms: ClientTerms) -> Fate {
         End::Health | End::ClientGone => (ClientFate::Close, UpstreamFate::Drop),
         End::Relayed(r) => {
             let client = keep_if(r.body_sent && !r.announced_close && terms.persist());
-            let pool = r.body_sent && r.upstream_allows && r.ended_exactly;
+            let pool = r.body_sent && !r.answered_early && r.upstream_allows && r.ended_exactly;
             let upstream = if pool {
                 UpstreamFate::Pool
             } else {
@@ -148,6 +152,7 @@ mod tests {
     };
     const CLEAN: Relayed = Relayed {
         body_sent: true,
+        answered_early: false,
         announced_close: false,
         upstream_allows: true,
         ended_exactly: true,
@@ -183,6 +188,10 @@ mod tests {
             },
             Relayed {
                 upstream_allows: false,
+                ..CLEAN
+            },
+            Relayed {
+                answered_early: true,
                 ..CLEAN
             },
         ] {

@@ -38,7 +38,42 @@ pub const DROPPED: &[&[u8]] = &[
     b"proxy-authorization",
     b"x-api-key",
     b"cookie",
+    // Where a request came from or goes: not the sandbox's to say (Traefik CVE-2024-45410
+    // class). The proxy adds none of its own.
+    b"forwarded",
+    b"x-real-ip",
+    b"x-original-url",
+    b"x-rewrite-url",
 ];
+
+/// Prefixes of field names removed like [`DROPPED`]: every `X-Forwarded-*`.
+pub const DROPPED_PREFIXES: &[&[u8]] = &[b"x-forwarded-"];
+
+/// Whether the client's field `name` is removed from the upstream head: the fields the
+/// proxy rebuilds or refuses to carry, and any name with `_` (RFC 9110 §17.10: some servers
+/// read it as `-`; nginx drops such names by default, and so do we).
+pub fn is_dropped(name: &[u8]) -> bool {
+    memchr::memchr(b'_', name).is_some() || dropped_as(name, |a, b| a.to_ascii_lowercase() == b)
+}
+
+/// A name that becomes a dropped one when `_` is read as `-` (R37): refused, not dropped,
+/// since an upstream that normalises names would take it for the real field.
+pub fn is_underscore_lookalike(name: &[u8]) -> bool {
+    memchr::memchr(b'_', name).is_some()
+        && dropped_as(name, |a, b| {
+            a.to_ascii_lowercase() == b || (a == b'_' && b == b'-')
+        })
+}
+
+/// Whether `name` equals a [`DROPPED`] name or extends a [`DROPPED_PREFIXES`] entry, byte for
+/// byte under `same` (the client's byte, the lower-case pattern byte).
+fn dropped_as(name: &[u8], same: impl Fn(u8, u8) -> bool) -> bool {
+    let starts = |p: &[u8]| name.len() >= p.len() && name.iter().zip(p).all(|(&a, &b)| same(a, b));
+    DROPPED.iter().any(|p| name.len() == p.len() && starts(p))
+        || DROPPED_PREFIXES
+            .iter()
+            .any(|p| name.len() > p.len() && starts(p))
+}
 
 /// What the rewrite adds: fixed per process.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +160,7 @@ pub fn write_upstream_head(
     let mut append_beta = up.beta == Beta::AppendToFirst;
     for h in headers {
         let name = h.name.as_bytes();
-        if name_is(name, DROPPED) || name_is(name, up.options) {
+        if is_dropped(name) || name_is(name, up.options) {
             continue;
         }
         if append_beta && name.eq_ignore_ascii_case(b"anthropic-beta") {

@@ -46,6 +46,8 @@ pub enum TokenError {
     InvalidByte,
     /// stdin could not be read.
     Unreadable,
+    /// Could be read as a chunk-size line (see [`could_be_chunk_size`]).
+    ChunkSizeLike,
 }
 
 impl fmt::Display for TokenError {
@@ -60,6 +62,10 @@ impl fmt::Display for TokenError {
                 "contains a byte that is not visible ASCII (space, control or non-ASCII)",
             ),
             TokenError::Unreadable => f.write_str("could not read stdin"),
+            TokenError::ChunkSizeLike => f.write_str(
+                "could pass as a chunk size (at most 16 hex digits, or hex digits and `;`), \
+                 which response masking never sees; not a real credential",
+            ),
         }
     }
 }
@@ -86,6 +92,9 @@ impl Token {
         }
         if !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
             return Err(TokenError::InvalidByte);
+        }
+        if could_be_chunk_size(raw) {
+            return Err(TokenError::ChunkSizeLike);
         }
         let prefix: &[u8] = match header {
             TokenHeader::Authorization => b"Authorization: Bearer ",
@@ -146,6 +155,16 @@ impl Token {
     pub fn is_locked(&self) -> bool {
         self.locked
     }
+}
+
+/// Whether the token could appear in a chunk-size line, the one part of a relayed response
+/// that masking never scans (it is framing): a size is 1 to 16 hex digits (more are refused
+/// by the decoder), then optional whitespace (not in a token), `;` and an extension, whose
+/// text is masked on its own. So a token of at most 16 hex digits, or of at most 16 hex
+/// digits and then `;`, could be written there in clear by an upstream that reflects it.
+pub fn could_be_chunk_size(raw: &[u8]) -> bool {
+    let digits = raw.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    digits <= 16 && (digits == raw.len() || raw[digits] == b';')
 }
 
 impl Drop for Token {
@@ -211,6 +230,23 @@ mod tests {
             Token::read_line(&mut &long_line[..], TokenHeader::Authorization).unwrap_err(),
             TokenError::TooLong
         );
+    }
+
+    #[test]
+    fn tokens_that_could_be_chunk_sizes_are_refused() {
+        for t in [&b"a"[..], b"0123456789abcdef", b"DEAD;x", b";", b"0;"] {
+            assert!(could_be_chunk_size(t), "{t:?}");
+            let e = Token::new(t, TokenHeader::Authorization).unwrap_err();
+            assert_eq!(e, TokenError::ChunkSizeLike);
+        }
+        for t in [
+            &b"0123456789abcdef0"[..],
+            b"sk-ant-api03-x",
+            b"0123456789abcdef0;",
+            b"x;",
+        ] {
+            assert!(!could_be_chunk_size(t), "{t:?}");
+        }
     }
 
     #[test]

@@ -149,14 +149,9 @@ impl<'t> BodyTracker<'t> {
         self.masks.meta.shift(ready);
     }
 
-    /// Stops holding bytes back: everything processed may be sent.
-    pub fn release(&mut self) {
-        self.masks.release();
-    }
-
     /// The upstream closed: for a close-delimited body this is its end; release held bytes.
     pub fn finish_at_close(&mut self) -> bool {
-        self.release();
+        self.masks.release();
         self.until_close()
     }
 }

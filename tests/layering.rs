@@ -20,6 +20,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("sys", Layer::Process),
     ("head", Layer::Pure),
     ("rewrite", Layer::Pure),
+    ("relaybuf", Layer::Pure),
     ("tracker", Layer::Pure),
     ("response", Layer::Pure),
     ("answer", Layer::Pure),

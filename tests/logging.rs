@@ -155,3 +155,26 @@ fn the_token_never_appears_in_stderr() {
         );
     }
 }
+
+/// Attack review, round two (defect 3): bytes 0x80-0xFF in the request-target (UTF-8 C1
+/// controls such as U+009B, which terminals may read as CSI; U+0085, U+2028, U+202E) are
+/// refused with 400 (RFC 9112 §3.2: the request-target is ASCII), and never reach the log
+/// line, even for a request the phantom check refuses.
+#[test]
+fn non_ascii_request_targets_are_refused_and_never_logged_raw() {
+    let up = Upstream::plain().serve(handlers::echo_target());
+    let proxy = proxy_for(&up, &[("PHANTOM_TOKEN", "phantom")]);
+    for ch in ["\u{9b}", "\u{85}", "\u{2028}", "\u{202e}", "\u{e9}"] {
+        let req = format!("GET /v1/a{ch}[31mred HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = roundtrip(proxy.addr(), req.as_bytes());
+        r.assert_proxy_error(400, "invalid_request_error");
+    }
+    assert!(proxy.wait_for_stderr("proxy: error: client: ", LOG_BOUND));
+    let raw = proxy.stderr_bytes();
+    assert!(
+        raw.iter().all(|&b| b == b'\n' || (0x20..0x7f).contains(&b)),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    up.assert_untouched();
+}

@@ -124,3 +124,26 @@ fn a_token_with_non_ascii_bytes_exits_1_without_echoing_it() {
 fn a_token_with_a_bare_cr_inside_exits_1_without_echoing_it() {
     expect_rejected(b"sk-ant-LEAKF\rtail\n", &["LEAKF", "tail"]);
 }
+
+/// Attack review, round two (defect 6): chunk-size lines are framing and are never masked,
+/// so a token that could be written as a chunk size (up to 16 hex digits), or as a size
+/// followed by `;` and an extension, could reach the client in clear. Real tokens are longer
+/// and not hex; such a token is refused at startup, without echoing it.
+#[test]
+fn a_token_that_could_pass_as_a_chunk_size_is_refused() {
+    for token in ["deadbeef", "0123456789ABCDEF", "7", "ff;ext=1", ";x"] {
+        expect_rejected(format!("{token}\n").as_bytes(), &[token]);
+        let out = run(
+            &[],
+            &[],
+            Some(format!("{token}\n").as_bytes()),
+            true,
+            EXIT_BOUND,
+        );
+        assert!(out.stderr.contains("chunk"), "{token}: {:?}", out.stderr);
+    }
+    // Seventeen hex digits cannot be a chunk size (the decoder refuses more than 16).
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = Proxy::spawn(&[("TARGET", &up.target_url())], "0123456789abcdef0");
+    assert_eq!(roundtrip(proxy.addr(), get("/v1/models")).status(), 200);
+}

@@ -158,3 +158,47 @@ fn a_relay_buffer_full_of_held_bytes_is_sent_on_and_the_response_completes() {
         .stderr_so_far()
         .contains("upstream closed mid-response"));
 }
+
+/// Attack review, round two (defect 1): the whole token, one byte per chunk, with long
+/// extensions between the chunks (each within the response limits), so the held prefix and
+/// the framing after it outgrow the relay buffer. The hold is never released unmasked: the
+/// client sees the token masked, never in clear, in the raw bytes or the de-framed payload.
+#[test]
+fn a_token_spread_over_chunks_with_long_extensions_is_masked_even_past_a_full_buffer() {
+    let token = TOKEN.as_bytes();
+    let mut body = Vec::new();
+    for (i, &b) in token.iter().enumerate() {
+        // Leading zeros and extensions: framing that fills the buffer while a prefix is held.
+        body.extend_from_slice(b"000000000000001");
+        if i > 0 {
+            body.push(b';');
+            body.extend_from_slice(&vec![b'e'; 65_000 / (token.len() - 1)]);
+        }
+        body.extend_from_slice(b"\r\n");
+        body.push(b);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    assert!(body.len() > 64 * 1024);
+    let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    resp.extend_from_slice(&body);
+    let up = Upstream::plain().serve(handlers::fixed(&resp));
+    let proxy = proxy_for(&up, &[]);
+    let mut c = Client::connect(proxy.addr());
+    c.send("GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (raw, _) = c.read_until_end(IO_TIMEOUT);
+    let payload: Vec<u8> = {
+        let r = roundtrip(proxy.addr(), get("/v1/models"));
+        r.body().to_vec()
+    };
+    assert!(
+        support::wire::find(&raw, token).is_none(),
+        "the token reached the client in clear"
+    );
+    assert!(support::wire::find(&payload, token).is_none());
+    assert_eq!(
+        payload,
+        stars().as_bytes(),
+        "the payload arrived whole, masked"
+    );
+}

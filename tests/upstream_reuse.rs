@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::wire::request_framing;
 use support::*;
 
 /// Wait until the proxy has logged the exchange for `path`: by then it has returned (or not)
@@ -185,4 +186,63 @@ fn an_upstream_connection_is_not_reused_after_a_response_to_head() {
     assert_eq!(roundtrip(proxy.addr(), get("/b")).body_str(), "/b");
     let reqs = up.wait_requests(2, IO_TIMEOUT);
     assert_ne!(reqs[0].conn, reqs[1].conn, "reused after HEAD");
+}
+
+/// Attack review, round two (defect 2): the upstream answered before the request body was
+/// sent whole. The client already gets `Connection: close`; the upstream connection must not
+/// be pooled either, even when the upload happens to finish before the response body does
+/// (the upstream may have stopped reading the body, or read it as something else).
+#[test]
+fn an_upstream_connection_that_answered_before_the_body_was_sent_is_not_reused() {
+    let up = Upstream::plain().serve(|c: &mut UpConn| {
+        while let Some(head) = c.read_head() {
+            let Ok(framing) = request_framing(&head) else {
+                return;
+            };
+            let early = head.target == "/early";
+            if early
+                && c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                    .is_err()
+            {
+                return;
+            }
+            if c.wire.read_body(framing).is_err() {
+                return;
+            }
+            let answer: &[u8] = if early {
+                b"hello"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
+            };
+            if c.send(answer).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&up, &[]);
+    let mut c = Client::connect(proxy.addr());
+    c.send("POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234");
+    let head = c.read_head().expect("the early response head");
+    assert!(
+        head.says_close(),
+        "the client is told the connection closes"
+    );
+    c.send("56789");
+    let (rest, _) = c.read_until_end(IO_TIMEOUT);
+    assert!(
+        rest.starts_with(b"hello"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        proxy.wait_for_stderr("proxy: POST /early 200 ", IO_TIMEOUT),
+        "no log line for /early"
+    );
+    let r = roundtrip(proxy.addr(), get("/after"));
+    assert_eq!(r.body_str(), "next");
+    assert_eq!(
+        up.connection_count(),
+        2,
+        "the connection that answered early was reused"
+    );
 }

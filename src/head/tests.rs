@@ -465,3 +465,53 @@ fn ordinary_paths_with_escapes_dots_and_parameters_are_forwarded_unchanged() {
         );
     }
 }
+
+/// Attack review, round two (defect 3): RFC 9112 §3.2 makes the request-target ASCII.
+#[test]
+fn non_ascii_targets_are_refused() {
+    for target in [
+        "/a\u{9b}[31m",
+        "/\u{85}",
+        "/x\u{2028}y",
+        "/\u{202e}txt.exe",
+        "http://h/\u{e9}",
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            run(req.as_bytes()).unwrap_err(),
+            Problem::BadTarget,
+            "{target:?}"
+        );
+    }
+}
+
+/// Attack review, round two (defects 4 and 5): forwarding and rewrite fields, and every name
+/// with `_`, never reach the upstream; look-alikes of removed fields are refused.
+#[test]
+fn forwarding_fields_and_underscore_names_are_not_forwarded() {
+    let got = upstream(
+        "GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\nx-forwarded-host: e\r\n\
+         X-FORWARDED-PROTO: http\r\nX-Forwarded-Anything: 1\r\nForwarded: for=1\r\n\
+         X-Real-IP: 1\r\nX-Original-URL: /a\r\nX-Rewrite-URL: /a\r\nX_Custom: 1\r\n\
+         X-Forwarded: kept\r\nX-Keep: k\r\n\r\n",
+    );
+    assert_eq!(
+        got,
+        "GET /base/x HTTP/1.1\r\nHost: api.example.com\r\nX-Forwarded: kept\r\nX-Keep: k\r\n\
+         Accept-Encoding: identity\r\nAuthorization: Bearer REAL\r\n\r\n"
+    );
+    for name in [
+        "X_Forwarded_For",
+        "x-forwarded_host",
+        "X_Real_IP",
+        "Content_Length",
+        "x_api_key",
+    ] {
+        let req = format!("GET /x HTTP/1.1\r\nHost: a\r\n{name}: 1\r\n\r\n");
+        assert_eq!(
+            run(req.as_bytes()).unwrap_err(),
+            Problem::AmbiguousName,
+            "{name}"
+        );
+    }
+}

@@ -209,6 +209,11 @@ impl Proxy {
         self.stderr.text()
     }
 
+    /// stderr so far, byte for byte (not decoded: to check what bytes were written).
+    pub fn stderr_bytes(&self) -> Vec<u8> {
+        self.stderr.bytes()
+    }
+
     /// Wait (bounded) until a complete stderr line contains `needle`.
     pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> bool {
         self.wait_for_stderr_count(needle, 1, timeout)

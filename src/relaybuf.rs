@@ -1,0 +1,184 @@
+//! Pure: the relay buffer of one response body. Upstream reads go in; what may be written to
+//! the client comes out, in order, as soon as it may: the [`BodyTracker`] decides which bytes
+//! end the body and which are held back because they may begin the token.
+//!
+//! The buffer starts small ([`limits::RELAY_BUF_START`]) and doubles when a read fills it, up
+//! to [`limits::RELAY_BUF_MAX`] for bulk bodies. Held bytes are never released unmasked to
+//! make room: while a token prefix is held, the bytes after it (chunk framing, extensions)
+//! cannot be sent before it either, so the buffer grows on, up to
+//! [`limits::RELAY_HOLD_MAX`]; an upstream that spreads a held prefix wider than that has the
+//! response cut instead ([`Problem::UpstreamHoldOverflow`]).
+//!
+//! The I/O loop is: [`RelayBuf::advance`], write [`RelayBuf::front`], stop if done, else
+//! [`RelayBuf::consume`], read into [`RelayBuf::spare`], then [`RelayBuf::filled`] (or
+//! [`RelayBuf::closed`] when the read returned nothing).
+
+use crate::error::Problem;
+use crate::limits;
+use crate::tracker::{Advance, BodyTracker};
+
+/// The relay buffer and the tracker that judges its bytes.
+pub struct RelayBuf<'t> {
+    tracker: BodyTracker<'t>,
+    buf: Vec<u8>,
+    /// `buf[..filled]` holds bytes read and not yet sent.
+    filled: usize,
+    /// `buf[..old]` was already processed by the tracker (held bytes).
+    old: usize,
+}
+
+impl<'t> RelayBuf<'t> {
+    /// Takes over `buf`, whose `buf[body_start..filled]` are the body bytes that arrived with
+    /// the head.
+    pub fn new(
+        tracker: BodyTracker<'t>,
+        mut buf: Vec<u8>,
+        body_start: usize,
+        filled: usize,
+    ) -> Self {
+        buf.copy_within(body_start..filled, 0);
+        if buf.len() < limits::RELAY_BUF_START {
+            buf.resize(limits::RELAY_BUF_START, 0);
+        }
+        RelayBuf {
+            tracker,
+            buf,
+            filled: filled - body_start,
+            old: 0,
+        }
+    }
+
+    /// Processes the bytes read since the last call (masking, de-chunking in place) and says
+    /// how many bytes at the front may be written now, and whether the body is complete.
+    pub fn advance(&mut self) -> Result<Advance, Problem> {
+        self.tracker.advance(&mut self.buf[..self.filled], self.old)
+    }
+
+    /// The first `n` bytes, to write to the client.
+    pub fn front(&self, n: usize) -> &[u8] {
+        &self.buf[..n]
+    }
+
+    /// `adv.ready` bytes were written: keeps the held ones at the front and makes room for
+    /// the next read. `Err`: held bytes filled the hold bound; the response must be cut.
+    pub fn consume(&mut self, adv: Advance) -> Result<(), Problem> {
+        self.buf.copy_within(adv.ready..adv.keep, 0);
+        self.tracker.shifted(adv.ready);
+        self.filled = adv.keep - adv.ready;
+        self.old = self.filled;
+        if self.filled < self.buf.len() {
+            return Ok(());
+        }
+        // Only held bytes remain (everything else was sent), and they fill the buffer.
+        let limit = if self.buf.len() < limits::RELAY_BUF_MAX {
+            limits::RELAY_BUF_MAX
+        } else {
+            limits::RELAY_HOLD_MAX
+        };
+        if self.buf.len() >= limit {
+            return Err(Problem::UpstreamHoldOverflow);
+        }
+        let grown = (self.buf.len() * 2).min(limit);
+        self.buf.resize(grown, 0);
+        Ok(())
+    }
+
+    /// Room for the next read (never empty after [`RelayBuf::consume`] succeeded).
+    pub fn spare(&mut self) -> &mut [u8] {
+        &mut self.buf[self.filled..]
+    }
+
+    /// `n > 0` bytes were read into [`RelayBuf::spare`].
+    pub fn filled(&mut self, n: usize) {
+        let full = n == self.buf.len() - self.filled;
+        self.filled += n;
+        if full && self.buf.len() < limits::RELAY_BUF_MAX {
+            // The read filled the buffer: a bulk body; grow for fewer, larger writes.
+            let grown = (self.buf.len() * 2).min(limits::RELAY_BUF_MAX);
+            self.buf.resize(grown, 0);
+        }
+    }
+
+    /// The upstream closed. For a close-delimited body that is its end: held bytes can no
+    /// longer become the token, and `Ok(n)` says how many to write last. Anything else was
+    /// cut short.
+    pub fn closed(&mut self) -> Result<usize, Problem> {
+        if self.tracker.finish_at_close() {
+            Ok(self.filled)
+        } else {
+            Err(Problem::UpstreamClosed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::response::ResponseBody;
+    use crate::scrub::TokenFinder;
+
+    /// Attack review, round two (defect 1): a token one byte per chunk, with framing between
+    /// the chunks that outgrows the buffer while its prefix is held. Nothing of it is written
+    /// unmasked: the buffer grows within the hold bound and the token arrives masked.
+    #[test]
+    fn a_held_prefix_is_never_released_to_make_room() {
+        let token = b"sk-ant-REALTOKEN";
+        let finder = TokenFinder::new(token);
+        let mut body = Vec::new();
+        for &b in token {
+            body.extend_from_slice(b"1;");
+            body.extend_from_slice(&[b'e'; 4000]);
+            body.extend_from_slice(b"\r\n");
+            body.push(b);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        let tracker = BodyTracker::new(ResponseBody::Chunked, true, &finder);
+        let mut relay = RelayBuf::new(tracker, vec![0; limits::RELAY_BUF_START], 0, 0);
+        let (mut sent, mut input) = (Vec::new(), &body[..]);
+        loop {
+            let adv = relay.advance().unwrap();
+            sent.extend_from_slice(relay.front(adv.ready));
+            if adv.done {
+                break;
+            }
+            relay.consume(adv).unwrap();
+            let spare = relay.spare();
+            let n = spare.len().min(input.len()).min(1000);
+            spare[..n].copy_from_slice(&input[..n]);
+            input = &input[n..];
+            relay.filled(n);
+        }
+        assert_eq!(sent, vec![b'*'; token.len()], "de-chunked payload, masked");
+    }
+
+    /// A hold wider than [`limits::RELAY_HOLD_MAX`] cuts the response rather than release:
+    /// the buffer doubles while held bytes fill it, then refuses.
+    #[test]
+    fn a_hold_past_the_bound_cuts_the_response() {
+        let finder = TokenFinder::new(b"sk-ant-REALTOKEN");
+        let tracker = BodyTracker::new(ResponseBody::UntilClose, false, &finder);
+        let mut relay = RelayBuf::new(tracker, vec![0; limits::RELAY_BUF_START], 0, 0);
+        loop {
+            // Everything in the buffer is held (nothing ready).
+            relay.filled = relay.buf.len();
+            let keep = relay.buf.len();
+            let adv = Advance {
+                ready: 0,
+                keep,
+                done: false,
+                excess: false,
+            };
+            match relay.consume(adv) {
+                Ok(()) => {
+                    assert!(relay.buf.len() > keep && relay.buf.len() <= limits::RELAY_HOLD_MAX)
+                }
+                Err(e) => {
+                    assert_eq!(e, Problem::UpstreamHoldOverflow);
+                    assert_eq!(keep, limits::RELAY_HOLD_MAX);
+                    break;
+                }
+            }
+        }
+    }
+}
