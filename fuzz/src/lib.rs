@@ -15,6 +15,7 @@ use agent_loop_proxy::error::Problem;
 use agent_loop_proxy::framing::{self, BodyKind, ChunkError, ChunkLimits, ChunkedDecoder, Step};
 use agent_loop_proxy::head::{self, Method, Request, Route, Version};
 use agent_loop_proxy::limits::{self, Limits};
+use agent_loop_proxy::relaybuf::RelayBuf;
 use agent_loop_proxy::response::{self, ResponseBody, ResponseContext, ResponseHead};
 use agent_loop_proxy::rewrite::Rewrite;
 use agent_loop_proxy::scan::{HeadScanner, ScanLimits};
@@ -49,7 +50,23 @@ const NEVER_UPSTREAM: &[&[u8]] = &[
     b"upgrade",
     b"http2-settings",
     b"expect",
+    // Where the request came from or goes (DESIGN header rules; Traefik CVE-2024-45410).
+    b"forwarded",
+    b"x-real-ip",
+    b"x-original-url",
+    b"x-rewrite-url",
 ];
+
+/// Whether a client field of this name is removed by the rewrite: the fixed list, every
+/// `X-Forwarded-*`, and any name with `_` (DESIGN: header rules).
+fn removed_from_client(name: &[u8]) -> bool {
+    name_in(name, REMOVED_FROM_CLIENT) || is_x_forwarded(name) || name.contains(&b'_')
+}
+
+/// `X-Forwarded-<something>`.
+fn is_x_forwarded(name: &[u8]) -> bool {
+    name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-")
+}
 
 /// Client fields the rewrite removes (re-added by us or never sent).
 const REMOVED_FROM_CLIENT: &[&[u8]] = &[
@@ -72,6 +89,10 @@ const REMOVED_FROM_CLIENT: &[&[u8]] = &[
     b"accept-encoding",
     b"range",
     b"if-range",
+    b"forwarded",
+    b"x-real-ip",
+    b"x-original-url",
+    b"x-rewrite-url",
 ];
 
 /// Upstream fields never relayed to the client (RFC 9110 §7.6.1), apart from our own
@@ -503,7 +524,7 @@ fn check_request(h: &[u8], req: &Request, cfg: &Config, limits: &Limits) {
                 .map(|&b| if b == b'_' { b'-' } else { b })
                 .collect();
             assert!(
-                !name_in(&dashed, REMOVED_FROM_CLIENT),
+                !name_in(&dashed, REMOVED_FROM_CLIENT) && !is_x_forwarded(&dashed),
                 "underscore look-alike accepted: {:?}",
                 String::from_utf8_lossy(&f.name)
             );
@@ -634,6 +655,8 @@ fn check_upstream_head(h: &[u8], req: &Request, cfg: &Config, out: &[u8]) {
         }
     }
     assert!(!t.contains(&b'#'), "fragment forwarded");
+    // RFC 9112 §3.2: the request-target is ASCII.
+    assert!(t.is_ascii(), "non-ASCII request-target forwarded");
     let t_path = &t[..t.iter().position(|&b| b == b'?').unwrap_or(t.len())];
     assert!(
         !has_dot_segment(t_path),
@@ -647,10 +670,11 @@ fn check_upstream_head(h: &[u8], req: &Request, cfg: &Config, out: &[u8]) {
             "CR/LF inside a field"
         );
         assert!(
-            !name_in(&f.name, NEVER_UPSTREAM),
+            !name_in(&f.name, NEVER_UPSTREAM) && !is_x_forwarded(&f.name),
             "forbidden field forwarded: {:?}",
             String::from_utf8_lossy(&f.name)
         );
+        assert!(!f.name.contains(&b'_'), "a name with `_` forwarded");
     }
     let fields = &up.fields;
     assert!(!fields.is_empty());
@@ -693,7 +717,7 @@ fn check_upstream_head(h: &[u8], req: &Request, cfg: &Config, out: &[u8]) {
     let mut expected: Vec<Field> = client
         .fields
         .iter()
-        .filter(|f| !name_in(&f.name, REMOVED_FROM_CLIENT))
+        .filter(|f| !removed_from_client(&f.name))
         .filter(|f| !options.iter().any(|o| f.name.eq_ignore_ascii_case(o)))
         .cloned()
         .collect();
@@ -1237,5 +1261,348 @@ fn check_body(data: &[u8], body: ResponseBody, dechunk: bool) {
             }
             Some(f) => assert_eq!(f, &r, "client bytes depend on the split ({cuts:?})"),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target `relay_response`: the whole pure response path at the relay's real buffer sizes
+// ---------------------------------------------------------------------------------------------
+
+/// In a `relay_response` input, this byte stands for [`REAL_TOKEN`]: the fuzzer plants the
+/// token anywhere (headers, chunk data split across chunks, extensions, trailers) by writing
+/// one byte.
+const TOKEN_MARK: u8 = 0xFF;
+/// This byte stands for [`FILL`] bytes of `e`: long extensions or bodies from short inputs,
+/// so the relay buffer's growth, its 64 KiB bound and the hold past it are reachable.
+const FILL_MARK: u8 = 0xFE;
+const FILL: usize = 4000;
+
+/// How a byte of a chunked body is relayed (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// chunk-data: masked as one stream across chunks.
+    Payload,
+    /// chunk-ext text after `;` and whitespace, or a trailer field line: masked per line.
+    Meta,
+    /// Sizes, `;`, whitespace, CRLFs.
+    Framing,
+}
+
+/// Classifies the bytes of a chunked body line by line, from the grammar (independent of
+/// `ChunkedDecoder`); stops at the end of the body or of the input. A line the input cuts
+/// short is classified as if it ended there.
+fn classify_chunked(body: &[u8]) -> Vec<Class> {
+    let mut class = Vec::with_capacity(body.len());
+    let line_end = |from: usize| {
+        body[from..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(body.len(), |i| from + i)
+    };
+    let mut pos = 0;
+    // Chunks: `size [BWS] [; BWS ext] CRLF data CRLF`.
+    loop {
+        if pos >= body.len() {
+            return class;
+        }
+        let end = line_end(pos);
+        let line = &body[pos..end];
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        let size = std::str::from_utf8(&line[..digits])
+            .ok()
+            .and_then(|d| u64::from_str_radix(d, 16).ok());
+        let ext_text = line.iter().position(|&b| b == b';').map(|semi| {
+            let ws = line[semi + 1..]
+                .iter()
+                .take_while(|b| matches!(b, b' ' | b'\t'))
+                .count();
+            semi + 1 + ws
+        });
+        for i in 0..line.len() {
+            let meta = ext_text.is_some_and(|t| i >= t);
+            class.push(if meta { Class::Meta } else { Class::Framing });
+        }
+        let crlf = (end + 2).min(body.len()) - end;
+        class.extend(std::iter::repeat_n(Class::Framing, crlf));
+        pos = end + crlf;
+        match size {
+            Some(0) => break,
+            Some(n) => {
+                let data = usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(body.len() - pos);
+                class.extend(std::iter::repeat_n(Class::Payload, data));
+                pos += data;
+                let crlf = 2.min(body.len() - pos);
+                class.extend(std::iter::repeat_n(Class::Framing, crlf));
+                pos += crlf;
+            }
+            None => return class,
+        }
+    }
+    // Trailer section: field lines (meta), then the empty line.
+    while pos < body.len() {
+        let end = line_end(pos);
+        class.extend(std::iter::repeat_n(Class::Meta, end - pos));
+        let crlf = (end + 2).min(body.len()) - end;
+        class.extend(std::iter::repeat_n(Class::Framing, crlf));
+        let empty = end == pos;
+        pos = end + crlf;
+        if empty {
+            break;
+        }
+    }
+    class
+}
+
+/// Positions of `body` that are part of a token occurrence: in the payload as one stream, in
+/// each extension or trailer line on its own. [`REAL_TOKEN`] cannot overlap itself, so the
+/// occurrences are the same however they are searched.
+fn token_positions(body: &[u8], class: &[Class]) -> Vec<bool> {
+    let mut marked = vec![false; body.len()];
+    let mut mark = |positions: &[usize]| {
+        let bytes: Vec<u8> = positions.iter().map(|&p| body[p]).collect();
+        let k = REAL_TOKEN.len();
+        let mut i = 0;
+        while i + k <= bytes.len() {
+            if &bytes[i..i + k] == REAL_TOKEN {
+                positions[i..i + k].iter().for_each(|&p| marked[p] = true);
+                i += k;
+            } else {
+                i += 1;
+            }
+        }
+    };
+    let payload: Vec<usize> = (0..class.len())
+        .filter(|&i| class[i] == Class::Payload)
+        .collect();
+    mark(&payload);
+    let mut run = Vec::new();
+    for i in 0..=class.len() {
+        if i < class.len() && class[i] == Class::Meta {
+            run.push(i);
+        } else if !run.is_empty() {
+            mark(&run);
+            run.clear();
+        }
+    }
+    marked
+}
+
+/// How one relay of a body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayEnd {
+    /// The framing ended the body; `excess`: bytes followed it.
+    Done { excess: bool },
+    /// The upstream closed where a close-delimited body ends.
+    Closed,
+    /// The upstream closed before the framing ended the body.
+    Truncated,
+    /// The relay refused (malformed framing, hold overflow).
+    Cut(Problem),
+}
+
+/// Relays `body` through [`RelayBuf`] as the exchange does, the upstream's reads sized by
+/// `reads` (cycled), the first `first` body bytes arriving with the head.
+fn drive_relay(
+    head: ResponseHead,
+    dechunk: bool,
+    body: &[u8],
+    first: usize,
+    reads: &[usize],
+) -> (Vec<u8>, RelayEnd) {
+    let tracker = BodyTracker::new(head.body, dechunk, real_finder());
+    let first = first.min(body.len());
+    // The head buffer: the head's own bytes (stand-ins), then the body bytes read with it.
+    let head_len = 100;
+    let mut buf = vec![b'H'; head_len];
+    buf.extend_from_slice(&body[..first]);
+    let filled = buf.len();
+    buf.resize(filled.max(limits::RELAY_BUF_START), 0);
+    let mut relay = RelayBuf::new(tracker, buf, head_len, filled);
+    let (mut sent, mut at) = (Vec::new(), first);
+    for read in reads.iter().cycle() {
+        let adv = match relay.advance() {
+            Ok(a) => a,
+            Err(p) => return (sent, RelayEnd::Cut(p)),
+        };
+        sent.extend_from_slice(relay.front(adv.ready));
+        if adv.done {
+            return (sent, RelayEnd::Done { excess: adv.excess });
+        }
+        if let Err(p) = relay.consume(adv) {
+            return (sent, RelayEnd::Cut(p));
+        }
+        let spare = relay.spare();
+        assert!(!spare.is_empty(), "no room to read");
+        let n = (*read).max(1).min(spare.len()).min(body.len() - at);
+        if n == 0 {
+            return match relay.closed() {
+                Ok(last) => {
+                    sent.extend_from_slice(relay.front(last));
+                    (sent, RelayEnd::Closed)
+                }
+                Err(_) => (sent, RelayEnd::Truncated),
+            };
+        }
+        spare[..n].copy_from_slice(&body[at..at + n]);
+        at += n;
+        relay.filled(n);
+    }
+    unreachable!("reads is never empty")
+}
+
+/// Target `relay_response`. Input: one flag byte (bit 0: the client is HTTP/1.0, so chunked
+/// bodies are de-chunked; bit 1: the request was HEAD; bits 2-3: how large the upstream's
+/// reads are), then the upstream's response, with [`TOKEN_MARK`] and [`FILL_MARK`] expanded.
+///
+/// Checks: the client never receives the token; every byte it receives equals the upstream's
+/// byte at the same position or is a mask byte over a token occurrence (the body de-chunked
+/// for HTTP/1.0: the payload, so masked); framing is relayed unaltered; how the relay ends
+/// and what it sent do not depend on the read boundaries.
+pub fn relay_response(data: &[u8]) {
+    let Some((&flags, template)) = data.split_first() else {
+        return;
+    };
+    let mut resp = Vec::with_capacity(template.len() * 2);
+    for &b in template {
+        match b {
+            TOKEN_MARK => resp.extend_from_slice(REAL_TOKEN),
+            FILL_MARK => resp.extend(std::iter::repeat_n(b'e', FILL)),
+            b => resp.push(b),
+        }
+    }
+    let ctx = ResponseContext {
+        request_was_head: flags & 2 != 0,
+        close_client: false,
+        dechunk: flags & 1 != 0,
+        finder: real_finder(),
+    };
+    // The final head, after any interim ones.
+    let mut rest = &resp[..];
+    let (head, head_len, out) = loop {
+        let Ok(Some(n)) = scan_checked(rest, &ScanLimits::RESPONSE, 9) else {
+            return;
+        };
+        let mut out = Vec::new();
+        let Ok(head) = response::parse_response(&rest[..n], &ctx, &mut out) else {
+            return;
+        };
+        assert!(!contains(&out, REAL_TOKEN), "token in a relayed head");
+        if !head.interim {
+            break (head, n, out);
+        }
+        rest = &rest[n..];
+    };
+    let body = &rest[head_len..];
+    let mut rng = Rng::of(data, 10);
+    let big = [1usize, 16, 512, 70_000][usize::from(flags >> 2 & 3)];
+    let schedules: Vec<(usize, Vec<usize>)> = vec![
+        (0, vec![big]),
+        (body.len(), vec![limits::RELAY_BUF_MAX]),
+        (
+            rng.upto(body.len()),
+            (0..5).map(|_| 1 + rng.upto(big)).collect(),
+        ),
+        (rng.upto(64), vec![1]),
+    ];
+    let mut first_run: Option<(Vec<u8>, RelayEnd)> = None;
+    for (first, reads) in schedules {
+        let (sent, end) = drive_relay(head, ctx.dechunk, body, first, &reads);
+        check_relayed(&out, head.body, ctx.dechunk, body, &sent, end);
+        // Whether bytes followed the body is known only for those read with its end: the
+        // flag may differ. Before a cut, how much of the (valid, checked) prefix went out
+        // depends on where reads ended, since a read is judged whole: the end may not differ,
+        // nor, for a body relayed to its end, a single byte.
+        let end = match end {
+            RelayEnd::Done { .. } => RelayEnd::Done { excess: false },
+            e => e,
+        };
+        let whole = matches!(end, RelayEnd::Done { .. } | RelayEnd::Closed);
+        match &first_run {
+            None => first_run = Some((sent, end)),
+            Some(f) => {
+                assert_eq!(
+                    f.1, end,
+                    "how the relay ends depends on the read boundaries"
+                );
+                if whole {
+                    assert_eq!(f.0, sent, "the relayed body depends on the read boundaries");
+                }
+            }
+        }
+    }
+}
+
+fn check_relayed(
+    head_out: &[u8],
+    body_kind: ResponseBody,
+    dechunk: bool,
+    body: &[u8],
+    sent: &[u8],
+    end: RelayEnd,
+) {
+    let mut client = head_out.to_vec();
+    client.extend_from_slice(sent);
+    assert!(!contains(&client, REAL_TOKEN), "token sent to the client");
+    let chunked = body_kind == ResponseBody::Chunked;
+    let class = match body_kind {
+        ResponseBody::Chunked => classify_chunked(body),
+        ResponseBody::Length(n) => vec![Class::Payload; body.len().min(n as usize)],
+        ResponseBody::UntilClose => vec![Class::Payload; body.len()],
+        ResponseBody::None => Vec::new(),
+    };
+    let marked = token_positions(body, &class);
+    let expect = |i: usize| if marked[i] { scrub::MASK } else { body[i] };
+    if dechunk && chunked {
+        let payload: Vec<u8> = (0..class.len())
+            .filter(|&i| class[i] == Class::Payload)
+            .map(expect)
+            .collect();
+        assert!(
+            payload.starts_with(sent),
+            "de-chunked bytes differ from the payload"
+        );
+    } else {
+        assert!(sent.len() <= class.len(), "more sent than the body holds");
+        for (i, &b) in sent.iter().enumerate() {
+            assert_eq!(
+                b,
+                expect(i),
+                "byte {i} altered: not the upstream's, nor a mask"
+            );
+        }
+    }
+    match end {
+        RelayEnd::Done { excess } => {
+            let used = if dechunk && chunked {
+                class.len()
+            } else {
+                sent.len()
+            };
+            assert!(
+                !excess || used < body.len(),
+                "excess reported without bytes beyond"
+            );
+            if !(dechunk && chunked) {
+                assert_eq!(sent.len(), class.len(), "a complete body is sent whole");
+            }
+        }
+        RelayEnd::Closed => {
+            assert_eq!(body_kind, ResponseBody::UntilClose);
+            assert_eq!(
+                sent.len(),
+                body.len(),
+                "a close-delimited body is sent whole"
+            );
+        }
+        RelayEnd::Truncated => assert_ne!(body_kind, ResponseBody::UntilClose),
+        RelayEnd::Cut(p) => assert!(
+            matches!(
+                p,
+                Problem::UpstreamMalformed | Problem::UpstreamHoldOverflow
+            ),
+            "{p:?}"
+        ),
     }
 }

@@ -38,3 +38,8 @@ fn chunked_seeds() {
 fn response_head_seeds() {
     replay("response_head", agent_loop_proxy_fuzz::response_head);
 }
+
+#[test]
+fn relay_response_seeds() {
+    replay("relay_response", agent_loop_proxy_fuzz::relay_response);
+}
