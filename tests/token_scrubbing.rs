@@ -121,34 +121,34 @@ fn a_compressed_response_is_refused_with_502_since_the_token_could_not_be_masked
     roundtrip(proxy.addr(), get("/v1/models")).assert_proxy_error(502, "api_error");
 }
 
+/// A chunked response carrying `payload` one byte per chunk, each size line written as
+/// `size` (leading zeros allowed), every chunk after the first with an extension, the
+/// extensions sharing `ext_total` bytes: framing that fills the relay buffer while a token
+/// prefix is held.
+fn one_byte_chunks(payload: &[u8], size: &[u8], ext_total: usize) -> Vec<u8> {
+    let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for (i, &b) in payload.iter().enumerate() {
+        resp.extend_from_slice(size);
+        if i > 0 {
+            resp.push(b';');
+            resp.extend_from_slice(&vec![b'e'; ext_total / (payload.len() - 1)]);
+        }
+        resp.extend_from_slice(b"\r\n");
+        resp.push(b);
+        resp.extend_from_slice(b"\r\n");
+    }
+    resp.extend_from_slice(b"0\r\n\r\n");
+    assert!(resp.len() > 64 * 1024);
+    resp
+}
+
 /// Review finding: when held bytes (a token prefix spread one byte per chunk between long
-/// extensions) fill the whole relay buffer, the proxy stops holding and sends them; it must
-/// not mistake the full buffer for the upstream's end and cut the response.
+/// extensions) fill the whole relay buffer, the proxy must not mistake the full buffer for
+/// the upstream's end and cut the response: the buffer grows and the response completes.
 #[test]
 fn a_relay_buffer_full_of_held_bytes_is_sent_on_and_the_response_completes() {
     let prefix = &TOKEN.as_bytes()[..TOKEN.len() - 1];
-    let mut body = Vec::new();
-    // The first held byte comes first; then nearly the whole 64 KiB extension budget, so the
-    // held region outgrows the 64 KiB relay buffer.
-    for (i, &b) in prefix.iter().enumerate() {
-        let ext = if i == 0 {
-            0
-        } else {
-            65_500 / (prefix.len() - 1)
-        };
-        body.extend_from_slice(b"1");
-        if ext > 0 {
-            body.push(b';');
-            body.extend_from_slice(&vec![b'e'; ext]);
-        }
-        body.extend_from_slice(b"\r\n");
-        body.push(b);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(b"0\r\n\r\n");
-    assert!(body.len() > 64 * 1024);
-    let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    resp.extend_from_slice(&body);
+    let resp = one_byte_chunks(prefix, b"1", 65_500);
     let up = Upstream::plain().serve(handlers::fixed(&resp));
     let proxy = proxy_for(&up, &[]);
     let r = roundtrip(proxy.addr(), get("/v1/models"));
@@ -166,22 +166,7 @@ fn a_relay_buffer_full_of_held_bytes_is_sent_on_and_the_response_completes() {
 #[test]
 fn a_token_spread_over_chunks_with_long_extensions_is_masked_even_past_a_full_buffer() {
     let token = TOKEN.as_bytes();
-    let mut body = Vec::new();
-    for (i, &b) in token.iter().enumerate() {
-        // Leading zeros and extensions: framing that fills the buffer while a prefix is held.
-        body.extend_from_slice(b"000000000000001");
-        if i > 0 {
-            body.push(b';');
-            body.extend_from_slice(&vec![b'e'; 65_000 / (token.len() - 1)]);
-        }
-        body.extend_from_slice(b"\r\n");
-        body.push(b);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(b"0\r\n\r\n");
-    assert!(body.len() > 64 * 1024);
-    let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    resp.extend_from_slice(&body);
+    let resp = one_byte_chunks(token, b"000000000000001", 65_000);
     let up = Upstream::plain().serve(handlers::fixed(&resp));
     let proxy = proxy_for(&up, &[]);
     let mut c = Client::connect(proxy.addr());
