@@ -140,7 +140,8 @@ fn decode_only(reads: &[Vec<u8>]) -> usize {
 /// The relay's work: the body tracker (framing + scrubbing) over every read. Checks that no
 /// event is held back and that exactly the reflected tokens are masked.
 fn tracked(reads: &[Vec<u8>], finder: &TokenFinder<'_>, expect_masks: bool) -> usize {
-    let mut t = BodyTracker::new(ResponseBody::Chunked, false, finder);
+    let tokens = [finder];
+    let mut t = BodyTracker::new(ResponseBody::Chunked, false, &tokens);
     let mut buf = Vec::with_capacity(4096);
     let mut sent = 0;
     let mut masked = 0;

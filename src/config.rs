@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::limits::{self, Limits, Timeouts};
+use crate::policy::AllowList;
+use crate::rewrite;
 use crate::secret::TokenHeader;
+use crate::syntax::is_tchar;
 use crate::target::Target;
 
 /// A configuration error: which setting, and text about what is wrong (static, or built from
@@ -50,12 +53,44 @@ pub struct Config {
     /// `Vec`; its `Debug` is still redacted through [`Phantom`].
     pub phantom: Option<Phantom>,
     pub token_header: TokenHeader,
+    /// Where tokens after the first come from (`TOKEN_UPDATES`, `TOKEN_FILE`).
+    pub token_source: TokenSource,
+    /// What the sandbox may reach (`ALLOW_REQUESTS`); `None`: everything.
+    pub allow: Option<AllowList>,
     /// Merge the OAuth beta flag into `anthropic-beta` (`OAUTH_BETA`): `None` is `auto`
     /// (an `sk-ant-oat` token sent to https://api.anthropic.com), decided once the token is read.
     pub oauth_beta: Option<bool>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub pool_max_idle: usize,
+}
+
+/// Where the token comes from, and whether it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// One line on stdin, then stdin is closed (the default).
+    StdinOnce,
+    /// `TOKEN_UPDATES=stdin`: stdin stays open; each further line replaces the token.
+    StdinUpdates,
+    /// `TOKEN_FILE`: read from this file, and again whenever it changes.
+    File(PathBuf),
+}
+
+/// When the OAuth beta flag is merged (`OAUTH_BETA`), decided for each token as it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BetaRule {
+    /// `on` / `off`; `None` is `auto`.
+    setting: Option<bool>,
+    /// TARGET is https://api.anthropic.com, where `auto` merges it for OAuth tokens.
+    anthropic: bool,
+}
+
+impl BetaRule {
+    /// Whether a request carrying `token` gets the flag.
+    pub fn applies(self, token: &[u8]) -> bool {
+        self.setting
+            .unwrap_or_else(|| self.anthropic && token.starts_with(b"sk-ant-oat"))
+    }
 }
 
 /// The phantom token (`PHANTOM_TOKEN`): the sandbox's proof that it may use the proxy.
@@ -69,6 +104,15 @@ impl fmt::Debug for Phantom {
 }
 
 impl Config {
+    /// The OAuth beta rule of this configuration.
+    pub fn beta_rule(&self) -> BetaRule {
+        BetaRule {
+            setting: self.oauth_beta,
+            anthropic: self.target.scheme == crate::target::Scheme::Https
+                && self.target.host == "api.anthropic.com",
+        }
+    }
+
     /// Defaults for `target` (used by tests and benches).
     pub fn with_target(target: Target) -> Config {
         Config {
@@ -77,6 +121,8 @@ impl Config {
             ca_file: None,
             phantom: None,
             token_header: TokenHeader::Authorization,
+            token_source: TokenSource::StdinOnce,
+            allow: None,
             oauth_beta: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -125,8 +171,21 @@ impl Config {
             self.phantom = Some(Phantom(p.into_bytes()));
         }
         if let Some(h) = var("TOKEN_HEADER") {
-            self.token_header = TokenHeader::parse(&h)
-                .ok_or(err("TOKEN_HEADER", "must be authorization or x-api-key"))?;
+            self.token_header = token_header(&h)?;
+        }
+        self.token_source = match (var("TOKEN_UPDATES").as_deref(), var("TOKEN_FILE")) {
+            (None, None) => TokenSource::StdinOnce,
+            (Some("stdin"), None) => TokenSource::StdinUpdates,
+            (Some("stdin"), Some(_)) => {
+                let why = "cannot be combined with TOKEN_UPDATES=stdin (one source of tokens)";
+                return Err(err("TOKEN_FILE", why));
+            }
+            (Some(_), _) => return Err(err("TOKEN_UPDATES", "must be stdin (or unset)")),
+            (None, Some(path)) => TokenSource::File(PathBuf::from(path)),
+        };
+        if let Some(list) = var("ALLOW_REQUESTS") {
+            let list = AllowList::parse(&list).map_err(|r| err("ALLOW_REQUESTS", r))?;
+            self.allow = Some(list);
         }
         self.oauth_beta = match var("OAUTH_BETA").as_deref() {
             None | Some("auto") => None,
@@ -136,6 +195,23 @@ impl Config {
         };
         Ok(())
     }
+}
+
+/// `TOKEN_HEADER`: `authorization` (Bearer), `x-api-key`, or any other field name for the raw
+/// token, as long as it is a token and not a field the proxy removes or rebuilds.
+fn token_header(h: &str) -> Result<TokenHeader, ConfigError> {
+    if h.eq_ignore_ascii_case("authorization") {
+        return Ok(TokenHeader::Authorization);
+    }
+    if h.eq_ignore_ascii_case("x-api-key") {
+        return Ok(TokenHeader::XApiKey);
+    }
+    let name = h.to_ascii_lowercase();
+    if name.bytes().all(is_tchar) && !rewrite::is_dropped(name.as_bytes()) {
+        return Ok(TokenHeader::Custom(name));
+    }
+    let why = "must be authorization, x-api-key or another field name the proxy does not manage";
+    Err(ConfigError::new("TOKEN_HEADER", why))
 }
 
 /// `LISTEN_ADDR` and `LISTEN_PORT`.
@@ -314,6 +390,10 @@ mod tests {
             ("LISTEN_ADDR", "localhost"),
             ("TARGET", "https://user:secret@host"),
             ("TOKEN_HEADER", "cookie"),
+            ("TOKEN_HEADER", "x_goog_api_key"),
+            ("TOKEN_HEADER", "x-goog api key"),
+            ("TOKEN_UPDATES", "file"),
+            ("ALLOW_REQUESTS", "post /v1/messages"),
             ("OAUTH_BETA", "yes"),
             ("HEADER_TIMEOUT", "0"),
             ("HEADER_TIMEOUT", "5h"),
@@ -328,6 +408,21 @@ mod tests {
             assert!(e.to_string().starts_with(&format!("proxy: {k}: ")));
             assert!(!e.to_string().contains("secret"));
         }
+    }
+
+    #[test]
+    fn token_sources_and_headers() {
+        let c = from(&[
+            ("TOKEN_HEADER", "X-Goog-Api-Key"),
+            ("TOKEN_UPDATES", "stdin"),
+        ])
+        .unwrap();
+        assert_eq!(c.token_header, TokenHeader::Custom("x-goog-api-key".into()));
+        assert_eq!(c.token_source, TokenSource::StdinUpdates);
+        let e = from(&[("TOKEN_UPDATES", "stdin"), ("TOKEN_FILE", "/run/secrets/t")]);
+        assert_eq!(e.unwrap_err().setting, "TOKEN_FILE");
+        let c = from(&[("TOKEN_FILE", "/run/secrets/t")]).unwrap();
+        assert_eq!(c.token_source, TokenSource::File("/run/secrets/t".into()));
     }
 
     #[test]

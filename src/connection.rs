@@ -6,6 +6,7 @@
 //! Shutdown is checked only between requests, so an exchange in flight is never cut by the
 //! drain itself; the grace period in `main` bounds it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -16,6 +17,7 @@ use tokio::time::{timeout_at, Instant as TokioInstant};
 use zeroize::Zeroizing;
 
 use crate::answer;
+use crate::credential::{self, Generation};
 use crate::error::Problem;
 use crate::exchange::{self, ClientIo, Exchange, Forwarded, Outcome};
 use crate::head::{self, Method, Request, Route};
@@ -51,72 +53,173 @@ async fn serve_requests(
     client: &mut Client,
     shutdown: watch::Receiver<bool>,
 ) -> ClientFate {
-    let cfg = &proxy.cfg;
-    let mut scanner = HeadScanner::new();
-    let scan_limits = ScanLimits::request(&cfg.limits);
-    // Holds our credential once rewritten: wiped when the connection ends.
-    let mut up_head = Zeroizing::new(Vec::new());
-    let mut out: Vec<u8> = Vec::new();
-    let mut log_path = String::new();
-    let mut served: u32 = 0;
-    // Built once per connection: the searcher for the token in every response on it.
-    let finder = TokenFinder::new(proxy.token.as_bytes());
+    let mut session = Session {
+        scanner: HeadScanner::new(),
+        scan_limits: ScanLimits::request(&proxy.cfg.limits),
+        up_head: Zeroizing::new(Vec::new()),
+        out: Vec::new(),
+        log_path: String::new(),
+        served: 0,
+        shutdown,
+    };
+    let mut rotations = proxy.creds.changed();
+    // A head read while the token changed, to serve with the new one.
+    let mut pending = None;
     loop {
+        // The current token and its searcher, kept for the requests that follow until a newer
+        // token arrives (building a searcher costs about as much as a small request).
+        rotations.borrow_and_update();
+        let current = proxy.creds.current();
+        let finder = TokenFinder::new(current.token.as_bytes());
+        loop {
+            let head_len = match pending.take() {
+                Some(n) => n,
+                None => match session.read_head(proxy, client, &mut rotations).await {
+                    Ok(Head::Ready(n)) => n,
+                    Ok(Head::Closed) => return ClientFate::Close,
+                    // Idle: let go of the old token now, not at the next request.
+                    Ok(Head::Rotated) => break,
+                    Err(p) => return client.reject(proxy, p, &mut session.out).await,
+                },
+            };
+            if !proxy.creds.is_current(&current) {
+                pending = Some(head_len);
+                break;
+            }
+            let fate = session
+                .serve(proxy, client, head_len, &current, &finder)
+                .await;
+            if fate != ClientFate::Keep {
+                return fate;
+            }
+        }
+    }
+}
+
+/// What a head read found.
+enum Head {
+    /// A complete head of this length is buffered.
+    Ready(usize),
+    /// The connection should close quietly (peer closed, keep-alive idle, shutdown).
+    Closed,
+    /// The token changed while the connection was idle.
+    Rotated,
+}
+
+/// The per-connection state that outlives one request.
+struct Session {
+    scanner: HeadScanner,
+    scan_limits: ScanLimits,
+    /// Holds our credential once rewritten: wiped after each exchange and when the
+    /// connection ends.
+    up_head: Zeroizing<Vec<u8>>,
+    /// The proxy's own answers and response heads are rendered here.
+    out: Vec<u8>,
+    log_path: String,
+    served: u32,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Session {
+    async fn read_head(
+        &mut self,
+        proxy: &Proxy,
+        client: &mut Client,
+        rotations: &mut watch::Receiver<u64>,
+    ) -> Result<Head, Problem> {
         if client.buf.is_empty() && client.buf.capacity() > limits::IDLE_BUF_KEEP {
             client.buf = BytesMut::new();
         }
-        let first = served == 0;
-        let read = client
-            .read_head(&mut scanner, &scan_limits, &cfg.timeouts, first, &shutdown)
-            .await;
-        let head_len = match read {
-            Ok(Some(n)) => n,
-            Ok(None) => return ClientFate::Close,
-            Err(p) => return client.reject(proxy, p, &mut out).await,
+        let first = self.served == 0;
+        let t = &proxy.cfg.timeouts;
+        let wait = Wait {
+            first,
+            shutdown: &self.shutdown,
+            rotations,
         };
+        client
+            .read_head(&mut self.scanner, &self.scan_limits, t, wait)
+            .await
+    }
+
+    /// Serves the request whose head is `client.buf[..head_len]` with generation `g` of the
+    /// token; returns what happens to the connection.
+    async fn serve(
+        &mut self,
+        proxy: &Proxy,
+        client: &mut Client,
+        head_len: usize,
+        g: &Arc<Generation>,
+        finder: &TokenFinder<'_>,
+    ) -> ClientFate {
+        let cfg = &proxy.cfg;
         let started = Instant::now();
-        served += 1;
+        self.served += 1;
         let head = &client.buf[..head_len];
-        let req = match head::parse_request(head, &cfg.limits, &proxy.rewrite(), &mut up_head) {
+        let rw = proxy.rewrite(g);
+        let req = match head::parse_request(head, &cfg.limits, &rw, &mut self.up_head) {
             Ok(r) => r,
-            Err(p) => return client.reject(proxy, p, &mut out).await,
+            Err(p) => return client.reject(proxy, p, &mut self.out).await,
         };
-        set_log_path(&mut log_path, &client.buf[req.path.clone()]);
+        set_log_path(&mut self.log_path, &client.buf[req.path.clone()]);
         client.buf.advance(head_len);
-        scanner.reset();
+        self.scanner.reset();
 
         // R34/R35 and the per-connection request limit: what the client's side allows.
+        let more = self.served < cfg.limits.max_requests_per_connection;
         let terms = ClientTerms {
             keep_alive: req.keep_alive,
-            more_allowed: served < cfg.limits.max_requests_per_connection && !*shutdown.borrow(),
+            more_allowed: more && !*self.shutdown.borrow(),
         };
-        let outcome = match (req.route, req.authorized) {
-            (Route::Health, _) => client.health(proxy, &req, &mut out).await,
-            // Nothing reaches the upstream; the unread body makes the connection unusable.
-            (Route::Forward, false) => {
-                let end = End::Answered { in_sync: false };
+        let out = &mut self.out;
+        // Nothing reaches the upstream for a refused request; its unread body makes the
+        // connection unusable.
+        let refused = End::Answered { in_sync: false };
+        let outcome = match (req.route, req.authorized, req.allowed) {
+            (Route::Health, _, _) => client.health(proxy, &req, out).await,
+            (Route::Forward, false, _) => {
                 let p = Problem::Unauthorized;
-                client.answer(proxy, &req, p, end, terms, &mut out).await
+                client.answer(proxy, &req, p, refused, terms, out).await
             }
-            (Route::Forward, true) => {
+            (Route::Forward, true, false) => {
+                let p = Problem::NotAllowed;
+                client.answer(proxy, &req, p, refused, terms, out).await
+            }
+            (Route::Forward, true, true) => {
+                let using = credential::use_generation(g);
+                // Older tokens still in use are masked in this response too (usually none).
+                let older = proxy.creds.older_in_use();
+                let older_finders: Vec<TokenFinder<'_>> = older
+                    .iter()
+                    .map(|o| TokenFinder::new(o.token.as_bytes()))
+                    .collect();
+                let tokens: Vec<&TokenFinder<'_>> =
+                    std::iter::once(finder).chain(&older_finders).collect();
                 let x = Exchange {
                     proxy,
                     req: &req,
-                    up_head: &up_head,
+                    up_head: &self.up_head,
                     terms,
-                    finder: &finder,
+                    tokens: &tokens,
                 };
-                let o = client.forward(&x, &mut out).await;
+                let o = client.forward(&x, out).await;
                 // The credential is not needed until the next request: wipe it now.
-                zeroize::Zeroize::zeroize(&mut *up_head);
+                zeroize::Zeroize::zeroize(&mut *self.up_head);
+                drop(using);
                 o
             }
         };
-        log_request(req.method, &log_path, &outcome, started);
-        if outcome.client != ClientFate::Keep {
-            return outcome.client;
-        }
+        log_request(req.method, &self.log_path, &outcome, started, g.number);
+        outcome.client
     }
+}
+
+/// What a head read waits on besides the client's bytes.
+struct Wait<'a> {
+    /// No request was served yet: the head deadline runs from accept.
+    first: bool,
+    shutdown: &'a watch::Receiver<bool>,
+    rotations: &'a mut watch::Receiver<u64>,
 }
 
 impl Client {
@@ -136,23 +239,23 @@ impl Client {
         }
     }
 
-    /// Reads until a complete head is buffered. `Ok(None)`: the connection should close
-    /// quietly (peer closed, keep-alive idle, or shutdown between requests).
+    /// Reads until a complete head is buffered, within the head deadline. While no byte of a
+    /// request has arrived, shutdown closes the connection and a token change wakes it.
     async fn read_head(
         &mut self,
         scanner: &mut HeadScanner,
         limits: &ScanLimits,
         t: &Timeouts,
-        first: bool,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<Option<usize>, Problem> {
-        let mut shutdown = shutdown.clone();
+        wait: Wait<'_>,
+    ) -> Result<Head, Problem> {
+        let mut shutdown = wait.shutdown.clone();
+        let rotations = wait.rotations;
         // The first request's head deadline runs from accept; later ones from their first
         // byte, after a keep-alive idle wait.
-        let mut deadline = first.then(|| TokioInstant::now() + t.header);
+        let mut deadline = wait.first.then(|| TokioInstant::now() + t.header);
         loop {
             if let Some(n) = scanner.scan(&self.buf, limits)? {
-                return Ok(Some(n));
+                return Ok(Head::Ready(n));
             }
             if !self.buf.is_empty() && deadline.is_none() {
                 deadline = Some(TokioInstant::now() + t.header);
@@ -160,23 +263,24 @@ impl Client {
             let idle = self.buf.is_empty();
             let until = deadline.unwrap_or_else(|| TokioInstant::now() + t.keepalive);
             self.buf.reserve(limits::HEAD_READ);
-            // Cancel safety: read_buf is cancel-safe (no bytes are lost if the timer or the
-            // shutdown wins); shutdown only applies while no request has begun.
+            // Cancel safety: read_buf and both `changed` are cancel-safe (no bytes are lost
+            // if another arm wins); shutdown and rotation only apply while no request began.
             let read = tokio::select! {
                 r = timeout_at(until, self.stream.read_buf(&mut self.buf)) => r,
-                _ = shutdown.changed(), if idle => return Ok(None),
+                _ = shutdown.changed(), if idle => return Ok(Head::Closed),
+                _ = rotations.changed(), if idle => return Ok(Head::Rotated),
             };
             match read {
-                Ok(Ok(0)) if self.buf.is_empty() => return Ok(None),
+                Ok(Ok(0)) if self.buf.is_empty() => return Ok(Head::Closed),
                 Ok(Ok(0)) => return Err(Problem::ClientAborted),
                 Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Ok(None),
+                Ok(Err(_)) => return Ok(Head::Closed),
                 // An idle connection (never used, or between requests) closes quietly.
-                Err(_) if idle => return Ok(None),
+                Err(_) if idle => return Ok(Head::Closed),
                 Err(_) => return Err(Problem::HeadTimeout),
             }
             if *shutdown.borrow() && self.buf.is_empty() {
-                return Ok(None);
+                return Ok(Head::Closed);
             }
         }
     }
@@ -274,7 +378,7 @@ fn set_log_path(log_path: &mut String, path: &[u8]) {
 
 /// One line per request (DESIGN: Logs): method, path without query, status, bytes, duration;
 /// plus a failure line with its static reason and side. Nothing else from a request.
-fn log_request(method: Method, path: &str, o: &Outcome, started: Instant) {
+fn log_request(method: Method, path: &str, o: &Outcome, started: Instant, generation: u64) {
     let ms = started.elapsed().as_millis();
     crate::log!(
         "{} {} {} {}B {}ms",
@@ -288,6 +392,9 @@ fn log_request(method: Method, path: &str, o: &Outcome, started: Instant) {
         crate::log!("error: {p}");
     }
     if o.credential_rejected {
-        crate::log!("credential rejected by upstream ({})", o.status);
+        crate::log!(
+            "credential rejected by upstream ({}, token generation {generation})",
+            o.status
+        );
     }
 }

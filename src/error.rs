@@ -71,6 +71,8 @@ pub enum Problem {
     ExpectationFailed,
     /// PHANTOM_TOKEN is configured and the request did not carry it.
     Unauthorized,
+    /// ALLOW_REQUESTS is configured and does not allow this method and path.
+    NotAllowed,
     /// The client stopped reading the response.
     ClientWriteStalled,
     // --- the upstream ---
@@ -131,6 +133,7 @@ impl Problem {
             MalformedHead | BadTarget | BadHost | BadFraming | BadChunk | AmbiguousName
             | BadConnectionOption => 400,
             Unauthorized => 401,
+            NotAllowed => 403,
             MethodNotAllowed => 405,
             HeadTimeout | BodyTimeout => 408,
             BodyTooLarge => 413,
@@ -159,6 +162,7 @@ impl Problem {
     pub fn error_type(self) -> &'static str {
         match self.status() {
             401 => "authentication_error",
+            403 => "permission_error",
             413 => "request_too_large",
             502 | 503 => "api_error",
             504 => "timeout_error",
@@ -190,6 +194,7 @@ impl Problem {
             UpgradeRefused => "protocol upgrade not supported",
             ExpectationFailed => "unsupported expectation",
             Unauthorized => "missing or wrong proxy token",
+            NotAllowed => "request not allowed by ALLOW_REQUESTS",
             ClientWriteStalled => "client stopped reading",
             UpstreamUnreachable => "upstream unreachable",
             UpstreamTls => "upstream TLS failure",

@@ -54,8 +54,9 @@ pub struct Exchange<'a> {
     /// The rewritten upstream head; it holds our credential.
     pub up_head: &'a [u8],
     pub terms: ClientTerms,
-    /// The token's searcher, built once per client connection.
-    pub finder: &'a TokenFinder<'a>,
+    /// The tokens to mask in the response: the request's own (its searcher built once per
+    /// client connection and token generation), and any older one still in use.
+    pub tokens: &'a [&'a TokenFinder<'a>],
 }
 
 /// The client's side of the connection, as the exchange uses it: the socket, and the bytes
@@ -291,7 +292,7 @@ async fn race(
         request_was_head: x.req.method == Method::Head,
         close_client: !x.terms.persist(),
         dechunk: version == Version::Http10,
-        finder: x.finder,
+        tokens: x.tokens,
     };
     if body.is_done() {
         // The whole request went out with the head (the usual agent POST): relay the response
@@ -603,7 +604,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
         ctx: &ResponseContext<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Problem> {
-        let tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.finder);
+        let tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.tokens);
         let buf = std::mem::take(&mut self.buf);
         let mut relay = RelayBuf::new(tracker, buf, head_len, self.filled);
         let mut first = true;

@@ -14,7 +14,9 @@ use crate::framing::{
     transfer_coding_problem, BodyKind, FieldFraming, FramingError, FramingFields,
 };
 use crate::limits::{Limits, MAX_CONNECTION_OPTIONS, MAX_HEADERS_CAP};
-use crate::rewrite::{self, is_underscore_lookalike, Beta, Rewrite, Upstream};
+use crate::rewrite::{
+    self, is_underscore_lookalike, is_underscore_lookalike_of, Beta, Rewrite, Upstream,
+};
 use crate::syntax::{bearer, connection_options, constant_time_eq, name_is, ConnectionOption};
 
 /// Methods the proxy forwards. Methods are case-sensitive (RFC 9110 §9.1).
@@ -97,6 +99,8 @@ pub struct Request {
     pub route: Route,
     /// The phantom token was presented (always true when none is configured).
     pub authorized: bool,
+    /// `ALLOW_REQUESTS` allows this method and path (always true when none is configured).
+    pub allowed: bool,
 }
 
 /// Fields whose value we interpret: obs-text is refused in them (HARDENING.md §4).
@@ -148,7 +152,7 @@ pub fn parse_request(
     let path = &target[..path_len];
     check_path(path)?;
 
-    let fields = Fields::check(req.headers, version, rw.phantom)?;
+    let fields = Fields::check(req.headers, version, rw)?;
     let body = fields.body(version, limits)?;
     let route = if matches!(method, Method::Get | Method::Head) && path == b"/health" {
         Route::Health
@@ -164,13 +168,14 @@ pub fn parse_request(
         expect_continue: fields.expect_continue && body.has_bytes(),
         route,
         authorized: fields.authorized,
+        allowed: rw.allow.is_none_or(|l| l.allows(method.as_str(), path)),
     };
     // Wipe (not just clear) before reserving: a reallocation frees the old block, which may
     // hold the previous request's credential. Then reserve the final size so growing never
     // leaves a copy.
     zeroize::Zeroize::zeroize(out);
     out.reserve(rewrite::size_bound(head.len(), rw));
-    if route == Route::Forward && fields.authorized {
+    if route == Route::Forward && request.authorized && request.allowed {
         let options = fields.options();
         let up = Upstream {
             method: method.as_str(),
@@ -204,7 +209,7 @@ impl<'h> Fields<'h> {
     fn check(
         headers: &[httparse::Header<'h>],
         version: Version,
-        phantom: Option<&[u8]>,
+        rw: &Rewrite<'_>,
     ) -> Result<Fields<'h>, Problem> {
         let mut f = Fields {
             host_count: 0,
@@ -213,10 +218,10 @@ impl<'h> Fields<'h> {
             expect_continue: false,
             options: [b""; MAX_CONNECTION_OPTIONS],
             option_count: 0,
-            authorized: phantom.is_none(),
+            authorized: rw.phantom.is_none(),
         };
         for h in headers {
-            f.field(h.name.as_bytes(), h.value, version, phantom)?;
+            f.field(h.name.as_bytes(), h.value, version, rw)?;
         }
         match (version, f.host_count) {
             (Version::Http11, 1) | (Version::Http10, 0 | 1) => Ok(f),
@@ -230,9 +235,14 @@ impl<'h> Fields<'h> {
         name: &'h [u8],
         value: &'h [u8],
         version: Version,
-        phantom: Option<&[u8]>,
+        rw: &Rewrite<'_>,
     ) -> Result<(), Problem> {
-        if is_underscore_lookalike(name) {
+        let is_credential_field = |n: &[u8]| {
+            rw.credential_field
+                .is_some_and(|c| n.eq_ignore_ascii_case(c))
+        };
+        let custom = rw.credential_field.unwrap_or_default();
+        if is_underscore_lookalike(name) || is_underscore_lookalike_of(name, custom) {
             return Err(Problem::AmbiguousName);
         }
         if name_is(name, INTERPRETED) && !value.is_ascii() {
@@ -266,10 +276,10 @@ impl<'h> Fields<'h> {
                 return Err(Problem::ExpectationFailed);
             }
             self.expect_continue = version == Version::Http11;
-        } else if let Some(phantom) = phantom {
+        } else if let Some(phantom) = rw.phantom {
             let presented = if name.eq_ignore_ascii_case(b"authorization") {
                 bearer(value)
-            } else if name.eq_ignore_ascii_case(b"x-api-key") {
+            } else if name.eq_ignore_ascii_case(b"x-api-key") || is_credential_field(name) {
                 Some(value)
             } else {
                 None

@@ -18,11 +18,14 @@
 //!    - [`exchange`]: one exchange as named states: head and body up, head and body down.
 //!    - [`state`]: what every connection shares (config, token, connector, pool).
 //!    - [`upstream`]: TCP/TLS connections to TARGET and the idle pool.
-//! 2. **Process**: [`config`] (the environment, parsed once), [`secret`] (the token type),
-//!    [`log`] (one write per stderr line), [`sys`] (the few libc calls).
+//! 2. **Process**: [`intake`] (the first token, then its updates from stdin or a file, on a
+//!    thread of their own), [`config`] (the environment, parsed once), [`credential`] (token
+//!    generations: the current one, and older ones while requests use them), [`log`] (one
+//!    write per stderr line), [`secret`] (the token type), [`sys`] (the few libc calls).
 //! 3. **Pure core**, bytes in, decisions out (fuzzed and split-point tested):
 //!    - [`head`]: parses and validates a request head, decides framing and route.
 //!    - [`rewrite`]: writes the upstream request head.
+//!    - [`policy`]: the allow-list of methods and paths (`ALLOW_REQUESTS`).
 //!    - [`relaybuf`]: the relay buffer of one response body: reads in, what to send out.
 //!    - [`tracker`]: one response body as it streams: its end, masking, de-chunking.
 //!    - [`response`]: parses the upstream response head and writes the client's.
@@ -65,6 +68,8 @@ pub mod upstream;
 
 // 2. Process
 pub mod config;
+pub mod credential;
+pub mod intake;
 pub mod log;
 pub mod secret;
 #[allow(unsafe_code)]
@@ -75,6 +80,7 @@ pub mod answer;
 pub mod framing;
 pub mod head;
 pub mod persist;
+pub mod policy;
 pub mod relaybuf;
 pub mod response;
 pub mod rewrite;

@@ -107,6 +107,11 @@ pub const LINGER_MAX_BYTES: usize = 256 * 1024;
 
 /// The longest token accepted. Anthropic keys and OAuth tokens are about 100 bytes.
 pub const MAX_TOKEN_LEN: usize = 4096;
+/// Most entries in `ALLOW_REQUESTS`.
+pub const MAX_ALLOW_ENTRIES: usize = 64;
+/// How often `TOKEN_FILE` is checked for a change (the issue asks for "within a couple of
+/// seconds"; a stat per second costs nothing).
+pub const TOKEN_FILE_POLL: Duration = Duration::from_secs(1);
 /// Longest path written to the log.
 pub const LOG_PATH_MAX: usize = 256;
 

@@ -11,13 +11,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_loop_proxy::config::Config;
+use agent_loop_proxy::config::{Config, TokenSource};
+use agent_loop_proxy::credential::Credentials;
+use agent_loop_proxy::intake;
 use agent_loop_proxy::limits::{self, HEALTHCHECK_TIMEOUT};
-use agent_loop_proxy::secret::Token;
 use agent_loop_proxy::server;
 use agent_loop_proxy::state::Proxy;
 use agent_loop_proxy::sys;
-use agent_loop_proxy::target::Scheme;
 use agent_loop_proxy::upstream::{Connector, Pool};
 
 /// `--help`, with the defaults taken from [`limits`].
@@ -31,11 +31,13 @@ USAGE:
     agent-loop-proxy healthcheck                  GET /health on LISTEN_PORT; exit 0 if 200
     agent-loop-proxy --help | --version
 
-The real token is read from stdin (one line) and kept only in memory. Configuration comes
+The real token is read from stdin (one line) or TOKEN_FILE and kept only in memory. Configuration comes
 from the environment: LISTEN_PORT ({port}), LISTEN_ADDR (127.0.0.1), TARGET
 ({target}), TARGET_CA_FILE, PHANTOM_TOKEN, TOKEN_HEADER (authorization |
-x-api-key), OAUTH_BETA (auto | on | off), SHUTDOWN_GRACE ({grace}s), and the limits and
-timeouts listed in the README.
+x-api-key | another field name), TOKEN_UPDATES (stdin: each further line replaces the
+token), TOKEN_FILE (read the token from this file, and again when it changes),
+ALLOW_REQUESTS (METHOD /path[*], ...), OAUTH_BETA (auto | on | off), SHUTDOWN_GRACE
+({grace}s), and the limits and timeouts listed in the README.
 ",
         port = limits::DEFAULT_LISTEN_PORT,
         target = limits::DEFAULT_TARGET,
@@ -78,11 +80,17 @@ fn main() -> ExitCode {
             "warning: could not make the process non-dumpable or disable core files"
         );
     }
-    let token = match read_token(&cfg) {
+    let stdin = match dup_stdin() {
+        Ok(f) => f,
+        Err(msg) => return fail(&msg),
+    };
+    let (token, updates) = match intake::first_token(&cfg, stdin) {
         Ok(t) => t,
         Err(msg) => return fail(&msg),
     };
-    sys::close_stdin();
+    if cfg.token_source != TokenSource::StdinUpdates {
+        sys::close_stdin();
+    }
     if !token.is_locked() {
         agent_loop_proxy::log!(
             "warning: could not lock the token in memory (mlock); it may be swapped"
@@ -93,11 +101,10 @@ fn main() -> ExitCode {
             "warning: PHANTOM_TOKEN unset; any process that reaches the port can use the token"
         );
     }
-    let oauth_beta = cfg.oauth_beta.unwrap_or_else(|| {
-        token.as_bytes().starts_with(b"sk-ant-oat")
-            && cfg.target.scheme == Scheme::Https
-            && cfg.target.host == "api.anthropic.com"
-    });
+    let beta = cfg.beta_rule();
+    let oauth_beta = beta.applies(token.as_bytes());
+    let creds = Arc::new(Credentials::new(token, oauth_beta));
+    intake::spawn_updates(updates, creds.clone(), beta);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -109,10 +116,9 @@ fn main() -> ExitCode {
     let pool = Pool::new(cfg.pool_max_idle, cfg.timeouts.pool_idle);
     let proxy = Arc::new(Proxy {
         cfg,
-        token,
+        creds,
         connector,
         pool,
-        oauth_beta,
     });
     let code = runtime.block_on(run(listener, proxy));
     // Dropping the runtime drops any task still holding the proxy, which wipes the token.
@@ -128,14 +134,13 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Reads the token straight from fd 0 through a duplicate, so no std buffer keeps a copy.
-fn read_token(cfg: &Config) -> Result<Token, String> {
+/// A duplicate of fd 0, read directly (no std buffer keeps a copy of the token).
+fn dup_stdin() -> Result<std::fs::File, String> {
     let fd = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .map_err(|_| "proxy: token: could not read stdin".to_string())?;
-    let mut input = std::fs::File::from(fd);
-    Token::read_line(&mut input, cfg.token_header).map_err(|e| e.to_string())
+    Ok(std::fs::File::from(fd))
 }
 
 async fn run(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> ExitCode {

@@ -133,7 +133,8 @@ mod tests {
             body.extend_from_slice(b"\r\n");
         }
         body.extend_from_slice(b"0\r\n\r\n");
-        let tracker = BodyTracker::new(ResponseBody::Chunked, true, &finder);
+        let tokens = [&finder];
+        let tracker = BodyTracker::new(ResponseBody::Chunked, true, &tokens);
         let mut relay = RelayBuf::new(tracker, vec![0; limits::RELAY_BUF_START], 0, 0);
         let (mut sent, mut input) = (Vec::new(), &body[..]);
         loop {
@@ -157,7 +158,8 @@ mod tests {
     #[test]
     fn a_hold_past_the_bound_cuts_the_response() {
         let finder = TokenFinder::new(b"sk-ant-REALTOKEN");
-        let tracker = BodyTracker::new(ResponseBody::UntilClose, false, &finder);
+        let tokens = [&finder];
+        let tracker = BodyTracker::new(ResponseBody::UntilClose, false, &tokens);
         let mut relay = RelayBuf::new(tracker, vec![0; limits::RELAY_BUF_START], 0, 0);
         loop {
             // Everything in the buffer is held (nothing ready).

@@ -44,8 +44,9 @@ pub struct ResponseContext<'a> {
     pub close_client: bool,
     /// The client speaks HTTP/1.0: a chunked body is de-chunked for it (R31).
     pub dechunk: bool,
-    /// Searches for the token, masked wherever it appears in the head.
-    pub finder: &'a TokenFinder<'a>,
+    /// Search for the tokens masked wherever they appear: the request's own, and any older
+    /// one a running request still uses.
+    pub tokens: &'a [&'a TokenFinder<'a>],
 }
 
 /// Upstream hop-by-hop fields (RFC 9110 §7.6.1) not relayed to the client.
@@ -118,7 +119,9 @@ pub fn parse_response(
         push_field(out, b"Connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    scrub::mask_all(out, ctx.finder);
+    for t in ctx.tokens {
+        scrub::mask_all(out, t);
+    }
     Ok(ResponseHead {
         status,
         interim,

@@ -4,6 +4,7 @@
 //! added, `Accept-Encoding: identity`, one canonical framing field, and our credential last.
 
 use crate::framing::BodyKind;
+use crate::policy::AllowList;
 use crate::syntax::{list_items, name_is, push_decimal, push_field};
 use crate::target::Target;
 
@@ -65,6 +66,17 @@ pub fn is_underscore_lookalike(name: &[u8]) -> bool {
         })
 }
 
+/// A name that becomes `field` (lower-case) when `_` is read as `-`.
+pub fn is_underscore_lookalike_of(name: &[u8], field: &[u8]) -> bool {
+    name.len() == field.len()
+        && memchr::memchr(b'_', name).is_some()
+        && name.iter().zip(field).all(|(&a, &b)| lookalike_byte(a, b))
+}
+
+fn lookalike_byte(a: u8, b: u8) -> bool {
+    a.to_ascii_lowercase() == b || (a == b'_' && b == b'-')
+}
+
 /// Whether `name` equals a [`DROPPED`] name or extends a [`DROPPED_PREFIXES`] entry, byte for
 /// byte under `same` (the client's byte, the lower-case pattern byte).
 fn dropped_as(name: &[u8], same: impl Fn(u8, u8) -> bool) -> bool {
@@ -75,13 +87,18 @@ fn dropped_as(name: &[u8], same: impl Fn(u8, u8) -> bool) -> bool {
             .any(|p| name.len() > p.len() && starts(p))
 }
 
-/// What the rewrite adds: fixed per process.
+/// What the rewrite adds, and what the request must satisfy: fixed per token generation.
 #[derive(Debug, Clone, Copy)]
 pub struct Rewrite<'a> {
     pub target: &'a Target,
     /// Our credential's complete header line (`Authorization: Bearer ...\r\n`).
     pub credential_line: &'a [u8],
+    /// A credential field of `TOKEN_HEADER` beyond the standard ones (lower-case): removed
+    /// from the client's head like them, and where the phantom may be presented.
+    pub credential_field: Option<&'a [u8]>,
     pub phantom: Option<&'a [u8]>,
+    /// What the sandbox may reach (`ALLOW_REQUESTS`); `None`: everything.
+    pub allow: Option<&'a AllowList>,
     /// Merge `oauth-2025-04-20` into `anthropic-beta`.
     pub oauth_beta: bool,
 }
@@ -160,7 +177,10 @@ pub fn write_upstream_head(
     let mut append_beta = up.beta == Beta::AppendToFirst;
     for h in headers {
         let name = h.name.as_bytes();
-        if is_dropped(name) || name_is(name, up.options) {
+        let credential = rw
+            .credential_field
+            .is_some_and(|c| name.eq_ignore_ascii_case(c));
+        if is_dropped(name) || credential || name_is(name, up.options) {
             continue;
         }
         if append_beta && name.eq_ignore_ascii_case(b"anthropic-beta") {

@@ -14,23 +14,32 @@ use crate::limits::MAX_TOKEN_LEN;
 use crate::sys;
 
 /// Which header carries the real token upstream (`TOKEN_HEADER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenHeader {
     /// `Authorization: Bearer <token>` (OAuth tokens, most APIs).
     Authorization,
     /// `x-api-key: <token>` (Anthropic API keys).
     XApiKey,
+    /// Another field, the raw token as its value (`x-goog-api-key` for Gemini, ...). The
+    /// name is a token (RFC 9110 §5.1), lower-case.
+    Custom(String),
 }
 
 impl TokenHeader {
-    /// The setting's value, case-insensitive.
-    pub fn parse(s: &str) -> Option<TokenHeader> {
-        if s.eq_ignore_ascii_case("authorization") {
-            Some(TokenHeader::Authorization)
-        } else if s.eq_ignore_ascii_case("x-api-key") {
-            Some(TokenHeader::XApiKey)
-        } else {
-            None
+    /// The field name as sent upstream.
+    pub fn name(&self) -> &str {
+        match self {
+            TokenHeader::Authorization => "Authorization",
+            TokenHeader::XApiKey => "x-api-key",
+            TokenHeader::Custom(name) => name,
+        }
+    }
+
+    /// What precedes the token in the field value.
+    fn value_prefix(&self) -> &'static str {
+        match self {
+            TokenHeader::Authorization => "Bearer ",
+            TokenHeader::XApiKey | TokenHeader::Custom(_) => "",
         }
     }
 }
@@ -50,22 +59,29 @@ pub enum TokenError {
     ChunkSizeLike,
 }
 
+impl TokenError {
+    /// Why, in static words that show nothing of the token.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenError::Missing => "expected one line on stdin, got none or an empty one",
+            TokenError::TooLong => "longer than MAX_TOKEN_LEN bytes",
+            TokenError::InvalidByte => {
+                "contains a byte that is not visible ASCII (space, control or non-ASCII)"
+            }
+            TokenError::Unreadable => "could not read stdin",
+            TokenError::ChunkSizeLike => {
+                "could pass as a chunk size (at most 16 hex digits, or hex digits and `;`), \
+                 which response masking never sees; not a real credential"
+            }
+        }
+    }
+}
+
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("proxy: token: ")?;
         match self {
-            TokenError::Missing => {
-                f.write_str("expected one line on stdin, got none or an empty one")
-            }
-            TokenError::TooLong => write!(f, "longer than {MAX_TOKEN_LEN} bytes"),
-            TokenError::InvalidByte => f.write_str(
-                "contains a byte that is not visible ASCII (space, control or non-ASCII)",
-            ),
-            TokenError::Unreadable => f.write_str("could not read stdin"),
-            TokenError::ChunkSizeLike => f.write_str(
-                "could pass as a chunk size (at most 16 hex digits, or hex digits and `;`), \
-                 which response masking never sees; not a real credential",
-            ),
+            TokenError::TooLong => write!(f, "proxy: token: longer than {MAX_TOKEN_LEN} bytes"),
+            e => write!(f, "proxy: token: {}", e.reason()),
         }
     }
 }
@@ -83,7 +99,7 @@ pub struct Token {
 
 impl Token {
     /// Validates a token (already stripped of its line ending) and renders its header line.
-    pub fn new(raw: &[u8], header: TokenHeader) -> Result<Token, TokenError> {
+    pub fn new(raw: &[u8], header: &TokenHeader) -> Result<Token, TokenError> {
         if raw.is_empty() {
             return Err(TokenError::Missing);
         }
@@ -96,18 +112,18 @@ impl Token {
         if could_be_chunk_size(raw) {
             return Err(TokenError::ChunkSizeLike);
         }
-        let prefix: &[u8] = match header {
-            TokenHeader::Authorization => b"Authorization: Bearer ",
-            TokenHeader::XApiKey => b"x-api-key: ",
-        };
+        let (name, value_prefix) = (header.name().as_bytes(), header.value_prefix().as_bytes());
+        let prefix_len = name.len() + 2 + value_prefix.len();
         // Allocate once at the final size: a growing Vec would leave copies behind.
-        let mut line = Zeroizing::new(Vec::with_capacity(prefix.len() + raw.len() + 2));
-        line.extend_from_slice(prefix);
+        let mut line = Zeroizing::new(Vec::with_capacity(prefix_len + raw.len() + 2));
+        line.extend_from_slice(name);
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(value_prefix);
         line.extend_from_slice(raw);
         line.extend_from_slice(b"\r\n");
         let locked = sys::lock_memory(&line);
         Ok(Token {
-            start: prefix.len(),
+            start: prefix_len,
             line,
             locked,
         })
@@ -117,28 +133,10 @@ impl Token {
     ///
     /// Reads into a fixed, zeroized buffer straight from the reader (no `BufRead`, whose buffer
     /// would keep a copy); anything after the first LF is read into the same buffer and wiped.
-    pub fn read_line(input: &mut impl Read, header: TokenHeader) -> Result<Token, TokenError> {
-        let mut buf = Zeroizing::new(vec![0u8; MAX_TOKEN_LEN + 2]);
-        let mut filled = 0;
-        let end = loop {
-            if let Some(i) = memchr::memchr(b'\n', &buf[..filled]) {
-                break i;
-            }
-            if filled == buf.len() {
-                return Err(TokenError::TooLong);
-            }
-            match input.read(&mut buf[filled..]) {
-                Ok(0) => break filled,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(TokenError::Unreadable),
-            }
-        };
-        let mut line = &buf[..end];
-        if let Some(l) = line.strip_suffix(b"\r") {
-            line = l;
-        }
-        Token::new(line, header)
+    pub fn read_line(input: &mut impl Read, header: &TokenHeader) -> Result<Token, TokenError> {
+        TokenLines::new(input, header.clone())
+            .next_line()
+            .unwrap_or(Err(TokenError::Missing))
     }
 
     /// The raw token, for the response scrubber.
@@ -154,6 +152,77 @@ impl Token {
     /// Whether the OS agreed to keep the token out of swap.
     pub fn is_locked(&self) -> bool {
         self.locked
+    }
+}
+
+/// Tokens read line by line from a reader (`TOKEN_UPDATES=stdin`), through one fixed, zeroized
+/// buffer that keeps the bytes of the next line between calls and is wiped when dropped.
+pub struct TokenLines<R> {
+    input: R,
+    header: TokenHeader,
+    buf: Zeroizing<Vec<u8>>,
+    filled: usize,
+}
+
+impl<R: Read> TokenLines<R> {
+    pub fn new(input: R, header: TokenHeader) -> TokenLines<R> {
+        TokenLines {
+            input,
+            header,
+            buf: Zeroizing::new(vec![0u8; MAX_TOKEN_LEN + 2]),
+            filled: 0,
+        }
+    }
+
+    /// The next line as a token, or why it was refused (the line is consumed either way);
+    /// `None` at the end of the input. A last line without LF counts.
+    pub fn next_line(&mut self) -> Option<Result<Token, TokenError>> {
+        let mut too_long = false;
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[..self.filled]) {
+                let result = if too_long {
+                    Err(TokenError::TooLong)
+                } else {
+                    self.token(i)
+                };
+                self.consume(i + 1);
+                return Some(result);
+            }
+            if self.filled == self.buf.len() {
+                // Longer than any token: drop what we have, refuse the line at its end.
+                too_long = true;
+                self.consume(self.filled);
+            }
+            match self.input.read(&mut self.buf[self.filled..]) {
+                Ok(0) if self.filled == 0 && !too_long => return None,
+                Ok(0) => {
+                    let end = self.filled;
+                    let result = if too_long {
+                        Err(TokenError::TooLong)
+                    } else {
+                        self.token(end)
+                    };
+                    self.consume(end);
+                    return Some(result);
+                }
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Some(Err(TokenError::Unreadable)),
+            }
+        }
+    }
+
+    /// The token in `buf[..end]`, one trailing CR stripped.
+    fn token(&self, end: usize) -> Result<Token, TokenError> {
+        let line = &self.buf[..end];
+        Token::new(line.strip_suffix(b"\r").unwrap_or(line), &self.header)
+    }
+
+    /// Drops the first `n` bytes, wiping what they leave behind.
+    fn consume(&mut self, n: usize) {
+        self.buf.copy_within(n..self.filled, 0);
+        self.filled -= n;
+        zeroize::Zeroize::zeroize(&mut self.buf[self.filled..]);
     }
 }
 
@@ -195,11 +264,11 @@ mod tests {
             b"sk-ant-abc",
             b"sk-ant-abc\nrest\n",
         ] {
-            let t = Token::read_line(&mut &input[..], TokenHeader::Authorization).unwrap();
+            let t = Token::read_line(&mut &input[..], &TokenHeader::Authorization).unwrap();
             assert_eq!(t.as_bytes(), b"sk-ant-abc");
             assert_eq!(t.header_line(), b"Authorization: Bearer sk-ant-abc\r\n");
         }
-        let t = Token::read_line(&mut &b"k\n"[..], TokenHeader::XApiKey).unwrap();
+        let t = Token::read_line(&mut &b"k\n"[..], &TokenHeader::XApiKey).unwrap();
         assert_eq!(t.header_line(), b"x-api-key: k\r\n");
     }
 
@@ -215,19 +284,19 @@ mod tests {
             (b"sk\xc3\xa9\n", TokenError::InvalidByte),
         ];
         for (input, want) in cases {
-            let got = Token::read_line(&mut &input[..], TokenHeader::Authorization).unwrap_err();
+            let got = Token::read_line(&mut &input[..], &TokenHeader::Authorization).unwrap_err();
             assert_eq!(got, want);
             assert!(got.to_string().starts_with("proxy: "));
         }
         let long = vec![b'a'; MAX_TOKEN_LEN + 1];
         assert_eq!(
-            Token::new(&long, TokenHeader::Authorization).unwrap_err(),
+            Token::new(&long, &TokenHeader::Authorization).unwrap_err(),
             TokenError::TooLong
         );
         let mut long_line = vec![b'a'; MAX_TOKEN_LEN * 2];
         long_line.push(b'\n');
         assert_eq!(
-            Token::read_line(&mut &long_line[..], TokenHeader::Authorization).unwrap_err(),
+            Token::read_line(&mut &long_line[..], &TokenHeader::Authorization).unwrap_err(),
             TokenError::TooLong
         );
     }
@@ -236,7 +305,7 @@ mod tests {
     fn tokens_that_could_be_chunk_sizes_are_refused() {
         for t in [&b"a"[..], b"0123456789abcdef", b"DEAD;x", b";", b"0;"] {
             assert!(could_be_chunk_size(t), "{t:?}");
-            let e = Token::new(t, TokenHeader::Authorization).unwrap_err();
+            let e = Token::new(t, &TokenHeader::Authorization).unwrap_err();
             assert_eq!(e, TokenError::ChunkSizeLike);
         }
         for t in [
@@ -250,8 +319,27 @@ mod tests {
     }
 
     #[test]
+    fn lines_are_read_one_by_one_and_bad_ones_refused() {
+        let mut long = vec![b'a'; MAX_TOKEN_LEN * 3];
+        long.push(b'\n');
+        let input = [&b"sk-one\n\nsk two\r\n"[..], &long, b"sk-three\r\nsk-last"].concat();
+        let mut lines = TokenLines::new(&input[..], TokenHeader::Custom("x-goog-api-key".into()));
+        let t = lines.next_line().unwrap().unwrap();
+        assert_eq!(t.header_line(), b"x-goog-api-key: sk-one\r\n");
+        assert_eq!(lines.next_line().unwrap().unwrap_err(), TokenError::Missing);
+        assert_eq!(
+            lines.next_line().unwrap().unwrap_err(),
+            TokenError::InvalidByte
+        );
+        assert_eq!(lines.next_line().unwrap().unwrap_err(), TokenError::TooLong);
+        assert_eq!(lines.next_line().unwrap().unwrap().as_bytes(), b"sk-three");
+        assert_eq!(lines.next_line().unwrap().unwrap().as_bytes(), b"sk-last");
+        assert!(lines.next_line().is_none());
+    }
+
+    #[test]
     fn debug_shows_nothing_of_the_token() {
-        let t = Token::new(b"sk-ant-secret", TokenHeader::Authorization).unwrap();
+        let t = Token::new(b"sk-ant-secret", &TokenHeader::Authorization).unwrap();
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
     }
 }

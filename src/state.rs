@@ -1,29 +1,38 @@
-//! What every connection shares, built once at startup and never changed: the configuration,
-//! the token, the upstream connector and the pool of idle upstream connections.
+//! What every connection shares, built once at startup: the configuration, the credential
+//! store, the upstream connector and the pool of idle upstream connections.
+
+use std::sync::Arc;
 
 use crate::config::Config;
+use crate::credential::{Credentials, Generation};
 use crate::rewrite::Rewrite;
-use crate::secret::Token;
+use crate::secret::TokenHeader;
 use crate::upstream::{Connector, Pool};
 
 /// Everything a connection needs, built once and shared (`Arc`).
 pub struct Proxy {
     pub cfg: Config,
-    pub token: Token,
+    /// The token's generations; the intake thread swaps new ones in.
+    pub creds: Arc<Credentials>,
     pub connector: Connector,
     pub pool: Pool,
-    /// Merge the OAuth beta flag (decided at startup from the token and TARGET).
-    pub oauth_beta: bool,
 }
 
 impl Proxy {
-    /// What the upstream-head rewrite adds to every request.
-    pub fn rewrite(&self) -> Rewrite<'_> {
+    /// What the upstream-head rewrite adds to a request that uses generation `g`.
+    pub fn rewrite<'a>(&'a self, g: &'a Generation) -> Rewrite<'a> {
+        let credential_field = match &self.cfg.token_header {
+            TokenHeader::Custom(name) => Some(name.as_bytes()),
+            // The standard credential fields are removed from every request anyway.
+            TokenHeader::Authorization | TokenHeader::XApiKey => None,
+        };
         Rewrite {
             target: &self.cfg.target,
-            credential_line: self.token.header_line(),
+            credential_line: g.token.header_line(),
+            credential_field,
             phantom: self.cfg.phantom.as_ref().map(|p| p.0.as_slice()),
-            oauth_beta: self.oauth_beta,
+            allow: self.cfg.allow.as_ref(),
+            oauth_beta: g.oauth_beta,
         }
     }
 }

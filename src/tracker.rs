@@ -28,8 +28,13 @@ enum Framing {
     UntilClose,
 }
 
-/// The two maskers of one body.
+/// The maskers of one body: for each token (the request's own, and any older one a running
+/// request still uses), one for the payload and one for extension and trailer text.
 struct Masks<'t> {
+    pairs: Vec<Pair<'t>>,
+}
+
+struct Pair<'t> {
     /// Masks the token in the payload.
     payload: Scrubber<'t>,
     /// Masks the token in chunk-extension and trailer text. A token (visible ASCII) cannot
@@ -38,17 +43,45 @@ struct Masks<'t> {
 }
 
 impl Masks<'_> {
-    fn release(&mut self) {
-        self.payload.finish();
-        self.meta.finish();
+    fn payload(&mut self, buf: &mut [u8], seg: std::ops::Range<usize>) {
+        for p in &mut self.pairs {
+            p.payload.scan(buf, seg.clone());
+        }
     }
 
-    /// The first buffer position either masker holds back, if any.
+    fn meta(&mut self, buf: &mut [u8], seg: std::ops::Range<usize>) {
+        for p in &mut self.pairs {
+            p.meta.scan(buf, seg.clone());
+        }
+    }
+
+    fn finish_payload(&mut self) {
+        self.pairs.iter_mut().for_each(|p| p.payload.finish());
+    }
+
+    fn finish_meta(&mut self) {
+        self.pairs.iter_mut().for_each(|p| p.meta.finish());
+    }
+
+    fn release(&mut self) {
+        self.finish_payload();
+        self.finish_meta();
+    }
+
+    fn shift(&mut self, n: usize) {
+        for p in &mut self.pairs {
+            p.payload.shift(n);
+            p.meta.shift(n);
+        }
+    }
+
+    /// The first buffer position any masker holds back, if any.
     fn hold_from(&self) -> Option<usize> {
-        [self.payload.hold_from(), self.meta.hold_from()]
-            .into_iter()
-            .flatten()
-            .min()
+        let holds = self
+            .pairs
+            .iter()
+            .map(|p| [p.payload.hold_from(), p.meta.hold_from()]);
+        holds.flatten().flatten().min()
     }
 }
 
@@ -69,7 +102,12 @@ pub struct BodyTracker<'t> {
 }
 
 impl<'t> BodyTracker<'t> {
-    pub fn new(body: ResponseBody, dechunk: bool, finder: &'t TokenFinder<'t>) -> BodyTracker<'t> {
+    /// A tracker for a body of `body` framing that masks each token `tokens` searches for.
+    pub fn new(
+        body: ResponseBody,
+        dechunk: bool,
+        tokens: &'t [&'t TokenFinder<'t>],
+    ) -> BodyTracker<'t> {
         let framing = match body {
             ResponseBody::None | ResponseBody::Length(0) => Framing::None,
             ResponseBody::Length(n) => Framing::Length { remaining: n },
@@ -79,8 +117,13 @@ impl<'t> BodyTracker<'t> {
         BodyTracker {
             framing,
             masks: Masks {
-                payload: Scrubber::new(finder),
-                meta: Scrubber::new(finder),
+                pairs: tokens
+                    .iter()
+                    .map(|f| Pair {
+                        payload: Scrubber::new(f),
+                        meta: Scrubber::new(f),
+                    })
+                    .collect(),
             },
             dechunk: dechunk && body == ResponseBody::Chunked,
         }
@@ -110,7 +153,7 @@ impl<'t> BodyTracker<'t> {
             done = match &mut self.framing {
                 Framing::None => true,
                 Framing::UntilClose => {
-                    self.masks.payload.scan(buf, at.pos..buf.len());
+                    self.masks.payload(buf, at.pos..buf.len());
                     at.pos = buf.len();
                     at.end = at.pos;
                     false
@@ -119,7 +162,7 @@ impl<'t> BodyTracker<'t> {
                     let n = usize::try_from(*remaining)
                         .unwrap_or(usize::MAX)
                         .min(buf.len() - at.pos);
-                    self.masks.payload.scan(buf, at.pos..at.pos + n);
+                    self.masks.payload(buf, at.pos..at.pos + n);
                     *remaining -= n as u64;
                     at.pos += n;
                     at.end = at.pos;
@@ -145,8 +188,7 @@ impl<'t> BodyTracker<'t> {
 
     /// The relay moved `buf[ready..keep]` to the front.
     pub fn shifted(&mut self, ready: usize) {
-        self.masks.payload.shift(ready);
-        self.masks.meta.shift(ready);
+        self.masks.shift(ready);
     }
 
     /// The upstream closed: for a close-delimited body this is its end; release held bytes.
@@ -169,11 +211,11 @@ fn chunk_step(
         .step(&buf[at.pos..])
         .map_err(|_| Problem::UpstreamMalformed)?;
     if !matches!(step, Step::Meta(_)) {
-        masks.meta.finish();
+        masks.finish_meta();
     }
     if decoder.payload_done() {
         // The last chunk was read: no payload byte can complete a held prefix.
-        masks.payload.finish();
+        masks.finish_payload();
     }
     let (n, done) = match step {
         Step::Data(n) => {
@@ -182,7 +224,7 @@ fn chunk_step(
             if dechunk {
                 buf.copy_within(at.pos..at.pos + n, at.end);
             }
-            masks.payload.scan(buf, from..from + n);
+            masks.payload(buf, from..from + n);
             at.pos += n;
             at.end = if dechunk { at.end + n } else { at.pos };
             return Ok(false);
@@ -190,7 +232,7 @@ fn chunk_step(
         // Relayed as received (no re-framing), so masked like payload; dropped altogether
         // when de-chunking.
         Step::Meta(n) if !dechunk => {
-            masks.meta.scan(buf, at.pos..at.pos + n);
+            masks.meta(buf, at.pos..at.pos + n);
             (n, false)
         }
         Step::Meta(n) | Step::Framing(n) => (n, false),

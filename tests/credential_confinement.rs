@@ -522,7 +522,10 @@ fn the_token_never_appears_in_stderr_or_stdout_whatever_the_proxy_went_through()
             vec![("TARGET_CA_FILE", TOKEN), ("TARGET", "https://a.test")],
         ),
         (vec![], vec![("PHANTOM_TOKEN", &phantom_with_space)]),
-        (vec![], vec![("TOKEN_HEADER", TOKEN)]),
+        // Any field name is a valid TOKEN_HEADER now; one with a space is not.
+        (vec![], vec![("TOKEN_HEADER", &phantom_with_space)]),
+        (vec![], vec![("ALLOW_REQUESTS", TOKEN)]),
+        (vec![], vec![("TOKEN_UPDATES", TOKEN)]),
         (vec![], vec![("OAUTH_BETA", TOKEN)]),
         (vec![], vec![("MAX_HEADERS", TOKEN)]),
         (vec![], vec![("SHUTDOWN_GRACE", TOKEN)]),
@@ -576,7 +579,7 @@ fn an_upstream_401_or_403_is_logged_as_a_rejected_credential_and_other_statuses_
     // Requests on one connection are logged in order, so once the 403's line is there, every
     // line the earlier ones would write is too.
     assert!(
-        proxy.wait_for_stderr("proxy: credential rejected by upstream (403)", LOG_BOUND),
+        proxy.wait_for_stderr("proxy: credential rejected by upstream (403, ", LOG_BOUND),
         "no line for 403: {}",
         proxy.stderr_so_far()
     );
@@ -588,8 +591,8 @@ fn an_upstream_401_or_403_is_logged_as_a_rejected_credential_and_other_statuses_
     assert_eq!(
         lines,
         vec![
-            "proxy: credential rejected by upstream (401)".to_string(),
-            "proxy: credential rejected by upstream (403)".to_string(),
+            "proxy: credential rejected by upstream (401, token generation 1)".to_string(),
+            "proxy: credential rejected by upstream (403, token generation 1)".to_string(),
         ],
         "{}",
         proxy.stderr_so_far()

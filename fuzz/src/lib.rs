@@ -111,6 +111,12 @@ fn real_finder() -> &'static scrub::TokenFinder<'static> {
     FINDER.get_or_init(|| scrub::TokenFinder::new(REAL_TOKEN))
 }
 
+/// The tokens masked in a response: [`REAL_TOKEN`] alone.
+fn real_tokens() -> &'static [&'static scrub::TokenFinder<'static>] {
+    static TOKENS: OnceLock<[&'static scrub::TokenFinder<'static>; 1]> = OnceLock::new();
+    TOKENS.get_or_init(|| [real_finder()])
+}
+
 // ---------------------------------------------------------------------------------------------
 // Input-derived split points
 // ---------------------------------------------------------------------------------------------
@@ -438,6 +444,8 @@ pub fn parse_head(data: &[u8]) {
             target: &cfg.target,
             credential_line: CREDENTIAL_LINE,
             phantom: cfg.phantom,
+            credential_field: None,
+            allow: None,
             oauth_beta: cfg.oauth_beta,
         };
         let mut out = b"stale bytes".to_vec();
@@ -782,6 +790,8 @@ fn check_idempotent(req: &Request, cfg: &Config, out: &[u8]) {
         target: &cfg.bare,
         credential_line: CREDENTIAL_LINE,
         phantom: cfg.phantom.map(|_| REAL_TOKEN),
+        credential_field: None,
+        allow: None,
         oauth_beta: cfg.oauth_beta,
     };
     let mut again = Vec::new();
@@ -956,7 +966,7 @@ fn contexts() -> impl Iterator<Item = ResponseContext<'static>> {
         request_was_head: b & 1 != 0,
         close_client: b & 2 != 0,
         dechunk: b & 4 != 0,
-        finder: real_finder(),
+        tokens: real_tokens(),
     })
 }
 
@@ -1132,7 +1142,7 @@ struct BodyRun {
 /// Drives a [`BodyTracker`] as the relay does: append a read, advance, send `..ready`, move
 /// `ready..keep` to the front; at the end of the input the upstream closes.
 fn drive_body(body: ResponseBody, dechunk: bool, data: &[u8], cuts: &[usize]) -> BodyRun {
-    let mut t = BodyTracker::new(body, dechunk, real_finder());
+    let mut t = BodyTracker::new(body, dechunk, real_tokens());
     let mut buf: Vec<u8> = Vec::new();
     let mut sent = Vec::new();
     let mut old = 0;
@@ -1411,7 +1421,7 @@ fn drive_relay(
     first: usize,
     reads: &[usize],
 ) -> (Vec<u8>, RelayEnd) {
-    let tracker = BodyTracker::new(head.body, dechunk, real_finder());
+    let tracker = BodyTracker::new(head.body, dechunk, real_tokens());
     let first = first.min(body.len());
     // The head buffer: the head's own bytes (stand-ins), then the body bytes read with it.
     let head_len = 100;
@@ -1476,7 +1486,7 @@ pub fn relay_response(data: &[u8]) {
         request_was_head: flags & 2 != 0,
         close_client: false,
         dechunk: flags & 1 != 0,
-        finder: real_finder(),
+        tokens: real_tokens(),
     };
     // The final head, after any interim ones.
     let mut rest = &resp[..];

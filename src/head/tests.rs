@@ -20,7 +20,9 @@ fn run_with(
     let rw = Rewrite {
         target: &t,
         credential_line: CRED,
+        credential_field: None,
         phantom,
+        allow: None,
         oauth_beta,
     };
     let n = HeadScanner::new()
@@ -361,6 +363,8 @@ fn limits_map_to_their_statuses() {
         target: &t,
         credential_line: CRED,
         phantom: None,
+        credential_field: None,
+        allow: None,
         oauth_beta: false,
     };
     let n = scan(nine.as_bytes()).unwrap().unwrap();

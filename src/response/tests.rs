@@ -8,12 +8,19 @@ fn finder() -> &'static TokenFinder<'static> {
     FINDER.get_or_init(|| TokenFinder::new(TOKEN))
 }
 
+/// The tokens masked: the one above.
+fn tokens() -> &'static [&'static TokenFinder<'static>] {
+    static TOKENS: std::sync::OnceLock<[&'static TokenFinder<'static>; 1]> =
+        std::sync::OnceLock::new();
+    TOKENS.get_or_init(|| [finder()])
+}
+
 fn ctx() -> ResponseContext<'static> {
     ResponseContext {
         request_was_head: false,
         close_client: false,
         dechunk: false,
-        finder: finder(),
+        tokens: tokens(),
     }
 }
 

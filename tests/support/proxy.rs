@@ -209,6 +209,13 @@ impl Proxy {
         self.stderr.text()
     }
 
+    /// Write more to the proxy's stdin (started with it kept open).
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        let pipe = self.stdin.as_mut().expect("stdin was kept open");
+        pipe.write_all(bytes).expect("write to the proxy's stdin");
+        pipe.flush().expect("flush the proxy's stdin");
+    }
+
     /// stderr so far, byte for byte (not decoded: to check what bytes were written).
     pub fn stderr_bytes(&self) -> Vec<u8> {
         self.stderr.bytes()

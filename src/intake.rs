@@ -1,0 +1,167 @@
+//! Token intake: the first token before the proxy serves, then (opt-in) its replacements, on
+//! a thread of their own that swaps them into [`Credentials`].
+//!
+//! - `TOKEN_UPDATES` unset: one line on stdin; then stdin is closed (by `main`).
+//! - `TOKEN_UPDATES=stdin`: stdin stays open; each further line replaces the token. At EOF
+//!   the last token keeps serving.
+//! - `TOKEN_FILE=path`: the file's first line, and again whenever the file changes: written
+//!   in place, replaced, or swapped behind a symlink (Kubernetes secret volumes), checked
+//!   every [`TOKEN_FILE_POLL`].
+//!
+//! Every token passes the same checks ([`Token::new`]); a refused one is logged with its
+//! static reason only, and the current token stays.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{BetaRule, Config, TokenSource};
+use crate::credential::Credentials;
+use crate::limits::TOKEN_FILE_POLL;
+use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
+
+/// Where the replacements come from, once the first token is in.
+pub enum Updates {
+    /// Nothing replaces the first token.
+    None,
+    /// Further lines of stdin.
+    Stdin(TokenLines<File>),
+    /// The file, when it changes.
+    File {
+        path: PathBuf,
+        header: TokenHeader,
+        seen: Option<Fingerprint>,
+    },
+}
+
+/// What tells a file's versions apart, following symlinks: a swapped symlink or a replaced
+/// file changes the inode, a rewrite in place the size or a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// Reads the first token as the configuration says. `stdin` is a duplicate of fd 0, so no
+/// standard-library buffer keeps a copy. Errors are `proxy: ` lines that never echo a token.
+pub fn first_token(cfg: &Config, stdin: File) -> Result<(Token, Updates), String> {
+    let header = cfg.token_header.clone();
+    match &cfg.token_source {
+        TokenSource::StdinOnce | TokenSource::StdinUpdates => {
+            let mut lines = TokenLines::new(stdin, header);
+            let token = lines
+                .next_line()
+                .unwrap_or(Err(TokenError::Missing))
+                .map_err(|e| e.to_string())?;
+            let updates = match cfg.token_source {
+                TokenSource::StdinUpdates => Updates::Stdin(lines),
+                _ => Updates::None,
+            };
+            Ok((token, updates))
+        }
+        TokenSource::File(path) => {
+            let seen = fingerprint(path);
+            let token = read_file(path, &header)
+                .map_err(|e| format!("proxy: TOKEN_FILE: {}", file_reason(e)))?;
+            let path = path.clone();
+            Ok((token, Updates::File { path, header, seen }))
+        }
+    }
+}
+
+fn read_file(path: &Path, header: &TokenHeader) -> Result<Token, TokenError> {
+    let mut file = File::open(path).map_err(|_| TokenError::Unreadable)?;
+    Token::read_line(&mut file, header)
+}
+
+/// A file's refusal, said of the file (the token's own reasons, but for "stdin").
+fn file_reason(e: TokenError) -> &'static str {
+    match e {
+        TokenError::Unreadable => "cannot be read (missing, or not readable by this user)",
+        TokenError::Missing => "holds no token (empty, or an empty first line)",
+        e => e.reason(),
+    }
+}
+
+/// Starts the thread that swaps replacements into `creds`, if there are any to wait for.
+pub fn spawn_updates(updates: Updates, creds: Arc<Credentials>, beta: BetaRule) {
+    let body: Box<dyn FnOnce() + Send> = match updates {
+        Updates::None => return,
+        Updates::Stdin(lines) => Box::new(move || from_stdin(lines, &creds, beta)),
+        Updates::File { path, header, seen } => {
+            Box::new(move || watch_file(&path, &header, seen, &creds, beta))
+        }
+    };
+    // A thread, not a task: both sources block (a pipe read, a sleep between stats).
+    let spawned = std::thread::Builder::new()
+        .name("token-updates".into())
+        .spawn(body);
+    if spawned.is_err() {
+        crate::log!("warning: cannot start the token-update thread; the token will not change");
+    }
+}
+
+fn swap(creds: &Credentials, token: Token, beta: BetaRule) {
+    let oauth = beta.applies(token.as_bytes());
+    let generation = creds.swap(token, oauth);
+    crate::log!("token updated (generation {generation})");
+}
+
+fn from_stdin(mut lines: TokenLines<File>, creds: &Credentials, beta: BetaRule) {
+    loop {
+        match lines.next_line() {
+            Some(Ok(token)) => swap(creds, token, beta),
+            Some(Err(TokenError::Unreadable)) => {
+                let g = creds.current().number;
+                crate::log!("token updates: stdin unreadable; keeping generation {g}");
+                return;
+            }
+            Some(Err(e)) => crate::log!("token update refused: {}", e.reason()),
+            None => {
+                let g = creds.current().number;
+                crate::log!("token updates: stdin closed; keeping generation {g}");
+                return;
+            }
+        }
+    }
+}
+
+fn watch_file(
+    path: &Path,
+    header: &TokenHeader,
+    mut seen: Option<Fingerprint>,
+    creds: &Credentials,
+    beta: BetaRule,
+) {
+    loop {
+        std::thread::sleep(TOKEN_FILE_POLL);
+        let now = fingerprint(path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match read_file(path, header) {
+            Ok(token) => swap(creds, token, beta),
+            Err(e) => {
+                let g = creds.current().number;
+                let why = file_reason(e);
+                crate::log!("token update refused: TOKEN_FILE {why}; keeping generation {g}");
+            }
+        }
+    }
+}
