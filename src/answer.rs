@@ -26,8 +26,12 @@ pub fn health(head_only: bool, close: bool, out: &mut Vec<u8>) {
 /// Renders the proxy's own error answer in the Anthropic error shape.
 pub fn error(problem: Problem, head_only: bool, close: bool, out: &mut Vec<u8>) {
     let status = problem.status();
+    let detail = problem
+        .detail()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
     let body = format!(
-        "{{\"type\":\"error\",\"error\":{{\"type\":\"{}\",\"message\":\"proxy: {}\"}}}}",
+        "{{\"type\":\"error\",\"error\":{{\"type\":\"{}\",\"message\":\"proxy: {}{detail}\"}}}}",
         problem.error_type(),
         problem.message()
     );

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::egress::{EgressProxy, NoProxy};
 use crate::limits::{self, Limits, Timeouts};
 use crate::policy::AllowList;
 use crate::rewrite;
@@ -49,6 +50,12 @@ pub struct Config {
     pub target: Target,
     /// PEM bundle that replaces the built-in roots for an https TARGET.
     pub ca_file: Option<PathBuf>,
+    /// PEM bundle added to the roots (`TARGET_EXTRA_CA_FILE`), e.g. a TLS-inspecting
+    /// egress proxy's CA.
+    pub extra_ca_file: Option<PathBuf>,
+    /// The egress proxy TARGET is reached through, and which variable named it; `None`:
+    /// directly (no proxy set, or TARGET matches `NO_PROXY`).
+    pub egress: Option<(EgressProxy, &'static str)>,
     /// The phantom token the sandbox must present. Not secret from the sandbox, so a plain
     /// `Vec`; its `Debug` is still redacted through [`Phantom`].
     pub phantom: Option<Phantom>,
@@ -119,6 +126,8 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], limits::DEFAULT_LISTEN_PORT)),
             target,
             ca_file: None,
+            extra_ca_file: None,
+            egress: None,
             phantom: None,
             token_header: TokenHeader::Authorization,
             token_source: TokenSource::StdinOnce,
@@ -144,6 +153,7 @@ impl Config {
         };
         let mut cfg = Config::with_target(target);
         cfg.listen = listen(&var)?;
+        cfg.egress = egress(&var, &cfg.target)?;
         cfg.credentials(&var)?;
         read_limits(&var, &mut cfg.limits)?;
         size(&var, "POOL_MAX_IDLE", &mut cfg.pool_max_idle, 0)?;
@@ -157,12 +167,17 @@ impl Config {
         var: &impl Fn(&'static str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         let err = ConfigError::new;
-        if let Some(path) = var("TARGET_CA_FILE") {
-            let path = PathBuf::from(path);
-            if !path.is_file() {
-                return Err(err("TARGET_CA_FILE", "is not a readable file"));
+        for (setting, slot) in [
+            ("TARGET_CA_FILE", &mut self.ca_file),
+            ("TARGET_EXTRA_CA_FILE", &mut self.extra_ca_file),
+        ] {
+            if let Some(path) = var(setting) {
+                let path = PathBuf::from(path);
+                if !path.is_file() {
+                    return Err(err(setting, "is not a readable file"));
+                }
+                *slot = Some(path);
             }
-            self.ca_file = Some(path);
         }
         if let Some(p) = var("PHANTOM_TOKEN") {
             if !p.bytes().all(|b| (0x21..0x7f).contains(&b)) {
@@ -212,6 +227,29 @@ fn token_header(h: &str) -> Result<TokenHeader, ConfigError> {
     }
     let why = "must be authorization, x-api-key or another field name the proxy does not manage";
     Err(ConfigError::new("TOKEN_HEADER", why))
+}
+
+/// The egress proxy for TARGET, as curl chooses one: for an https TARGET `https_proxy`, then
+/// `HTTPS_PROXY`; for an http TARGET `http_proxy`, then `HTTP_PROXY` (curl ignores the
+/// upper-case one, against CGI's httpoxy; the proxy is no CGI program, and the launcher sets
+/// its environment); none when TARGET matches `no_proxy` (or else `NO_PROXY`).
+fn egress(
+    var: &impl Fn(&'static str) -> Option<String>,
+    target: &Target,
+) -> Result<Option<(EgressProxy, &'static str)>, ConfigError> {
+    let names = match target.scheme {
+        crate::target::Scheme::Https => ["https_proxy", "HTTPS_PROXY"],
+        crate::target::Scheme::Http => ["http_proxy", "HTTP_PROXY"],
+    };
+    let Some((name, url)) = names.iter().find_map(|&n| var(n).map(|u| (n, u))) else {
+        return Ok(None);
+    };
+    let proxy = EgressProxy::parse(&url).map_err(|r| ConfigError::new(name, r))?;
+    let no_proxy = var("no_proxy").or_else(|| var("NO_PROXY"));
+    if no_proxy.is_some_and(|l| NoProxy::parse(&l).matches(&target.host, target.port)) {
+        return Ok(None);
+    }
+    Ok(Some((proxy, name)))
 }
 
 /// `LISTEN_ADDR` and `LISTEN_PORT`.

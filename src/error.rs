@@ -76,10 +76,24 @@ pub enum Problem {
     /// The client stopped reading the response.
     ClientWriteStalled,
     // --- the upstream ---
-    /// TCP connect failed or DNS found nothing.
+    /// TARGET's name did not resolve.
+    UpstreamNameResolution,
+    /// TARGET refused the TCP connection.
+    UpstreamRefused,
+    /// TCP connect failed otherwise (no route, unreachable network, ...).
     UpstreamUnreachable,
-    /// TLS handshake or certificate verification failed.
+    /// TARGET's certificate was not trusted (or not for TARGET's name).
+    UpstreamCertificate,
+    /// The TLS handshake failed otherwise (protocol, ALPN).
     UpstreamTls,
+    /// The egress proxy could not be reached.
+    EgressUnreachable,
+    /// The egress proxy answered CONNECT with this status (407: credentials).
+    EgressRefused(u16),
+    /// The egress proxy did not answer CONNECT in time.
+    EgressTimeout,
+    /// The egress proxy's answer to CONNECT is not HTTP.
+    EgressMalformed,
     /// TCP connect (with DNS) took too long.
     UpstreamConnectTimeout,
     /// The TLS handshake took too long.
@@ -110,8 +124,15 @@ impl Problem {
     pub fn side(self) -> Side {
         use Problem::*;
         match self {
-            UpstreamUnreachable
+            UpstreamNameResolution
+            | UpstreamRefused
+            | UpstreamUnreachable
+            | UpstreamCertificate
             | UpstreamTls
+            | EgressUnreachable
+            | EgressRefused(_)
+            | EgressTimeout
+            | EgressMalformed
             | UpstreamConnectTimeout
             | UpstreamTlsTimeout
             | UpstreamResponseTimeout
@@ -141,8 +162,14 @@ impl Problem {
             ExpectationFailed => 417,
             HeadTooLarge | TrailersTooLarge => 431,
             UnsupportedCoding | MethodNotImplemented | UpgradeRefused => 501,
-            UpstreamUnreachable
+            UpstreamNameResolution
+            | UpstreamRefused
+            | UpstreamUnreachable
+            | UpstreamCertificate
             | UpstreamTls
+            | EgressUnreachable
+            | EgressRefused(_)
+            | EgressMalformed
             | UpstreamMalformed
             | UpstreamSwitchedProtocols
             | UpstreamEncoded
@@ -150,6 +177,7 @@ impl Problem {
             | UpstreamHoldOverflow => 502,
             ShuttingDown => 503,
             UpstreamConnectTimeout
+            | EgressTimeout
             | UpstreamTlsTimeout
             | UpstreamResponseTimeout
             | UpstreamIdleTimeout => 504,
@@ -196,8 +224,15 @@ impl Problem {
             Unauthorized => "missing or wrong proxy token",
             NotAllowed => "request not allowed by ALLOW_REQUESTS",
             ClientWriteStalled => "client stopped reading",
+            UpstreamNameResolution => "upstream unreachable: name resolution failed",
+            UpstreamRefused => "upstream unreachable: connection refused",
             UpstreamUnreachable => "upstream unreachable",
+            UpstreamCertificate => "upstream TLS failure: certificate not trusted",
             UpstreamTls => "upstream TLS failure",
+            EgressUnreachable => "egress proxy unreachable",
+            EgressRefused(_) => "egress proxy refused CONNECT",
+            EgressTimeout => "egress proxy tunnel timed out",
+            EgressMalformed => "egress proxy sent a malformed answer",
             UpstreamConnectTimeout => "upstream connect timed out",
             UpstreamTlsTimeout => "upstream TLS handshake timed out",
             UpstreamResponseTimeout => "upstream response timed out",
@@ -212,9 +247,23 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// A status that belongs in the message (the egress proxy's answer to CONNECT).
+    pub fn detail(self) -> Option<u16> {
+        match self {
+            Problem::EgressRefused(status) => Some(status),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.side(), self.message())
+        write!(f, "{}: {}", self.side(), self.message())?;
+        match self.detail() {
+            Some(status) => write!(f, " ({status})"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -36,6 +36,7 @@
 //!    - [`persist`]: every keep-alive decision: the exchange's final state in, each
 //!      connection's fate out.
 //!    - [`scrub`]: masks the real token wherever it appears in a response.
+//!    - [`egress`]: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
 //! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
 //!    bound), [`syntax`] (small grammar helpers), [`error`] (every failure, its side, status
 //!    and static message), [`target`] (TARGET's parsed form).
@@ -77,6 +78,7 @@ pub mod sys;
 
 // 3. Pure core
 pub mod answer;
+pub mod egress;
 pub mod framing;
 pub mod head;
 pub mod persist;

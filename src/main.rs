@@ -160,6 +160,10 @@ async fn run(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> ExitCode {
         Err(_) => return fail("proxy: cannot install signal handlers"),
     };
     agent_loop_proxy::log!("listening on {addr}, target {}", proxy.cfg.target);
+    if let Some((egress, setting)) = &proxy.cfg.egress {
+        // Host and port only: the URL may carry credentials.
+        agent_loop_proxy::log!("egress proxy {egress} (from {setting})");
+    }
     let grace = proxy.cfg.timeouts.shutdown_grace;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, proxy.clone(), rx));

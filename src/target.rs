@@ -88,6 +88,17 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The host as written in an authority: IPv6 literals in brackets.
+    pub fn bracketed_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = match self.scheme {

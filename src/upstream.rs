@@ -12,15 +12,18 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError};
+use crate::egress::{parse_connect_reply, ConnectReply, EgressProxy};
 use crate::error::Problem;
 use crate::limits::Timeouts;
+use crate::scan::{HeadScanner, ScanLimits};
 use crate::target::{Scheme, Target};
 
 /// One upstream connection, plain or TLS.
@@ -109,70 +112,51 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Opens connections to TARGET.
+/// Opens connections to TARGET, directly or through a CONNECT tunnel.
 pub struct Connector {
     target: Target,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     timeouts: Timeouts,
+    egress: Option<EgressProxy>,
 }
 
 impl Connector {
-    /// Builds the TLS client once. Errors name `TARGET` or `TARGET_CA_FILE`.
+    /// Builds the TLS client once. Errors name `TARGET`, `TARGET_CA_FILE` or
+    /// `TARGET_EXTRA_CA_FILE`.
     pub fn new(cfg: &Config) -> Result<Connector, ConfigError> {
         let tls = match cfg.target.scheme {
             Scheme::Http => None,
-            Scheme::Https => {
-                let mut roots = rustls::RootCertStore::empty();
-                match &cfg.ca_file {
-                    Some(path) => {
-                        let bad = || {
-                            ConfigError::new("TARGET_CA_FILE", "holds no usable PEM certificate")
-                        };
-                        let certs: Vec<CertificateDer<'static>> =
-                            CertificateDer::pem_file_iter(path)
-                                .map_err(|_| bad())?
-                                .collect::<Result<_, _>>()
-                                .map_err(|_| bad())?;
-                        let (added, _) = roots.add_parsable_certificates(certs);
-                        if added == 0 {
-                            return Err(bad());
-                        }
-                    }
-                    None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|_| ConfigError::new("TARGET", "no TLS protocol version available"))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let name = ServerName::try_from(cfg.target.host.clone()).map_err(|_| {
-                    ConfigError::new("TARGET", "host is not a valid TLS server name")
-                })?;
-                Some((TlsConnector::from(Arc::new(config)), name))
-            }
+            Scheme::Https => Some(tls_client(cfg)?),
         };
         Ok(Connector {
             target: cfg.target.clone(),
             tls,
             timeouts: cfg.timeouts.clone(),
+            egress: cfg.egress.as_ref().map(|(p, _)| p.clone()),
         })
     }
 
-    /// A new connection: DNS and TCP within the connect timeout, then the TLS handshake
-    /// within its own.
+    /// A new connection: TCP (to TARGET, or to the egress proxy and then a tunnel) within
+    /// the connect timeout, then the TLS handshake within its own.
     pub async fn connect(&self) -> Result<Stream, Problem> {
-        let tcp = timeout(self.timeouts.connect, self.connect_tcp())
+        let tcp = match &self.egress {
+            None => timeout(
+                self.timeouts.connect,
+                connect_tcp(&self.target.host, self.target.port),
+            )
             .await
-            .map_err(|_| Problem::UpstreamConnectTimeout)??;
+            .map_err(|_| Problem::UpstreamConnectTimeout)??,
+            Some(egress) => self.tunnel(egress).await.inspect_err(|p| {
+                crate::log!("egress proxy {egress}: {p}");
+            })?,
+        };
         let Some((connector, name)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
         let tls = timeout(self.timeouts.tls, connector.connect(name.clone(), tcp))
             .await
             .map_err(|_| Problem::UpstreamTlsTimeout)?
-            .map_err(|_| Problem::UpstreamTls)?;
+            .map_err(|e| tls_problem(&e))?;
         // We offered only http/1.1; a server that picked something else is not speaking it.
         if tls
             .get_ref()
@@ -185,19 +169,138 @@ impl Connector {
         Ok(Stream::Tls(Box::new(tls)))
     }
 
-    async fn connect_tcp(&self) -> Result<TcpStream, Problem> {
-        let addrs = tokio::net::lookup_host((self.target.host.as_str(), self.target.port))
+    /// A TCP connection to the egress proxy, tunnelled to TARGET with CONNECT (RFC 9110
+    /// §9.3.6), each step within the connect timeout.
+    async fn tunnel(&self, egress: &EgressProxy) -> Result<TcpStream, Problem> {
+        let limit = self.timeouts.connect;
+        let mut tcp = timeout(limit, connect_tcp(&egress.host, egress.port))
             .await
-            .map_err(|_| Problem::UpstreamUnreachable)?;
-        for addr in addrs {
-            if let Ok(s) = TcpStream::connect(addr).await {
+            .map_err(|_| Problem::EgressTimeout)?
+            .map_err(|_| Problem::EgressUnreachable)?;
+        let authority = format!("{}:{}", self.target.bracketed_host(), self.target.port);
+        let mut request = Zeroizing::new(Vec::new());
+        egress.connect_request(&authority, &mut request);
+        let exchange = async {
+            tcp.write_all(&request)
+                .await
+                .map_err(|_| Problem::EgressUnreachable)?;
+            read_connect_reply(&mut tcp).await
+        };
+        match timeout(limit, exchange)
+            .await
+            .map_err(|_| Problem::EgressTimeout)??
+        {
+            ConnectReply::Established => Ok(tcp),
+            ConnectReply::Refused(status) => Err(Problem::EgressRefused(status)),
+        }
+    }
+}
+
+/// Reads the egress proxy's reply head. Bytes after it would be TARGET's before we said
+/// anything (or the proxy's garbage): refused.
+async fn read_connect_reply(tcp: &mut TcpStream) -> Result<ConnectReply, Problem> {
+    let limits = ScanLimits {
+        start_line_problem: Problem::EgressMalformed,
+        head_problem: Problem::EgressMalformed,
+        syntax_problem: Problem::EgressMalformed,
+        ..ScanLimits::RESPONSE
+    };
+    let mut scanner = HeadScanner::new();
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Some(n) = scanner.scan(&buf, &limits)? {
+            if n != buf.len() {
+                return Err(Problem::EgressMalformed);
+            }
+            return parse_connect_reply(&buf);
+        }
+        buf.reserve(1024);
+        match tcp.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Err(Problem::EgressMalformed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The TLS client for TARGET: the Mozilla roots, or `TARGET_CA_FILE` instead, plus
+/// `TARGET_EXTRA_CA_FILE`; ALPN `http/1.1` only.
+fn tls_client(cfg: &Config) -> Result<(TlsConnector, ServerName<'static>), ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => add_pem(&mut roots, path, "TARGET_CA_FILE")?,
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    if let Some(path) = &cfg.extra_ca_file {
+        add_pem(&mut roots, path, "TARGET_EXTRA_CA_FILE")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| ConfigError::new("TARGET", "no TLS protocol version available"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(cfg.target.host.clone())
+        .map_err(|_| ConfigError::new("TARGET", "host is not a valid TLS server name"))?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
+/// Adds every certificate of a PEM bundle; at least one must be usable.
+fn add_pem(
+    roots: &mut rustls::RootCertStore,
+    path: &std::path::Path,
+    setting: &'static str,
+) -> Result<(), ConfigError> {
+    let bad = || ConfigError::new(setting, "holds no usable PEM certificate");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|_| bad())?
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Which step of the handshake failed: the certificate, or the rest.
+fn tls_problem(e: &io::Error) -> Problem {
+    let certificate = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        });
+    if certificate {
+        Problem::UpstreamCertificate
+    } else {
+        Problem::UpstreamTls
+    }
+}
+
+/// DNS, then TCP to each address in turn; the failure says which step failed.
+async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, Problem> {
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|_| Problem::UpstreamNameResolution)?;
+    let mut failure = Problem::UpstreamNameResolution;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
                 // Invariant 9: every relayed write goes out at once.
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                failure = Problem::UpstreamRefused;
+            }
+            Err(_) => failure = Problem::UpstreamUnreachable,
         }
-        Err(Problem::UpstreamUnreachable)
     }
+    Err(failure)
 }
 
 /// Idle upstream connections, most recently used first out (warm TCP windows, fewest stale).

@@ -31,6 +31,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("scan", Layer::Pure),
     ("persist", Layer::Pure),
     ("scrub", Layer::Pure),
+    ("egress", Layer::Pure),
     ("error", Layer::Bottom),
     ("limits", Layer::Bottom),
     ("syntax", Layer::Bottom),
