@@ -64,6 +64,10 @@ pub struct Config {
     pub token_source: TokenSource,
     /// What the sandbox may reach (`ALLOW_REQUESTS`); `None`: everything.
     pub allow: Option<AllowList>,
+    /// The metrics listener (`METRICS_ADDR`); `None`: off.
+    pub metrics: Option<SocketAddr>,
+    /// One JSON object per log line (`LOG_FORMAT=json`).
+    pub log_json: bool,
     /// Merge the OAuth beta flag into `anthropic-beta` (`OAUTH_BETA`): `None` is `auto`
     /// (an `sk-ant-oat` token sent to https://api.anthropic.com), decided once the token is read.
     pub oauth_beta: Option<bool>,
@@ -132,6 +136,8 @@ impl Config {
             token_header: TokenHeader::Authorization,
             token_source: TokenSource::StdinOnce,
             allow: None,
+            metrics: None,
+            log_json: false,
             oauth_beta: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -154,6 +160,24 @@ impl Config {
         let mut cfg = Config::with_target(target);
         cfg.listen = listen(&var)?;
         cfg.egress = egress(&var, &cfg.target)?;
+        if let Some(addr) = var("METRICS_ADDR") {
+            let why = "must be an address and port, like 127.0.0.1:9464";
+            let addr = addr
+                .parse::<SocketAddr>()
+                .map_err(|_| ConfigError::new("METRICS_ADDR", why))?;
+            if addr == cfg.listen && addr.port() != 0 {
+                return Err(ConfigError::new(
+                    "METRICS_ADDR",
+                    "must differ from LISTEN_ADDR:LISTEN_PORT",
+                ));
+            }
+            cfg.metrics = Some(addr);
+        }
+        cfg.log_json = match var("LOG_FORMAT").as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(_) => return Err(ConfigError::new("LOG_FORMAT", "must be text or json")),
+        };
         cfg.credentials(&var)?;
         read_limits(&var, &mut cfg.limits)?;
         size(&var, "POOL_MAX_IDLE", &mut cfg.pool_max_idle, 0)?;
@@ -432,6 +456,8 @@ mod tests {
             ("TOKEN_HEADER", "x-goog api key"),
             ("TOKEN_UPDATES", "file"),
             ("ALLOW_REQUESTS", "post /v1/messages"),
+            ("METRICS_ADDR", "localhost:9464"),
+            ("LOG_FORMAT", "xml"),
             ("OAUTH_BETA", "yes"),
             ("HEADER_TIMEOUT", "0"),
             ("HEADER_TIMEOUT", "5h"),

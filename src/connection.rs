@@ -6,6 +6,7 @@
 //! Shutdown is checked only between requests, so an exchange in flight is never cut by the
 //! drain itself; the grace period in `main` bounds it.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +23,8 @@ use crate::error::Problem;
 use crate::exchange::{self, ClientIo, Exchange, Forwarded, Outcome};
 use crate::head::{self, Method, Request, Route};
 use crate::limits::{self, Timeouts};
+use crate::log::{self, Value};
+use crate::metrics::{Reason, METRICS};
 use crate::persist::{self, ClientFate, ClientTerms, End};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::scrub::TokenFinder;
@@ -37,6 +40,7 @@ struct Client {
 /// Serves one client connection, then ends it as the last exchange decided.
 pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    METRICS.client_connections.fetch_add(1, Relaxed);
     let mut client = Client {
         stream,
         buf: BytesMut::new(),
@@ -45,6 +49,7 @@ pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<b
         ClientFate::Reset => reset(&client.stream),
         ClientFate::Close | ClientFate::Keep => linger_close(&mut client.stream).await,
     }
+    METRICS.client_connections.fetch_sub(1, Relaxed);
 }
 
 /// Serves requests until the connection closes, breaks a rule, or the proxy drains.
@@ -209,7 +214,7 @@ impl Session {
                 o
             }
         };
-        log_request(req.method, &self.log_path, &outcome, started, g.number);
+        record(req.method, &self.log_path, &outcome, started, g.number);
         outcome.client
     }
 }
@@ -287,7 +292,8 @@ impl Client {
 
     /// The proxy's own answer to a request it refused before routing; then it closes.
     async fn reject(&mut self, proxy: &Proxy, p: Problem, out: &mut Vec<u8>) -> ClientFate {
-        crate::log!("error: {p}");
+        METRICS.answered_by_proxy(Reason::of(p));
+        log_error(p);
         if p == Problem::ClientAborted {
             return ClientFate::Close;
         }
@@ -336,13 +342,7 @@ impl Client {
         {
             fate = persist::settle(End::ClientGone, ClientTerms::CLOSING).client;
         }
-        Outcome {
-            status,
-            bytes: out.len() as u64,
-            failure,
-            credential_rejected: false,
-            client: fate,
-        }
+        Outcome::answered(status, out.len() as u64, failure, fate)
     }
 }
 
@@ -376,25 +376,73 @@ fn set_log_path(log_path: &mut String, path: &[u8]) {
     crate::log::escape_into(log_path, path, limits::LOG_PATH_MAX);
 }
 
-/// One line per request (DESIGN: Logs): method, path without query, status, bytes, duration;
-/// plus a failure line with its static reason and side. Nothing else from a request.
-fn log_request(method: Method, path: &str, o: &Outcome, started: Instant, generation: u64) {
-    let ms = started.elapsed().as_millis();
-    crate::log!(
-        "{} {} {} {}B {}ms",
-        method.as_str(),
-        path,
-        o.status,
-        o.bytes,
-        ms
+/// Counts the request in the metrics and writes its log line (DESIGN: Logs): method, path
+/// without query, status, bytes, duration, the upstream's request id; plus a failure line
+/// with its static reason and side. Nothing else from a request.
+fn record(method: Method, path: &str, o: &Outcome, started: Instant, generation: u64) {
+    let elapsed = started.elapsed();
+    let m = &METRICS;
+    m.exchange.observe(elapsed);
+    if o.upstream_answered {
+        m.answered_by_upstream(o.status);
+    } else {
+        m.answered_by_proxy(o.failure.map_or(Reason::Health, Reason::of));
+    }
+    m.bytes_down.fetch_add(o.bytes, Relaxed);
+    m.bytes_up.fetch_add(o.bytes_up, Relaxed);
+    m.tokens_masked.fetch_add(o.masked, Relaxed);
+    let ms = elapsed.as_millis() as u64;
+    let id = o.request_id.as_str();
+    let id_text = id.map(|id| format!(" request-id={id}")).unwrap_or_default();
+    let head_ms = o
+        .head_after
+        .map_or(Value::Null, |d| Value::Num(d.as_millis() as u64));
+    log::event(
+        "request",
+        format_args!(
+            "{} {path} {} {}B {ms}ms{id_text}",
+            method.as_str(),
+            o.status,
+            o.bytes
+        ),
+        &[
+            ("method", Value::Str(method.as_str())),
+            ("path", Value::Str(path)),
+            ("status", Value::Num(u64::from(o.status))),
+            ("bytes_up", Value::Num(o.bytes_up)),
+            ("bytes_down", Value::Num(o.bytes)),
+            ("duration_ms", Value::Num(ms)),
+            ("head_ms", head_ms),
+            ("reused", Value::Bool(o.reused)),
+            ("request_id", id.map_or(Value::Null, Value::Str)),
+            ("token_generation", Value::Num(generation)),
+        ],
     );
     if let Some(p) = o.failure {
-        crate::log!("error: {p}");
+        log_error(p);
     }
     if o.credential_rejected {
-        crate::log!(
-            "credential rejected by upstream ({}, token generation {generation})",
-            o.status
+        m.credential_rejected.fetch_add(1, Relaxed);
+        log::event(
+            "credential_rejected",
+            format_args!(
+                "credential rejected by upstream ({}, token generation {generation})",
+                o.status
+            ),
+            &[
+                ("status", Value::Num(u64::from(o.status))),
+                ("token_generation", Value::Num(generation)),
+            ],
         );
     }
+}
+
+/// A failure's line: which side, and its static reason.
+fn log_error(p: Problem) {
+    let side = p.side().to_string();
+    let fields = [
+        ("side", Value::Str(&side)),
+        ("reason", Value::Str(p.message())),
+    ];
+    log::event("error", format_args!("error: {p}"), &fields);
 }

@@ -24,7 +24,7 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -38,9 +38,10 @@ use crate::error::Problem;
 use crate::framing::{Framed, RequestBody};
 use crate::head::{Method, Request, Version};
 use crate::limits::{self, Timeouts};
+use crate::metrics::{ConnectStep, METRICS};
 use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
 use crate::relaybuf::RelayBuf;
-use crate::response::{self, ResponseBody, ResponseContext, ResponseHead};
+use crate::response::{self, RequestId, ResponseBody, ResponseContext, ResponseHead};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::scrub::TokenFinder;
 use crate::state::Proxy;
@@ -79,18 +80,47 @@ pub struct Outcome {
     pub credential_rejected: bool,
     /// What happens to the client connection now.
     pub client: ClientFate,
+    /// The status came from the upstream (not an answer of the proxy's own).
+    pub upstream_answered: bool,
+    /// Request bytes sent upstream (head and body).
+    pub bytes_up: u64,
+    /// From the request head sent to the final response head.
+    pub head_after: Option<Duration>,
+    /// The upstream connection came from the pool.
+    pub reused: bool,
+    /// The upstream's `request-id`.
+    pub request_id: RequestId,
+    /// Token occurrences masked in the response.
+    pub masked: u64,
 }
 
 impl Outcome {
+    /// An answer of the proxy's own (or none, `status` 0).
+    pub fn answered(
+        status: u16,
+        bytes: u64,
+        failure: Option<Problem>,
+        client: ClientFate,
+    ) -> Outcome {
+        Outcome {
+            status,
+            bytes,
+            failure,
+            credential_rejected: false,
+            client,
+            upstream_answered: false,
+            bytes_up: 0,
+            head_after: None,
+            reused: false,
+            request_id: RequestId::NONE,
+            masked: 0,
+        }
+    }
+
     /// The client stopped reading or left: nothing more can be said to it.
     fn client_gone(p: Problem) -> Outcome {
-        Outcome {
-            status: 0,
-            bytes: 0,
-            failure: Some(p),
-            credential_rejected: false,
-            client: persist::settle(End::ClientGone, ClientTerms::CLOSING).client,
-        }
+        let client = persist::settle(End::ClientGone, ClientTerms::CLOSING).client;
+        Outcome::answered(0, 0, Some(p), client)
     }
 }
 
@@ -113,6 +143,7 @@ enum Attempt {
 
 /// Forwards one request whose rewritten head is `x.up_head`.
 pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<u8>) -> Forwarded {
+    let _stream = InProgress::start();
     let mut retried = false;
     loop {
         let (stream, reused) = match x.proxy.pool.take() {
@@ -120,17 +151,48 @@ pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<
             None => match x.proxy.connector.connect().await {
                 Ok(s) => (s, false),
                 Err(problem) => {
+                    METRICS.connect_failed(ConnectStep::of(problem));
                     let in_sync = !x.req.body.has_bytes();
                     return Forwarded::Answer { problem, in_sync };
                 }
             },
         };
+        let counter = if reused {
+            &METRICS.upstream_reused
+        } else {
+            &METRICS.upstream_opened
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let retryable =
             reused && !retried && !x.req.body.has_bytes() && x.req.method.is_idempotent();
         match attempt(x, client, stream, retryable, out).await {
             Attempt::Retry => retried = true,
+            Attempt::Done(Forwarded::Relayed(mut o)) => {
+                o.reused = reused;
+                return Forwarded::Relayed(o);
+            }
             Attempt::Done(f) => return f,
         }
+    }
+}
+
+/// Counts an exchange in progress while alive (the `streams_in_progress` gauge).
+struct InProgress;
+
+impl InProgress {
+    fn start() -> InProgress {
+        METRICS
+            .streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InProgress
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        METRICS
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -156,16 +218,17 @@ async fn attempt(
         l.max_trailer_bytes,
     );
     let mut scratch = Zeroizing::new(Vec::new());
-    match send_head(x, client, &mut stream, &mut upload, &mut scratch).await {
-        Ok(()) => {}
+    let head_bytes = match send_head(x, client, &mut stream, &mut upload, &mut scratch).await {
+        Ok(n) => n,
         Err(HeadFailed::Write(_)) if retryable => return Attempt::Retry,
         // Nothing of the request is known to have reached the upstream.
         Err(HeadFailed::Framing(problem) | HeadFailed::Write(problem)) => {
             let in_sync = false;
             return Attempt::Done(Forwarded::Answer { problem, in_sync });
         }
-    }
-    let raced = race(x, client, stream, upload, scratch, out).await;
+    };
+    let mut raced = race(x, client, stream, upload, scratch, out).await;
+    raced.bytes_up += head_bytes;
     finish(x, raced, retryable)
 }
 
@@ -177,7 +240,8 @@ enum HeadFailed {
     Write(Problem),
 }
 
-/// Writes the head and whatever body bytes already arrived, in one write.
+/// Writes the head and whatever body bytes already arrived, in one write; returns how many
+/// bytes went up.
 ///
 /// The head holds our credential: `scratch` is wiped when dropped, and sized up front so no
 /// reallocation leaves a copy behind (re-chunking adds at most 4 bytes per input byte).
@@ -187,7 +251,7 @@ async fn send_head(
     stream: &mut Stream,
     upload: &mut RequestBody,
     scratch: &mut Zeroizing<Vec<u8>>,
-) -> Result<(), HeadFailed> {
+) -> Result<u64, HeadFailed> {
     scratch.reserve(x.up_head.len() + client.buf.len() * 4 + 64);
     scratch.extend_from_slice(x.up_head);
     match upload
@@ -210,6 +274,7 @@ async fn send_head(
         },
     )
     .await;
+    let written = scratch.len() as u64;
     // Wipe the credential now: the buffer is reused (and may be reallocated) for the body.
     zeroize::Zeroize::zeroize(&mut **scratch);
     if upload.is_done() {
@@ -220,7 +285,7 @@ async fn send_head(
             *client.buf = BytesMut::new();
         }
     }
-    wrote.map_err(HeadFailed::Write)
+    wrote.map(|()| written).map_err(HeadFailed::Write)
 }
 
 /// What the two racing halves of an exchange (upload and download) tell each other. Both are
@@ -233,6 +298,8 @@ struct Progress {
     /// A byte of a response reached the client: from then on a failure is a cut, never an
     /// answer of our own (read after the upload failed and the download was dropped).
     response_started: AtomicBool,
+    /// Request bytes sent upstream after the head's write.
+    body_bytes: AtomicU64,
 }
 
 impl Progress {
@@ -240,6 +307,7 @@ impl Progress {
         Progress {
             body_sent: AtomicBool::new(body_sent),
             response_started: AtomicBool::new(false),
+            body_bytes: AtomicU64::new(0),
         }
     }
 
@@ -273,6 +341,8 @@ struct Raced {
     download: Result<DownReport, Problem>,
     /// A byte of the response reached the client.
     started: bool,
+    /// Request bytes sent upstream.
+    bytes_up: u64,
     stream: Stream,
 }
 
@@ -303,6 +373,7 @@ async fn race(
             upload: Some(Ok(())),
             download: Ok(report),
             started: progress.response_started(),
+            bytes_up: 0,
             stream,
         };
     }
@@ -340,6 +411,7 @@ async fn race(
         upload,
         download,
         started: progress.response_started(),
+        bytes_up: progress.body_bytes.load(Relaxed),
         stream: ur.unsplit(uw),
     }
 }
@@ -391,6 +463,12 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
         failure: down.failure,
         credential_rejected: matches!(down.status, 401 | 403),
         client: fate.client,
+        upstream_answered: true,
+        bytes_up: raced.bytes_up,
+        head_after: down.head_after,
+        reused: false,
+        request_id: down.request_id,
+        masked: down.masked,
     }))
 }
 
@@ -436,6 +514,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Upload<'_, R, W> {
                 if !matches!(sent, Ok(Ok(()))) {
                     return Err(UploadError::Upstream);
                 }
+                self.progress
+                    .body_bytes
+                    .fetch_add(bytes.len() as u64, Relaxed);
             }
             self.buf.advance(consumed);
         }
@@ -462,6 +543,11 @@ struct DownReport {
     close_client: bool,
     /// The final head arrived before the request body was sent whole.
     answered_early: bool,
+    /// When the final head arrived, after the download began.
+    head_after: Option<Duration>,
+    request_id: RequestId,
+    /// Token occurrences masked, head and body.
+    masked: u64,
     failure: Option<Problem>,
     /// Any byte arrived from the upstream.
     received_any: bool,
@@ -480,6 +566,8 @@ struct Download<'a, R, W> {
     buf: Vec<u8>,
     filled: usize,
     report: DownReport,
+    /// When the download began (the request head was just sent).
+    began: Instant,
 }
 
 impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
@@ -491,6 +579,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
             progress,
             buf: vec![0u8; limits::RELAY_BUF_START],
             filled: 0,
+            began: Instant::now(),
             report: DownReport {
                 status: 0,
                 bytes: 0,
@@ -498,6 +587,9 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
                 ended_exactly: false,
                 close_client: true,
                 answered_early: false,
+                head_after: None,
+                request_id: RequestId::NONE,
+                masked: 0,
                 failure: None,
                 received_any: false,
                 client_close_delimited: false,
@@ -542,6 +634,11 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
             ctx.close_client |= early;
             let head = response::parse_response(&self.buf[..head_end], ctx, out)?;
             if !head.interim {
+                let after = self.began.elapsed();
+                METRICS.response_head.observe(after);
+                self.report.head_after = Some(after);
+                self.report.request_id = head.request_id;
+                self.report.masked += head.masked;
                 self.report.answered_early = early;
                 self.report.status = head.status;
                 self.report.close_client = head.close_client;
@@ -607,6 +704,18 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
         let tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.tokens);
         let buf = std::mem::take(&mut self.buf);
         let mut relay = RelayBuf::new(tracker, buf, head_len, self.filled);
+        let relayed = self.relay_body(&mut relay, head, out).await;
+        self.report.masked += relay.masked();
+        relayed
+    }
+
+    /// The body loop over `relay`; the first write carries the head in `out`.
+    async fn relay_body(
+        &mut self,
+        relay: &mut RelayBuf<'_>,
+        head: ResponseHead,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Problem> {
         let mut first = true;
         loop {
             // Before the first write a failure is still a clean 502; after, a cut.

@@ -14,11 +14,14 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::{BetaRule, Config, TokenSource};
 use crate::credential::Credentials;
 use crate::limits::TOKEN_FILE_POLL;
+use crate::log::{self, Value};
+use crate::metrics::METRICS;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
 
 /// Where the replacements come from, once the first token is in.
@@ -119,7 +122,14 @@ pub fn spawn_updates(updates: Updates, creds: Arc<Credentials>, beta: BetaRule) 
 fn swap(creds: &Credentials, token: Token, beta: BetaRule) {
     let oauth = beta.applies(token.as_bytes());
     let generation = creds.swap(token, oauth);
-    crate::log!("token updated (generation {generation})");
+    METRICS
+        .token_generation
+        .store(generation, Ordering::Relaxed);
+    log::event(
+        "token_updated",
+        format_args!("token updated (generation {generation})"),
+        &[("token_generation", Value::Num(generation))],
+    );
 }
 
 fn from_stdin(mut lines: TokenLines<File>, creds: &Credentials, beta: BetaRule) {

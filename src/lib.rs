@@ -12,6 +12,7 @@
 //! that the pure core uses neither tokio nor sockets, files or processes.
 //!
 //! 1. **I/O**, from the entry point down (`main.rs` is above all of them):
+//!    - [`scrape`]: the metrics listener (`METRICS_ADDR`), `GET /metrics` only.
 //!    - [`server`]: the accept loop and the drain.
 //!    - [`connection`]: one client connection: socket and buffer, reading heads, the proxy's
 //!      own answers, the log line, lingering close or reset.
@@ -21,7 +22,9 @@
 //! 2. **Process**: [`intake`] (the first token, then its updates from stdin or a file, on a
 //!    thread of their own), [`config`] (the environment, parsed once), [`credential`] (token
 //!    generations: the current one, and older ones while requests use them), [`log`] (one
-//!    write per stderr line), [`secret`] (the token type), [`sys`] (the few libc calls).
+//!    write per stderr line, text or JSON), [`metrics`] (counters, gauges and histograms in
+//!    atomics, rendered for Prometheus), [`secret`] (the token type), [`sys`] (the few libc
+//!    calls).
 //! 3. **Pure core**, bytes in, decisions out (fuzzed and split-point tested):
 //!    - [`head`]: parses and validates a request head, decides framing and route.
 //!    - [`rewrite`]: writes the upstream request head.
@@ -63,6 +66,7 @@
 // 1. I/O
 pub mod connection;
 pub mod exchange;
+pub mod scrape;
 pub mod server;
 pub mod state;
 pub mod upstream;
@@ -72,6 +76,7 @@ pub mod config;
 pub mod credential;
 pub mod intake;
 pub mod log;
+pub mod metrics;
 pub mod secret;
 #[allow(unsafe_code)]
 pub mod sys;

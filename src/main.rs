@@ -15,6 +15,7 @@ use agent_loop_proxy::config::{Config, TokenSource};
 use agent_loop_proxy::credential::Credentials;
 use agent_loop_proxy::intake;
 use agent_loop_proxy::limits::{self, HEALTHCHECK_TIMEOUT};
+use agent_loop_proxy::log::{self, Value};
 use agent_loop_proxy::server;
 use agent_loop_proxy::state::Proxy;
 use agent_loop_proxy::sys;
@@ -66,6 +67,8 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
+    agent_loop_proxy::log::set_json(cfg.log_json);
+    let started = std::time::SystemTime::now();
     let connector = match Connector::new(&cfg) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
@@ -73,6 +76,12 @@ fn main() -> ExitCode {
     let listener = match std::net::TcpListener::bind(cfg.listen) {
         Ok(l) => l,
         Err(_) => return fail("proxy: LISTEN_PORT: cannot listen on LISTEN_ADDR:LISTEN_PORT (in use or not permitted)"),
+    };
+    let metrics = match cfg.metrics.map(std::net::TcpListener::bind).transpose() {
+        Ok(l) => l,
+        Err(_) => {
+            return fail("proxy: METRICS_ADDR: cannot listen there (in use or not permitted)")
+        }
     };
 
     if !sys::harden_process() {
@@ -120,7 +129,7 @@ fn main() -> ExitCode {
         connector,
         pool,
     });
-    let code = runtime.block_on(run(listener, proxy));
+    let code = runtime.block_on(run(listener, metrics, started, proxy));
     // Dropping the runtime drops any task still holding the proxy, which wipes the token.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
@@ -143,7 +152,12 @@ fn dup_stdin() -> Result<std::fs::File, String> {
     Ok(std::fs::File::from(fd))
 }
 
-async fn run(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> ExitCode {
+async fn run(
+    listener: std::net::TcpListener,
+    metrics: Option<std::net::TcpListener>,
+    started: std::time::SystemTime,
+    proxy: Arc<Proxy>,
+) -> ExitCode {
     let listener = match listener
         .set_nonblocking(true)
         .and_then(|_| tokio::net::TcpListener::from_std(listener))
@@ -159,7 +173,30 @@ async fn run(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> ExitCode {
         Ok(s) => s,
         Err(_) => return fail("proxy: cannot install signal handlers"),
     };
-    agent_loop_proxy::log!("listening on {addr}, target {}", proxy.cfg.target);
+    let target = proxy.cfg.target.to_string();
+    log::event(
+        "startup",
+        format_args!("listening on {addr}, target {target}"),
+        &[
+            ("listen", Value::Str(&addr)),
+            ("target", Value::Str(&target)),
+        ],
+    );
+    if let Some(m) = metrics {
+        let m = m
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::TcpListener::from_std(m));
+        let Ok(m) = m else {
+            return fail("proxy: cannot register the metrics listener");
+        };
+        let at = m.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        log::event(
+            "metrics",
+            format_args!("metrics on {at}"),
+            &[("listen", Value::Str(&at))],
+        );
+        tokio::spawn(agent_loop_proxy::scrape::serve(m, started));
+    }
     if let Some((egress, setting)) = &proxy.cfg.egress {
         // Host and port only: the URL may carry credentials.
         agent_loop_proxy::log!("egress proxy {egress} (from {setting})");
@@ -168,7 +205,12 @@ async fn run(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> ExitCode {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, proxy.clone(), rx));
     signals.recv().await;
-    agent_loop_proxy::log!("shutting down; draining for up to {}ms", grace.as_millis());
+    let grace_ms = grace.as_millis() as u64;
+    log::event(
+        "shutdown",
+        format_args!("shutting down; draining for up to {grace_ms}ms"),
+        &[("grace_ms", Value::Num(grace_ms))],
+    );
     let _ = tx.send(true);
     proxy.pool.clear();
     tokio::select! {

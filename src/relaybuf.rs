@@ -83,6 +83,11 @@ impl<'t> RelayBuf<'t> {
         Ok(())
     }
 
+    /// Token occurrences masked in the body so far.
+    pub fn masked(&self) -> u64 {
+        self.tracker.masked()
+    }
+
     /// Room for the next read (never empty after [`RelayBuf::consume`] succeeded).
     pub fn spare(&mut self) -> &mut [u8] {
         &mut self.buf[self.filled..]

@@ -34,6 +34,42 @@ pub struct ResponseHead {
     pub upstream_keep_alive: bool,
     /// The client connection closes after this response (`Connection: close` was written).
     pub close_client: bool,
+    /// The upstream's `request-id` (what Anthropic support asks for), if it was safe to log.
+    pub request_id: RequestId,
+    /// Token occurrences masked in the head.
+    pub masked: u64,
+}
+
+/// A `request-id` value: at most 128 bytes of `A-Z a-z 0-9 _ - . :`, else none is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId {
+    bytes: [u8; 128],
+    len: u8,
+}
+
+impl RequestId {
+    pub const NONE: RequestId = RequestId {
+        bytes: [0; 128],
+        len: 0,
+    };
+
+    /// Keeps `v` if every byte is in the safe set.
+    pub fn from_value(v: &[u8]) -> RequestId {
+        let safe = |b: &u8| b.is_ascii_alphanumeric() || b"_-.:".contains(b);
+        if v.is_empty() || v.len() > 128 || !v.iter().all(safe) {
+            return RequestId::NONE;
+        }
+        let mut id = RequestId::NONE;
+        id.bytes[..v.len()].copy_from_slice(v);
+        id.len = v.len() as u8;
+        id
+    }
+
+    /// The id, if there is one (safe ASCII, so always valid UTF-8).
+    pub fn as_str(&self) -> Option<&str> {
+        let s = std::str::from_utf8(&self.bytes[..usize::from(self.len)]).ok()?;
+        (!s.is_empty()).then_some(s)
+    }
 }
 
 /// Per-request facts the response rules depend on.
@@ -119,15 +155,22 @@ pub fn parse_response(
         push_field(out, b"Connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    for t in ctx.tokens {
-        scrub::mask_all(out, t);
-    }
+    let masked = ctx.tokens.iter().map(|t| scrub::mask_all(out, t)).sum();
+    let request_id = res
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("request-id"))
+        // An upstream that echoes the token there does not get it into the log.
+        .filter(|h| ctx.tokens.iter().all(|t| t.find(h.value).is_none()))
+        .map_or(RequestId::NONE, |h| RequestId::from_value(h.value));
     Ok(ResponseHead {
         status,
         interim,
         body,
         upstream_keep_alive,
         close_client,
+        request_id,
+        masked,
     })
 }
 

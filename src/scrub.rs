@@ -27,6 +27,8 @@ pub struct Scrubber<'t> {
     held_at: Vec<usize>,
     /// Copies of those bytes, zeroized when dropped (they are a part of the token).
     held: Zeroizing<Vec<u8>>,
+    /// Token occurrences masked so far.
+    masked: u64,
 }
 
 impl<'t> Scrubber<'t> {
@@ -37,6 +39,7 @@ impl<'t> Scrubber<'t> {
             finder,
             held_at: Vec::new(),
             held: Zeroizing::new(Vec::new()),
+            masked: 0,
         }
     }
 
@@ -56,6 +59,7 @@ impl<'t> Scrubber<'t> {
             joint.extend_from_slice(&buf[seg.start..seg.start + take]);
             for start in 0..self.held.len() {
                 if joint[start..].starts_with(self.token) {
+                    self.masked += 1;
                     for j in start..start + k {
                         let at = match self.held_at.get(j) {
                             Some(&p) => p,
@@ -71,6 +75,7 @@ impl<'t> Scrubber<'t> {
         while let Some(i) = self.finder.find(&buf[from..seg.end]) {
             buf[from + i..from + i + k].fill(MASK);
             from += i + k;
+            self.masked += 1;
         }
         // New hold: the longest suffix of (held ++ segment) that is a proper prefix of the token.
         if self.held.is_empty() || seg.len() >= k - 1 {
@@ -110,6 +115,11 @@ impl<'t> Scrubber<'t> {
         zeroize::Zeroize::zeroize(&mut bytes);
     }
 
+    /// Token occurrences masked so far.
+    pub fn masked(&self) -> u64 {
+        self.masked
+    }
+
     /// The first buffer position that must not be sent yet, if any is held.
     pub fn hold_from(&self) -> Option<usize> {
         self.held_at.first().copied()
@@ -129,14 +139,17 @@ impl<'t> Scrubber<'t> {
     }
 }
 
-/// Masks every occurrence of the token in `bytes` (a complete response head).
-pub fn mask_all(bytes: &mut [u8], finder: &TokenFinder<'_>) {
+/// Masks every occurrence of the token in `bytes` (a complete response head); returns how
+/// many.
+pub fn mask_all(bytes: &mut [u8], finder: &TokenFinder<'_>) -> u64 {
     let token = finder.needle();
-    let mut from = 0;
+    let (mut from, mut n) = (0, 0);
     while let Some(i) = finder.find(&bytes[from..]) {
         bytes[from + i..from + i + token.len()].fill(MASK);
         from += i + token.len();
+        n += 1;
     }
+    n
 }
 
 #[cfg(test)]

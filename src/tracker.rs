@@ -186,6 +186,12 @@ impl<'t> BodyTracker<'t> {
         })
     }
 
+    /// Token occurrences masked in the body so far.
+    pub fn masked(&self) -> u64 {
+        let m = self.masks.pairs.iter();
+        m.map(|p| p.payload.masked() + p.meta.masked()).sum()
+    }
+
     /// The relay moved `buf[ready..keep]` to the front.
     pub fn shifted(&mut self, ready: usize) {
         self.masks.shift(ready);

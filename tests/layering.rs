@@ -9,6 +9,7 @@ use std::path::Path;
 
 /// The modules top-down, as src/lib.rs lists them, with their layer.
 const ORDER: &[(&str, Layer)] = &[
+    ("scrape", Layer::Io),
     ("server", Layer::Io),
     ("connection", Layer::Io),
     ("exchange", Layer::Io),
@@ -18,6 +19,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("config", Layer::Process),
     ("credential", Layer::Process),
     ("log", Layer::Process),
+    ("metrics", Layer::Process),
     ("secret", Layer::Process),
     ("sys", Layer::Process),
     ("head", Layer::Pure),

@@ -282,6 +282,11 @@ pub fn complete_lines(s: &str) -> impl Iterator<Item = &str> {
 /// stderr is unbuffered, so a line may arrive in several writes).
 pub fn parse_listen_line(stderr: &str) -> Option<SocketAddr> {
     complete_lines(stderr).find_map(|line| {
+        // LOG_FORMAT=json: {"ts":..,"event":"startup","listen":"ADDR",...}
+        if line.starts_with('{') && line.contains("\"event\":\"startup\"") {
+            let rest = line.split("\"listen\":\"").nth(1)?;
+            return rest.split('"').next()?.parse().ok();
+        }
         let rest = line.strip_prefix("proxy: listening on ")?;
         let (addr, _target) = rest.split_once(", target ")?;
         addr.parse().ok()

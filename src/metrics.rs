@@ -1,0 +1,350 @@
+//! Operator signals: counters, gauges and histograms in atomics, rendered as the Prometheus
+//! text exposition format 0.0.4 on a listener of their own (`METRICS_ADDR`), never on the
+//! sandbox's port.
+//!
+//! Label sets are fixed and small: never a path, a header value or a token. Recording costs a
+//! relaxed atomic add; rendering happens only when scraped.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::error::Problem;
+
+/// Why the proxy answered a request itself (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Health,
+    PhantomRefused,
+    PolicyRefused,
+    Malformed,
+    TooLarge,
+    MethodRefused,
+    Timeout,
+    UpstreamUnreachable,
+    TlsFailure,
+    UpstreamMalformed,
+    ClientGone,
+    ShuttingDown,
+}
+
+impl Reason {
+    const ALL: [Reason; 12] = [
+        Reason::Health,
+        Reason::PhantomRefused,
+        Reason::PolicyRefused,
+        Reason::Malformed,
+        Reason::TooLarge,
+        Reason::MethodRefused,
+        Reason::Timeout,
+        Reason::UpstreamUnreachable,
+        Reason::TlsFailure,
+        Reason::UpstreamMalformed,
+        Reason::ClientGone,
+        Reason::ShuttingDown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Health => "health",
+            Reason::PhantomRefused => "phantom_refused",
+            Reason::PolicyRefused => "policy_refused",
+            Reason::Malformed => "malformed",
+            Reason::TooLarge => "too_large",
+            Reason::MethodRefused => "method_refused",
+            Reason::Timeout => "timeout",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::TlsFailure => "tls_failure",
+            Reason::UpstreamMalformed => "upstream_malformed",
+            Reason::ClientGone => "client_gone",
+            Reason::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The reason a problem answered by the proxy counts under.
+    pub fn of(p: Problem) -> Reason {
+        use Problem::*;
+        match p {
+            Unauthorized => Reason::PhantomRefused,
+            NotAllowed => Reason::PolicyRefused,
+            UriTooLong | HeadTooLarge | TrailersTooLarge | BodyTooLarge => Reason::TooLarge,
+            MethodNotAllowed | MethodNotImplemented | UpgradeRefused | ExpectationFailed => {
+                Reason::MethodRefused
+            }
+            HeadTimeout
+            | BodyTimeout
+            | UpstreamConnectTimeout
+            | UpstreamTlsTimeout
+            | UpstreamResponseTimeout
+            | UpstreamIdleTimeout
+            | EgressTimeout => Reason::Timeout,
+            UpstreamNameResolution
+            | UpstreamRefused
+            | UpstreamUnreachable
+            | EgressUnreachable
+            | EgressRefused(_)
+            | EgressMalformed => Reason::UpstreamUnreachable,
+            UpstreamCertificate | UpstreamTls => Reason::TlsFailure,
+            UpstreamMalformed
+            | UpstreamSwitchedProtocols
+            | UpstreamEncoded
+            | UpstreamClosed
+            | UpstreamHoldOverflow => Reason::UpstreamMalformed,
+            ClientAborted | ClientWriteStalled => Reason::ClientGone,
+            ShuttingDown => Reason::ShuttingDown,
+            MalformedHead | BadTarget | BadHost | BadFraming | UnsupportedCoding | BadChunk
+            | AmbiguousName | BadConnectionOption => Reason::Malformed,
+        }
+    }
+}
+
+/// Why a new upstream connection failed (the `step` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStep {
+    Connect,
+    Tls,
+    Egress,
+}
+
+impl ConnectStep {
+    pub fn of(p: Problem) -> ConnectStep {
+        use Problem::*;
+        match p {
+            UpstreamCertificate | UpstreamTls | UpstreamTlsTimeout => ConnectStep::Tls,
+            EgressUnreachable | EgressRefused(_) | EgressTimeout | EgressMalformed => {
+                ConnectStep::Egress
+            }
+            _ => ConnectStep::Connect,
+        }
+    }
+}
+
+/// Bucket bounds, in seconds: milliseconds to ten minutes (a long non-streaming call).
+const BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// A histogram of durations: cumulative counts are computed when rendered.
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last is +Inf.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Histogram {
+        Histogram {
+            counts: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Relaxed);
+            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// Every signal of the process.
+pub struct Metrics {
+    /// Answered by the upstream, by status class (1xx-5xx: index 0-4).
+    upstream_class: [AtomicU64; 5],
+    /// Answered by the proxy itself, by [`Reason`].
+    proxy_reason: [AtomicU64; 12],
+    pub credential_rejected: AtomicU64,
+    pub tokens_masked: AtomicU64,
+    pub upstream_opened: AtomicU64,
+    pub upstream_reused: AtomicU64,
+    upstream_failed: [AtomicU64; 3],
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub client_connections: AtomicI64,
+    pub streams: AtomicI64,
+    pub token_generation: AtomicU64,
+    pub response_head: Histogram,
+    pub exchange: Histogram,
+}
+
+/// The process's metrics.
+pub static METRICS: Metrics = Metrics {
+    upstream_class: [const { AtomicU64::new(0) }; 5],
+    proxy_reason: [const { AtomicU64::new(0) }; 12],
+    credential_rejected: AtomicU64::new(0),
+    tokens_masked: AtomicU64::new(0),
+    upstream_opened: AtomicU64::new(0),
+    upstream_reused: AtomicU64::new(0),
+    upstream_failed: [const { AtomicU64::new(0) }; 3],
+    bytes_up: AtomicU64::new(0),
+    bytes_down: AtomicU64::new(0),
+    client_connections: AtomicI64::new(0),
+    streams: AtomicI64::new(0),
+    token_generation: AtomicU64::new(1),
+    response_head: Histogram::new(),
+    exchange: Histogram::new(),
+};
+
+impl Metrics {
+    /// A request the upstream answered with `status`.
+    pub fn answered_by_upstream(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.upstream_class[class].fetch_add(1, Relaxed);
+    }
+
+    /// A request the proxy answered itself (or could not answer).
+    pub fn answered_by_proxy(&self, reason: Reason) {
+        let i = Reason::ALL.iter().position(|&r| r == reason).unwrap_or(0);
+        self.proxy_reason[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn connect_failed(&self, step: ConnectStep) {
+        self.upstream_failed[step as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The exposition, with `process` (read from /proc by the caller) appended.
+    pub fn render(&self, process: &ProcessStats) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let p = "agent_loop_proxy";
+        let _ = writeln!(out, "# HELP {p}_requests_total Requests, by who answered: the upstream (by status class) or the proxy itself (by reason).\n# TYPE {p}_requests_total counter");
+        for (i, c) in self.upstream_class.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{p}_requests_total{{answered_by=\"upstream\",class=\"{}xx\"}} {}",
+                i + 1,
+                c.load(Relaxed)
+            );
+        }
+        for (r, c) in Reason::ALL.iter().zip(&self.proxy_reason) {
+            let _ = writeln!(
+                out,
+                "{p}_requests_total{{answered_by=\"proxy\",reason=\"{}\"}} {}",
+                r.label(),
+                c.load(Relaxed)
+            );
+        }
+        let counters = [
+            (
+                "credential_rejected_total",
+                "Upstream answers 401 or 403 to the injected credential.",
+                &self.credential_rejected,
+            ),
+            (
+                "tokens_masked_total",
+                "Occurrences of the real token masked in responses.",
+                &self.tokens_masked,
+            ),
+            (
+                "upstream_connections_opened_total",
+                "New upstream connections (TCP, TLS, tunnel).",
+                &self.upstream_opened,
+            ),
+            (
+                "upstream_connections_reused_total",
+                "Requests sent on a pooled upstream connection.",
+                &self.upstream_reused,
+            ),
+            (
+                "request_bytes_total",
+                "Request bytes sent upstream (heads and bodies).",
+                &self.bytes_up,
+            ),
+            (
+                "response_bytes_total",
+                "Response bytes sent to clients (heads and bodies).",
+                &self.bytes_down,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {p}_{name} {help}\n# TYPE {p}_{name} counter\n{p}_{name} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP {p}_upstream_connect_failures_total New upstream connections that failed, by step.\n# TYPE {p}_upstream_connect_failures_total counter");
+        for (step, c) in ["connect", "tls", "egress"]
+            .iter()
+            .zip(&self.upstream_failed)
+        {
+            let _ = writeln!(
+                out,
+                "{p}_upstream_connect_failures_total{{step=\"{step}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let gauges = [
+            (
+                "client_connections",
+                "Client connections open.",
+                self.client_connections.load(Relaxed),
+            ),
+            (
+                "streams_in_progress",
+                "Exchanges with the upstream in progress.",
+                self.streams.load(Relaxed),
+            ),
+            (
+                "token_generation",
+                "Generation of the current token (1 at startup, one more per update).",
+                self.token_generation.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {p}_{name} {help}\n# TYPE {p}_{name} gauge\n{p}_{name} {v}"
+            );
+        }
+        self.response_head.render(
+            &mut out,
+            &format!("{p}_upstream_response_head_seconds"),
+            "Time from the request head sent upstream to the final response head.",
+        );
+        self.exchange.render(
+            &mut out,
+            &format!("{p}_exchange_duration_seconds"),
+            "Time from a request head read to the end of its response.",
+        );
+        process.render(&mut out);
+        out
+    }
+}
+
+/// The process basics Prometheus clients export, read from /proc when scraped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessStats {
+    pub start_time_seconds: f64,
+    pub open_fds: u64,
+    pub resident_memory_bytes: u64,
+    pub cpu_seconds: f64,
+}
+
+impl ProcessStats {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n\
+             # HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}\n\
+             # HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
+             # HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
+            self.start_time_seconds, self.open_fds, self.resident_memory_bytes, self.cpu_seconds
+        );
+    }
+}

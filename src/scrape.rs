@@ -1,0 +1,89 @@
+//! The metrics listener (`METRICS_ADDR`): `GET /metrics` answers the Prometheus text
+//! exposition; anything else 404. It is a separate socket from the sandbox's port, serves
+//! one request per connection, and bounds everything a peer controls (head size, time,
+//! concurrency).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+use crate::metrics::{ProcessStats, METRICS};
+
+/// Largest request head a scraper may send.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time for one scrape, request to response.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes served at once.
+const MAX_SCRAPES: usize = 8;
+
+/// Serves scrapes until the runtime stops. `started` is the process start time.
+pub async fn serve(listener: TcpListener, started: SystemTime) {
+    let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = timeout(SCRAPE_TIMEOUT, scrape(stream, started)).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn scrape(mut stream: TcpStream, started: SystemTime) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= MAX_HEAD || stream.read_buf(&mut head).await? == 0 {
+            return Ok(());
+        }
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or(b"");
+    let wanted = line == b"GET /metrics HTTP/1.1" || line == b"GET /metrics HTTP/1.0";
+    let response = if wanted {
+        let body = METRICS.render(&process_stats(started));
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    };
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Reads the process basics from /proc (zeros where it cannot).
+fn process_stats(started: SystemTime) -> ProcessStats {
+    let page = 4096u64;
+    let rss_pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    // utime and stime are fields 14 and 15, after the parenthesised command name.
+    let cpu_ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    ProcessStats {
+        start_time_seconds: started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64(),
+        open_fds,
+        resident_memory_bytes: rss_pages * page,
+        // USER_HZ is 100 on Linux.
+        cpu_seconds: cpu_ticks as f64 / 100.0,
+    }
+}
