@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Problem;
 use crate::syntax::{hex, push_base64};
-use crate::target::{parse_port, split_authority};
+use crate::target::{parse_port, split_authority, valid_host};
 
 /// The port of a proxy URL without one (curl's default).
 pub const DEFAULT_PROXY_PORT: u16 = 1080;
@@ -64,11 +64,7 @@ impl EgressProxy {
             None => (None, rest),
         };
         let (host, port) = split_authority(authority)?;
-        let host_ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
-        if !host_ok {
+        if !valid_host(host) {
             return Err("has an invalid host");
         }
         let port = port.map_or(Ok(DEFAULT_PROXY_PORT), parse_port)?;

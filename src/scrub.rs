@@ -152,6 +152,26 @@ pub fn mask_all(bytes: &mut [u8], finder: &TokenFinder<'_>) -> u64 {
     n
 }
 
+/// The token the unit tests of the response side mask, and its searchers.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::TokenFinder;
+    use std::sync::OnceLock;
+
+    pub const TOKEN: &[u8] = b"sk-ant-REAL";
+
+    pub fn finder() -> &'static TokenFinder<'static> {
+        static FINDER: OnceLock<TokenFinder<'static>> = OnceLock::new();
+        FINDER.get_or_init(|| TokenFinder::new(TOKEN))
+    }
+
+    /// The tokens masked: [`TOKEN`] alone.
+    pub fn tokens() -> &'static [&'static TokenFinder<'static>] {
+        static TOKENS: OnceLock<[&'static TokenFinder<'static>; 1]> = OnceLock::new();
+        TOKENS.get_or_init(|| [finder()])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,11 +55,7 @@ impl Target {
             Some(p) => parse_port(p)?,
             None => default_port,
         };
-        let host_ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
-        if !host_ok {
+        if !valid_host(host) {
             return Err("has an invalid host");
         }
         // The base path is sent verbatim in every request line: only visible ASCII.
@@ -127,6 +123,14 @@ pub fn split_authority(auth: &str) -> Result<(&str, Option<&str>), &'static str>
         None if after.is_empty() => Ok((host, None)),
         None => Err("has an invalid authority"),
     }
+}
+
+/// A host name or IP literal (without brackets) we can resolve and name in TLS.
+pub fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
 }
 
 /// A port: digits only, 1 to 65535.

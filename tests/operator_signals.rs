@@ -273,23 +273,9 @@ fn the_metrics_listener_answers_get_metrics_only_and_the_sandbox_port_never_does
     );
 }
 
-/// The tool, or `None` (and a note) where it is not installed; CI installs it and fails
-/// without it.
+/// The Prometheus tool `name`, where installed (see [`system_tool`]).
 fn tool(name: &str) -> Option<String> {
-    let ok = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is missing: `apt-get install prometheus` (.ci/run does)"
-        );
-        eprintln!("{name} not installed: this check does not run here");
-    }
-    ok.then(|| name.to_string())
+    system_tool(name, "prometheus").then(|| name.to_string())
 }
 
 #[test]

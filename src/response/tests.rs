@@ -1,19 +1,7 @@
 use super::*;
 use crate::scan::{HeadScanner, ScanLimits};
 
-const TOKEN: &[u8] = b"sk-ant-REAL";
-
-fn finder() -> &'static TokenFinder<'static> {
-    static FINDER: std::sync::OnceLock<TokenFinder<'static>> = std::sync::OnceLock::new();
-    FINDER.get_or_init(|| TokenFinder::new(TOKEN))
-}
-
-/// The tokens masked: the one above.
-fn tokens() -> &'static [&'static TokenFinder<'static>] {
-    static TOKENS: std::sync::OnceLock<[&'static TokenFinder<'static>; 1]> =
-        std::sync::OnceLock::new();
-    TOKENS.get_or_init(|| [finder()])
-}
+use crate::scrub::testing::tokens;
 
 fn ctx() -> ResponseContext<'static> {
     ResponseContext {

@@ -1,19 +1,6 @@
 use super::*;
-use crate::scrub::TokenFinder;
 
-const TOKEN: &[u8] = b"sk-ant-REAL";
-
-fn finder() -> &'static TokenFinder<'static> {
-    static FINDER: std::sync::OnceLock<TokenFinder<'static>> = std::sync::OnceLock::new();
-    FINDER.get_or_init(|| TokenFinder::new(TOKEN))
-}
-
-/// The tokens masked: the one above.
-fn tokens() -> &'static [&'static TokenFinder<'static>] {
-    static TOKENS: std::sync::OnceLock<[&'static TokenFinder<'static>; 1]> =
-        std::sync::OnceLock::new();
-    TOKENS.get_or_init(|| [finder()])
-}
+use crate::scrub::testing::tokens;
 
 /// Drives a tracker over `input` split at `splits`, as the relay does; returns what the client
 /// receives and whether the body ended cleanly with excess bytes.

@@ -105,3 +105,23 @@ pub fn expect_refused(extra: &[(&str, &str)], req: &[u8], status: u16, kind: &st
     );
     up.assert_untouched();
 }
+
+/// Whether the system tool `name` (from Debian package `package`) is installed. Where it is
+/// not, a test that needs it says so and does not run; under CI (which installs it, see
+/// .ci/run) its absence is a failure.
+pub fn system_tool(name: &str, package: &str) -> bool {
+    let found = std::process::Command::new(name)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is missing: `apt-get install {package}` (.ci/run does)"
+        );
+        eprintln!("{name} is not installed: this test does not run here");
+    }
+    found
+}
