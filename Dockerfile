@@ -55,7 +55,7 @@ WORKDIR /src
 # the linker, C compiler and archiver for cargo and the cc crate (ring).
 ARG TARGETARCH
 ARG TARGETOS
-COPY docker/target-env.sh /usr/local/bin/target-env
+COPY --chmod=0555 docker/target-env.sh /usr/local/bin/target-env
 RUN target-env install \
  && target-env env >/usr/local/etc/target.env \
  && cat /usr/local/etc/target.env
