@@ -1,7 +1,11 @@
 """container-check fixture: check the Dockerfile against what container-check
 assumes, and hand what it says to the script as bash assignments.
 
-Usage: python3 dockerfile_check.py DOCKERFILE DOCKERIGNORE CARGO_TOML TRIPLE OUT
+Usage: python3 dockerfile_check.py DOCKERFILE DOCKERIGNORE CARGO_TOML TARGET_ENV OUT
+
+TARGET_ENV is the TARGETARCH mapping script's path in the build context
+(docker/target-env.sh): the build stage must run it and build for the triple it
+gives, not for a triple written into the Dockerfile.
 
 Writes df_* assignments (USER, COPY destination, ENV, HEALTHCHECK, ENTRYPOINT,
 version, dependency-cache layer) to OUT for the script to source, prints one
@@ -9,7 +13,7 @@ line per problem found, and exits 1 if there was any.
 """
 import json, re, shlex, sys
 
-dockerfile, dockerignore, cargo_toml, triple, out = sys.argv[1:6]
+dockerfile, dockerignore, cargo_toml, target_env, out = sys.argv[1:6]
 problems = []
 
 def logical_lines(text):
@@ -31,11 +35,15 @@ def logical_lines(text):
         yield buf.strip()
 
 stages = []  # [(name, base, [(INSTR, args)])]
+platforms = {}  # stage index -> its FROM --platform value
 for line in logical_lines(open(dockerfile).read()):
     instr, _, args = line.partition(" ")
     instr = instr.upper(); args = args.strip()
     if instr == "FROM":
         words = args.split()
+        for w in words:
+            if w.startswith("--platform="):
+                platforms[len(stages)] = w.split("=", 1)[1]
         words = [w for w in words if not w.startswith("--platform")]
         name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
         stages.append((name, words[0], []))
@@ -50,6 +58,8 @@ if len(stages) < 2:
 final_name, final_base, final = stages[-1]
 if final_base != "scratch":
     problems.append(f"final stage is FROM {final_base!r}, expected scratch")
+if len(stages) - 1 in platforms:
+    problems.append("final stage has FROM --platform: scratch must follow the target platform")
 
 def kv_pairs(args):
     words = shlex.split(args)
@@ -108,21 +118,71 @@ else:
         if not dest.startswith("/"):
             problems.append("COPY destination must be absolute")
 
-build = [s for s in stages[:-1] if s[0] == build_stage_name]
-build_instrs = build[0][2] if build else []
+build = [(i, s) for i, s in enumerate(stages[:-1]) if s[0] == build_stage_name]
+build_instrs = build[0][1][2] if build else []
 if not build:
     problems.append(f"no stage named {build_stage_name!r} to copy from")
+elif platforms.get(build[0][0]) not in ("$BUILDPLATFORM", "${BUILDPLATFORM}"):
+    problems.append("build stage must be FROM --platform=$BUILDPLATFORM (it cross-compiles for "
+                    "TARGETARCH; without it an arm64 image builds under emulation)")
 rustflags_env = any(i == "ENV" and "RUSTFLAGS" in a and "target-feature=+crt-static" in a for i, a in build_instrs)
+
+# The target: ARG TARGETARCH, the mapping script copied in and run (install +
+# env written to a file), and every `cargo build` sourcing that file and building
+# --target "$TARGET_TRIPLE". A triple written into the Dockerfile is an error: the
+# image would be that arch whatever --platform says.
+mapping_dest, env_file, mapping_runs = None, None, False
+args_before_mapping = set()
+for i, a in build_instrs:
+    if i == "ARG":
+        args_before_mapping.add(a.split("=", 1)[0])
+    elif i == "COPY":
+        w = [x for x in a.split() if not x.startswith("--")]
+        if len(w) == 2 and w[0] == target_env:
+            mapping_dest = w[1]
+    elif i == "RUN" and mapping_dest and mapping_dest.rsplit("/", 1)[-1] in a:
+        name = re.escape(mapping_dest.rsplit("/", 1)[-1])
+        m = re.search(name + r"\s+env\s*>\s*(\S+)", a)
+        if re.search(name + r"\s+install\b", a) and m:
+            env_file = m.group(1)
+            mapping_runs = "TARGETARCH" in args_before_mapping
+        break
+if not mapping_dest:
+    problems.append(f"build stage does not COPY {target_env} (the TARGETARCH mapping)")
+elif not env_file:
+    problems.append(f"build stage does not RUN {mapping_dest} `install` and `env >FILE`")
+elif not mapping_runs:
+    problems.append(f"build stage runs {mapping_dest} before `ARG TARGETARCH` (it would see no TARGETARCH)")
+for i, a in build_instrs:
+    if i == "RUN" and re.search(r"(x86_64|aarch64)-unknown-linux-\w+", a):
+        problems.append(f"build stage hard-codes a target triple: {a[:70]}...")
 builds = [a for i, a in build_instrs if i == "RUN" and "cargo build" in a]
 if not builds:
     problems.append("build stage has no `cargo build`")
+target_flags = [f"--target {q}$TARGET_TRIPLE{q}" for q in ('"', "")] + \
+               [f"--target {q}${{TARGET_TRIPLE}}{q}" for q in ('"', "")]
 for a in builds:
+    if env_file and not re.search(r"(^|&&|;)\s*(\.|source)\s+" + re.escape(env_file) + r"\s*(&&|;)",
+                                  a.split("cargo build", 1)[0]):
+        problems.append(f"build stage `cargo build` runs without sourcing {env_file} first")
     for cmd in re.findall(r"cargo build[^&;|]*", a):
-        for flag in ("--release", "--locked", f"--target {triple}"):
+        for flag in ("--release", "--locked"):
             if flag not in cmd:
                 problems.append(f"build stage `{cmd.strip()}` lacks {flag} (container-check builds with it)")
+        if not any(t in cmd for t in target_flags):
+            problems.append(f"build stage `{cmd.strip()}` lacks --target \"$TARGET_TRIPLE\" (from {target_env})")
         if not (rustflags_env or "target-feature=+crt-static" in a):
             problems.append("build stage does not set RUSTFLAGS='-C target-feature=+crt-static'")
+# The binary's own checks: static and for the target's machine, whatever the arch
+# (container-check can only run the binary for this machine's arch, and the other
+# arch's only where it has the cross toolchain).
+if builds:
+    last = builds[-1]
+    for what, needle in (("an ELF interpreter check (readelf, INTERP)", "INTERP"),
+                         ("a needed-libraries check (readelf, NEEDED)", "NEEDED"),
+                         ("a machine check (readelf, $TARGET_ELF_MACHINE)", "$TARGET_ELF_MACHINE")):
+        if needle not in last or "readelf" not in last:
+            problems.append(f"build stage's final `cargo build` RUN lacks {what}")
 
 user = found.get("USER", [""])[-1]
 m = re.fullmatch(r"(\d+):(\d+)", user)
@@ -171,16 +231,22 @@ if version != cargo_version:
 # The dependency-cache layer: the COPYs before the first `cargo build` and the
 # commands that create placeholder sources before it, so that container-check can
 # replay them and ask cargo whether the placeholders satisfy Cargo.toml.
-layer_copies, layer_prep = [], ""
+# COPYs outside the WORKDIR (the mapping script) are not part of the crate; nor is
+# sourcing the target settings, which container-check makes for itself.
+layer_copies, layer_prep, workdir = [], "", "/"
 for i, a in build_instrs:
-    if i == "COPY":
-        layer_copies += [w for w in a.split() if not w.startswith("--")][:-1]
+    if i == "WORKDIR":
+        workdir = a.rstrip("/") + "/"
+    elif i == "COPY":
+        w = [x for x in a.split() if not x.startswith("--")]
+        if w and (not w[-1].startswith("/") or w[-1].startswith(workdir)):
+            layer_copies += w[:-1]
     elif i == "RUN" and "cargo build" in a:
-        prep = a.split("cargo build", 1)[0].rstrip()
-        if prep.endswith("&&"):
-            prep = prep[:-2].rstrip()
-        if "." not in layer_copies and prep:
-            layer_prep = prep
+        prep = a.split("cargo build", 1)[0]
+        steps = [c.strip() for c in prep.split("&&")]
+        steps = [c for c in steps if c and not re.fullmatch(r"(\.|source)\s+\S+", c)]
+        if "." not in layer_copies and steps:
+            layer_prep = " && ".join(steps)
         break
 if "." in layer_copies:
     layer_copies = []
