@@ -196,7 +196,8 @@ impl Connector {
     }
 }
 
-/// Reads the egress proxy's reply head. Bytes after it would be TARGET's before we said
+/// Reads the egress proxy's reply head. A refusal may carry a body (ignored: the connection
+/// is dropped). After an established tunnel's head, bytes would be TARGET's before we said
 /// anything (or the proxy's garbage): refused.
 async fn read_connect_reply(tcp: &mut TcpStream) -> Result<ConnectReply, Problem> {
     let limits = ScanLimits {
@@ -209,10 +210,11 @@ async fn read_connect_reply(tcp: &mut TcpStream) -> Result<ConnectReply, Problem
     let mut buf = Vec::with_capacity(1024);
     loop {
         if let Some(n) = scanner.scan(&buf, &limits)? {
-            if n != buf.len() {
+            let reply = parse_connect_reply(&buf[..n])?;
+            if reply == ConnectReply::Established && n != buf.len() {
                 return Err(Problem::EgressMalformed);
             }
-            return parse_connect_reply(&buf);
+            return Ok(reply);
         }
         buf.reserve(1024);
         match tcp.read_buf(&mut buf).await {

@@ -82,8 +82,13 @@ fn serve(mut client: TcpStream, mode: Mode, record: Arc<Mutex<Vec<u8>>>) {
     record.lock().unwrap().extend_from_slice(&head);
     let text = String::from_utf8_lossy(&head).into_owned();
     let authority = text.split(' ').nth(1).unwrap_or("").to_string();
+    // As real proxies do: the refusal carries a body, written with the head.
     let answer = |client: &mut TcpStream, status: u16| {
-        let reply = format!("HTTP/1.1 {status} Refused\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n");
+        let body = "<html><body>Access denied</body></html>";
+        let reply = format!(
+            "HTTP/1.1 {status} Refused\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         let _ = client.write_all(reply.as_bytes());
     };
     match mode {
