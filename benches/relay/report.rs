@@ -1,4 +1,9 @@
-//! The results table, the issue 6 target check, and benches/RESULTS.md.
+//! The results tables, the issue 6 target check, and benches/RESULTS.md.
+//!
+//! RESULTS.md has two parts: the relay scenarios' (header, table, targets, method) and, after
+//! [`ENDURANCE_MARK`], the endurance (soak) section. A run rewrites only the parts it measured
+//! and keeps the other as it was, so a three-minute soak does not wipe the relay tables of a
+//! full run, nor a relay run the soak's figures.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -40,7 +45,10 @@ impl Outcome {
 
 fn num(v: f64) -> String {
     let a = v.abs();
-    if a >= 100.0 {
+    if v.fract() == 0.0 && a < 1e15 {
+        // Counts (streams, bytes, descriptors) are whole: no decimals.
+        format!("{v:.0}")
+    } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
@@ -84,6 +92,34 @@ pub fn table(outcomes: &[Outcome]) -> String {
                 cell(&cells[2]),
                 ratio(&cells[1], &cells[0]),
                 ratio(&cells[1], &cells[2]),
+            );
+        }
+    }
+    out
+}
+
+/// The endurance table: scenario | metric | proxy | direct (a control, where one applies).
+pub fn endurance_table(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "| scenario | metric | proxy | direct (control) |\n\
+         |---|---|---:|---:|\n",
+    );
+    for o in outcomes {
+        let zero = o.scenario.must_be_zero();
+        for (metric, cells) in o.scenario.metrics().iter().zip(&o.cells) {
+            let mark = if zero.contains(metric) {
+                " (must be 0)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "| {}/{}{} | {metric}{mark} | {} | {} |",
+                o.scenario.name(),
+                o.transport.name(),
+                o.note,
+                cell(&cells[1]),
+                cell(&cells[0]),
             );
         }
     }
@@ -326,6 +362,91 @@ than edit.
     out.push_str(METHOD);
     out
 }
+
+/// The first line of the endurance section of RESULTS.md.
+pub const ENDURANCE_MARK: &str =
+    "<!-- endurance scenarios: rewritten only by their runs; keep this line -->";
+
+/// The endurance section of RESULTS.md, starting with [`ENDURANCE_MARK`].
+pub fn endurance_md(h: &Header, seed: u64, table: &str, failures: &[String]) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{ENDURANCE_MARK}
+## Soak
+
+Written by `cargo bench --bench relay -- --write-results soak`. A run of this scenario
+rewrites only this section; a run of the others keeps it. Regenerate rather than edit.
+
+- Date: {date}
+- Machine: {machine}
+- Command: `{command}`
+- Mode: {mode}
+- Seed: {seed} (`--seed {seed}` repeats the streams' random choices)
+- Proxy: {proxy}
+- Pinning: {pinning}
+
+{table}",
+        date = utc_now(),
+        machine = machine(),
+        command = h.command,
+        mode = h.mode,
+        proxy = h.proxy,
+        pinning = h.pinning,
+    );
+    if !failures.is_empty() {
+        out.push_str("\n### Failures (soak)\n\n");
+        for f in failures {
+            let _ = writeln!(out, "- {f}");
+        }
+    }
+    out.push_str(ENDURANCE_METHOD);
+    out
+}
+
+/// RESULTS.md from the existing file and the parts this run wrote (`None`: keep the old one).
+pub fn merge_results(existing: &str, relay: Option<String>, endurance: Option<String>) -> String {
+    let (old_relay, old_endurance) = match existing.find(ENDURANCE_MARK) {
+        Some(i) => existing.split_at(i),
+        None => (existing, ""),
+    };
+    let mut out = relay.unwrap_or_else(|| old_relay.trim_end().to_string());
+    if out.is_empty() {
+        out = "# Relay benchmark results\n\nNo relay run written yet \
+               (`cargo bench --bench relay -- --write-results`)."
+            .to_string();
+    }
+    let endurance = endurance.unwrap_or_else(|| old_endurance.to_string());
+    if !endurance.is_empty() {
+        out.truncate(out.trim_end().len());
+        out.push_str("\n\n");
+        out.push_str(&endurance);
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+const ENDURANCE_METHOD: &str = "
+### Method (soak)
+
+- Runs against the proxy only; plain and TLS upstream as above; a fresh upstream and proxy per run. Each process's
+  figures come from /proc: descriptors are the entries of /proc/<pid>/fd (the proxy is
+  non-dumpable, so this needs root), sampled while the streams run and read again once they
+  have ended (waiting up to 10 s for lingering closes); peak memory is the kernel's VmHWM;
+  CPU is utime+stime, refined as above.
+- soak: N streams (MAX_CONNECTIONS raised to fit), opened 64 at a time, each a whole replay of
+  the fixture (599 events) that the upstream trickles over the soak's duration, one chunk per
+  event, starting at a fixture event drawn from the seeded PRNG, so streams carry different
+  bytes. Each client compares every byte with the fixture and the body's sha256 with the
+  expected one; bytes lost = expected bytes − bytes equal to the expected ones up to the first
+  difference, over all streams. Beside them, 4 keep-alive connections send a small POST every
+  10 ms each (reconnecting after the proxy's 1000 requests per connection); every answer is
+  checked byte for byte. Wall time and CPU run from the first stream opened to the last ended.
+  The default pool (POOL_MAX_IDLE 32) is on, so at the end the proxy may hold up to 32 idle
+  upstream connections beyond its baseline.
+";
 
 const METHOD: &str = "
 ## Method
