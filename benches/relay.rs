@@ -7,18 +7,18 @@
 //! cargo bench --bench relay -- sse_paced small_post/tls --targets proxy,nginx
 //! cargo bench --bench relay -- --write-results       # also writes benches/RESULTS.md
 //! cargo bench --bench relay -- --list                # scenario names
-//! cargo bench --bench relay -- soak                  # endurance: 5000 streams for 3 min
+//! cargo bench --bench relay -- soak reset            # endurance: 5000 streams for 3 min, resets
 //! ```
 //!
-//! The endurance scenario (`soak`) runs only when named, or small in `--quick`; it is
-//! reported in its own section of RESULTS.md, which the other runs keep as it is.
+//! The endurance scenarios (`soak`, `reset`) run only when named, or small in `--quick`; they
+//! are reported in their own section of RESULTS.md, which the other runs keep as it is.
 //!
 //! Layout: `relay/wire.rs` (buffered HTTP/1.1 framing), `relay/upstream.rs` (the fixture
 //! upstream, plain and TLS, with the SSE replay and the resetting responses),
 //! `relay/client.rs` (load generator endpoint), `relay/tls.rs` (rcgen CA, rustls configs),
 //! `relay/procs.rs` (the proxy and nginx processes, /proc readings, pinning),
-//! `relay/scenarios.rs` (what is measured and checked), `relay/soak.rs`
-//! (the endurance scenario), `relay/rng.rs` (its seeded PRNG), `relay/report.rs` (tables,
+//! `relay/scenarios.rs` (what is measured and checked), `relay/soak.rs` and `relay/reset.rs`
+//! (the endurance scenarios), `relay/rng.rs` (their seeded PRNG), `relay/report.rs` (tables,
 //! targets, RESULTS.md).
 //!
 //! The proxy (or nginx) is pinned to the first allowed CPU; the load generator and the fixture
@@ -31,6 +31,8 @@ mod client;
 mod procs;
 #[path = "relay/report.rs"]
 mod report;
+#[path = "relay/reset.rs"]
+mod reset;
 #[path = "relay/rng.rs"]
 mod rng;
 #[path = "relay/scenarios.rs"]
@@ -68,6 +70,13 @@ const FD_HEADROOM: usize = 1024;
 /// How long the soak's streams last, in a full run and in a quick one.
 const FULL_SOAK_SECS: u64 = 180;
 const QUICK_SOAK_SECS: u64 = 8;
+/// Streams of the reset scenario, and how many run at once (at most the held streams).
+const FULL_RESET_STREAMS: usize = 5000;
+const FULL_RESET_CONCURRENCY: usize = 1000;
+const QUICK_RESET_STREAMS: usize = 400;
+const QUICK_RESET_CONCURRENCY: usize = 100;
+/// Share of the reset scenario's streams that the upstream cuts.
+const RESET_FRACTION: f64 = 0.5;
 
 const USAGE: &str = "usage: cargo bench --bench relay -- [options] [SCENARIO[/plain|/tls] ...]
 
@@ -76,7 +85,9 @@ options:
   --write-results      also write benches/RESULTS.md
   --streams N          held streams in idle_streams and soak (default 5000, quick 200)
   --soak-secs N        how long each soak stream lasts (default 180, quick 8)
-  --seed N             seed of the soak's random choices (default: from the
+  --reset-streams N    streams in reset (default 5000, quick 400)
+  --reset-fraction F   share of reset streams the upstream cuts (default 0.5)
+  --seed N             seed of the soak's and reset's random choices (default: from the
                        clock; printed, so a failing run can be repeated)
   --targets LIST       comma-separated subset of direct,proxy,nginx
   --transports LIST    comma-separated subset of plain,tls
@@ -92,8 +103,8 @@ its config into a temp dir and starts and stops it itself. For idle_streams and 
 streams the bench raises RLIMIT_NOFILE to 2N+1024 when it can; otherwise raise it first
 (ulimit -n).
 
-soak (an endurance scenario) runs only when named, or small with --quick.
---write-results then rewrites only its section of RESULTS.md; a run of the other scenarios
+soak and reset (the endurance scenarios) run only when named, or small with --quick.
+--write-results then rewrites only their section of RESULTS.md; a run of the other scenarios
 rewrites the rest and keeps that section.";
 
 struct Args {
@@ -101,6 +112,8 @@ struct Args {
     write_results: bool,
     streams: Option<usize>,
     soak_secs: Option<u64>,
+    reset_streams: Option<usize>,
+    reset_fraction: f64,
     seed: Option<u64>,
     targets: Vec<Target>,
     transports: Vec<Transport>,
@@ -136,6 +149,8 @@ impl Args {
             write_results: false,
             streams: None,
             soak_secs: None,
+            reset_streams: None,
+            reset_fraction: RESET_FRACTION,
             seed: None,
             targets: Target::ALL.to_vec(),
             transports: Transport::ALL.to_vec(),
@@ -176,6 +191,26 @@ impl Args {
                     }
                     a.raw.push(format!("--soak-secs {n}"));
                     a.soak_secs = Some(n);
+                    continue;
+                }
+                "--reset-streams" => {
+                    let v = value("--reset-streams")?;
+                    let n = v.parse().map_err(|_| "--reset-streams needs a number")?;
+                    if n == 0 {
+                        return Err("--reset-streams must be at least 1".into());
+                    }
+                    a.raw.push(format!("--reset-streams {n}"));
+                    a.reset_streams = Some(n);
+                    continue;
+                }
+                "--reset-fraction" => {
+                    let v = value("--reset-fraction")?;
+                    let f: f64 = v.parse().map_err(|_| "--reset-fraction needs a number")?;
+                    if !(0.0..=1.0).contains(&f) {
+                        return Err("--reset-fraction must be between 0 and 1".into());
+                    }
+                    a.raw.push(format!("--reset-fraction {f}"));
+                    a.reset_fraction = f;
                     continue;
                 }
                 "--seed" => {
@@ -421,6 +456,11 @@ async fn run(
         None
     };
     let proxy_bin = PathBuf::from(env!("CARGO_BIN_EXE_agent-loop-proxy"));
+    let (reset_streams, reset_concurrency) = if args.quick {
+        (QUICK_RESET_STREAMS, QUICK_RESET_CONCURRENCY)
+    } else {
+        (FULL_RESET_STREAMS, FULL_RESET_CONCURRENCY)
+    };
     let soak_secs = args.soak_secs.unwrap_or(if args.quick {
         QUICK_SOAK_SECS
     } else {
@@ -430,6 +470,10 @@ async fn run(
         quick: args.quick,
         streams,
         soak: Duration::from_secs(soak_secs),
+        reset_streams: args.reset_streams.unwrap_or(reset_streams),
+        // The descriptor limit was raised for `streams` held streams.
+        reset_concurrency: reset_concurrency.min(streams),
+        reset_fraction: args.reset_fraction,
         seed,
         shared: Arc::new(Shared {
             clock,
@@ -503,6 +547,10 @@ async fn run(
             let note = match scenario {
                 Scenario::IdleStreams => format!(" (N={streams})"),
                 Scenario::Soak => format!(" (N={streams}, {soak_secs} s)"),
+                Scenario::Reset => format!(
+                    " (N={}, {} at a time)",
+                    ctx.reset_streams, ctx.reset_concurrency
+                ),
                 _ => String::new(),
             };
             outcomes.push(Outcome {
@@ -562,6 +610,14 @@ async fn run(
             runs.push(format!(
                 "soak: {streams} streams for {soak_secs} s beside {} small-POST connections",
                 soak::SMALL_CONNECTIONS
+            ));
+        }
+        if ran(Scenario::Reset) {
+            runs.push(format!(
+                "reset: {} streams, {} at a time, {:.0} % cut",
+                ctx.reset_streams,
+                ctx.reset_concurrency,
+                ctx.reset_fraction * 100.0
             ));
         }
         let endurance_mode = format!(

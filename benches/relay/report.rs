@@ -1,7 +1,7 @@
 //! The results tables, the issue 6 target check, and benches/RESULTS.md.
 //!
 //! RESULTS.md has two parts: the relay scenarios' (header, table, targets, method) and, after
-//! [`ENDURANCE_MARK`], the endurance (soak) section. A run rewrites only the parts it measured
+//! [`ENDURANCE_MARK`], the soak and reset section. A run rewrites only the parts it measured
 //! and keeps the other as it was, so a three-minute soak does not wipe the relay tables of a
 //! full run, nor a relay run the soak's figures.
 
@@ -98,7 +98,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
     out
 }
 
-/// The endurance table: scenario | metric | proxy | direct (a control, where one applies).
+/// The endurance table: scenario | metric | proxy | direct (the reset scenario's control).
 pub fn endurance_table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
         "| scenario | metric | proxy | direct (control) |\n\
@@ -363,19 +363,19 @@ than edit.
     out
 }
 
-/// The first line of the endurance section of RESULTS.md.
+/// The first line of the soak and reset section of RESULTS.md.
 pub const ENDURANCE_MARK: &str =
     "<!-- endurance scenarios: rewritten only by their runs; keep this line -->";
 
-/// The endurance section of RESULTS.md, starting with [`ENDURANCE_MARK`].
+/// The soak and reset section of RESULTS.md, starting with [`ENDURANCE_MARK`].
 pub fn endurance_md(h: &Header, seed: u64, table: &str, failures: &[String]) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
         "{ENDURANCE_MARK}
-## Soak
+## Soak and upstream resets
 
-Written by `cargo bench --bench relay -- --write-results soak`. A run of this scenario
+Written by `cargo bench --bench relay -- --write-results soak reset`. A run of these scenarios
 rewrites only this section; a run of the others keeps it. Regenerate rather than edit.
 
 - Date: {date}
@@ -395,7 +395,7 @@ rewrites only this section; a run of the others keeps it. Regenerate rather than
         pinning = h.pinning,
     );
     if !failures.is_empty() {
-        out.push_str("\n### Failures (soak)\n\n");
+        out.push_str("\n### Failures (soak and reset)\n\n");
         for f in failures {
             let _ = writeln!(out, "- {f}");
         }
@@ -429,13 +429,15 @@ pub fn merge_results(existing: &str, relay: Option<String>, endurance: Option<St
 }
 
 const ENDURANCE_METHOD: &str = "
-### Method (soak)
+### Method (soak and reset)
 
-- Runs against the proxy only; plain and TLS upstream as above; a fresh upstream and proxy per run. Each process's
+- Both run against the proxy only (reset also directly against the upstream, as the control);
+  plain and TLS upstream as above; a fresh upstream and proxy per run. Each process's
   figures come from /proc: descriptors are the entries of /proc/<pid>/fd (the proxy is
-  non-dumpable, so this needs root), sampled while the streams run and read again once they
-  have ended (waiting up to 10 s for lingering closes); peak memory is the kernel's VmHWM;
-  CPU is utime+stime, refined as above.
+  non-dumpable, so this needs root), counted before the first stream, sampled while the
+  streams run, and counted again after the last (soak: once the count holds still for 200 ms;
+  reset: once it is back at the baseline, waiting at most 10 s); peak memory is the kernel's
+  VmHWM; CPU is utime+stime, refined as above.
 - soak: N streams (MAX_CONNECTIONS raised to fit), opened 64 at a time, each a whole replay of
   the fixture (599 events) that the upstream trickles over the soak's duration, one chunk per
   event, starting at a fixture event drawn from the seeded PRNG, so streams carry different
@@ -443,9 +445,23 @@ const ENDURANCE_METHOD: &str = "
   expected one; bytes lost = expected bytes − bytes equal to the expected ones up to the first
   difference, over all streams. Beside them, 4 keep-alive connections send a small POST every
   10 ms each (reconnecting after the proxy's 1000 requests per connection); every answer is
-  checked byte for byte. Wall time and CPU run from the first stream opened to the last ended.
-  The default pool (POOL_MAX_IDLE 32) is on, so at the end the proxy may hold up to 32 idle
+  checked byte for byte. Wall time and CPU run from just before the first stream opens to
+  just after the last ends. Bench CPU is the load generator's and upstreams' (one process, one
+  core): near 100 %, latencies are the bench's own. The default pool (POOL_MAX_IDLE 32) is on, so at the end the proxy may hold up to 32 idle
   upstream connections beyond its baseline.
+- reset: each stream asks the upstream for a framed SSE response, chosen by the seeded PRNG:
+  chunked, Content-Length or close-delimited; 1 to 200 fixture events from a random one; 0 to
+  2 ms between events; and for the cut share, a reset (SO_LINGER 0, then close) after a random
+  number of the response's bytes, head included, fewer than all (a quarter of the cuts fall
+  exactly between two of the upstream's writes: after the head, before the last chunk...).
+  The client classifies what it got: **complete** (200, ended where its framing said, equal to
+  the fixture by bytes and sha256), **cut, visibly** (an error or early end before the framing
+  says the body is complete; the bytes before it equal the fixture), **refused (502)** (the
+  proxy's own answer when the cut fell in the head). Must be 0: **looked complete but wrong**
+  (ended as complete, but cut upstream or different bytes), **whole stream not delivered**
+  (the upstream sent it whole), **other failures** (a stalled read: a cut not passed on; wrong
+  bytes before a cut; a 502 although the upstream's head arrived whole; another status). The proxy runs with POOL_MAX_IDLE=0 so that its
+  descriptor count after the last stream must equal the count before the first, exactly.
 ";
 
 const METHOD: &str = "

@@ -1,6 +1,6 @@
 //! A small seeded PRNG (xorshift64*, seeded through splitmix64), so the random choices of the
-//! endurance scenarios (which fixture event a stream starts at) are replayed exactly by
-//! `--seed`. Not for anything that needs unpredictability.
+//! soak and reset scenarios (which fixture event a stream starts at, where a stream is cut)
+//! are replayed exactly by `--seed`. Not for anything that needs unpredictability.
 
 /// splitmix64's output function: spreads any seed (0 included) over all 64 bits.
 fn splitmix64(mut z: u64) -> u64 {
@@ -35,5 +35,10 @@ impl Rng {
     /// Uniform in `0..n` (`n` > 0), by multiply-shift (bias below 2^-32 for the sizes used).
     pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 }

@@ -1,6 +1,6 @@
 //! The scenarios: each one runs against one target (direct, proxy or nginx) over one upstream
-//! transport (plain or TLS), checks every answer it times, and returns its metrics. The
-//! endurance scenario, soak, lives in `soak.rs`.
+//! transport (plain or TLS), checks every answer it times, and returns its metrics. The two
+//! endurance scenarios, soak and reset, live in `soak.rs` and `reset.rs`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -41,10 +41,11 @@ pub enum Scenario {
     Download32m,
     IdleStreams,
     Soak,
+    Reset,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::SmallPost,
         Scenario::SseBurst,
         Scenario::SsePaced,
@@ -52,6 +53,7 @@ impl Scenario {
         Scenario::Download32m,
         Scenario::IdleStreams,
         Scenario::Soak,
+        Scenario::Reset,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +65,7 @@ impl Scenario {
             Scenario::Download32m => "download_32m",
             Scenario::IdleStreams => "idle_streams",
             Scenario::Soak => "soak",
+            Scenario::Reset => "reset",
         }
     }
 
@@ -77,21 +80,26 @@ impl Scenario {
             Scenario::Soak => {
                 "N SSE streams trickled for minutes beside small POSTs, each checked by sha256"
             }
+            Scenario::Reset => {
+                "upstream resets streams at random points: complete or visibly cut, fds return"
+            }
         }
     }
 
     /// Endurance scenarios run for minutes in a full run, so they run only when named (or,
     /// small, in a quick run); they are reported in a section of their own.
     pub fn endurance(self) -> bool {
-        matches!(self, Scenario::Soak)
+        matches!(self, Scenario::Soak | Scenario::Reset)
     }
 
     /// Whether the scenario means anything against `target`. Memory and descriptors need a
-    /// process in the middle; the soak studies the proxy.
+    /// process in the middle; the soak and reset study the proxy, with a direct connection as
+    /// the control that shows reset's classifier sees the cuts the upstream makes.
     pub fn runs_on(self, target: Target) -> bool {
         match self {
             Scenario::IdleStreams => target != Target::Direct,
             Scenario::Soak => target == Target::Proxy,
+            Scenario::Reset => target != Target::Nginx,
             _ => true,
         }
     }
@@ -100,6 +108,7 @@ impl Scenario {
     pub fn must_be_zero(self) -> &'static [&'static str] {
         match self {
             Scenario::Soak => crate::soak::MUST_BE_ZERO,
+            Scenario::Reset => crate::reset::MUST_BE_ZERO,
             _ => &[],
         }
     }
@@ -123,6 +132,7 @@ impl Scenario {
             Scenario::Upload32m | Scenario::Download32m => &["MB/s", "CPU µs/MiB"],
             Scenario::IdleStreams => &["RSS KiB/stream", "CPU µs/stream"],
             Scenario::Soak => crate::soak::METRICS,
+            Scenario::Reset => crate::reset::METRICS,
         }
     }
 }
@@ -185,6 +195,11 @@ pub struct Ctx {
     pub streams: usize,
     /// How long the soak's streams last.
     pub soak: Duration,
+    /// Streams the reset scenario runs, and how many at a time.
+    pub reset_streams: usize,
+    pub reset_concurrency: usize,
+    /// Share of the reset scenario's streams the upstream cuts.
+    pub reset_fraction: f64,
     /// The bench's seed; each run derives its own from it (see `rng::derive`).
     pub seed: u64,
     pub shared: Arc<Shared>,
@@ -290,6 +305,7 @@ pub async fn run(
     let held = match scenario {
         Scenario::IdleStreams => ctx.streams,
         Scenario::Soak => ctx.streams + crate::soak::SMALL_CONNECTIONS,
+        Scenario::Reset => ctx.reset_concurrency,
         _ => 0,
     };
     let middle = match target {
@@ -299,6 +315,11 @@ pub async fn run(
             let mut env = vec![("PHANTOM_TOKEN", PHANTOM_TOKEN.to_string())];
             if held > 0 {
                 env.push(("MAX_CONNECTIONS", (held + 64).max(1024).to_string()));
+            }
+            if scenario == Scenario::Reset {
+                // No idle pool: after the last stream the proxy should hold exactly the
+                // descriptors it held before the first, with none parked for reuse.
+                env.push(("POOL_MAX_IDLE", "0".to_string()));
             }
             let spec = ProxySpec {
                 bin: &ctx.proxy_bin,
@@ -362,6 +383,7 @@ pub async fn run(
             Scenario::Download32m => download(ctx, &endpoint, middle.as_ref()).await,
             Scenario::IdleStreams => idle_streams(ctx, &endpoint, middle.as_ref(), &upstream).await,
             Scenario::Soak => crate::soak::soak(ctx, &endpoint, middle.as_ref(), rng).await,
+            Scenario::Reset => crate::reset::reset(ctx, &endpoint, middle.as_ref(), rng).await,
         }
     };
     let mut result = tokio::time::timeout(limit, body)
