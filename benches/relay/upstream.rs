@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -44,6 +44,10 @@ const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
 const HOLD_LIMIT: Duration = Duration::from_secs(600);
 /// Upper bound on a TLS handshake with the fixture.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// Accept queue of the fixture's listener. The reset scenario connects 1000 at a time; with
+/// the usual 128, the queue overflows, the kernel drops SYNs, and connects wait for the
+/// client's SYN retransmit (1 s, then 3 s...): a delay of the bench's own making.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// The SSE fixture split into events, each with its terminating blank line.
 pub struct Fixture {
@@ -101,7 +105,9 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(shared: Arc<Shared>, tls: Option<TlsAcceptor>) -> io::Result<Upstream> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let (release, released) = watch::channel(false);
