@@ -274,6 +274,9 @@ pub async fn reset(
         Some(m) => fds_stable(m).await,
         None => None,
     };
+    if middle.is_some() && fds_before.is_none() {
+        eprint!("\n  reset: cannot list /proc/<pid>/fd (needs root): descriptors not checked\n  ");
+    }
     let mut sampler = Sampler::default();
 
     let gate = Arc::new(Semaphore::new(ctx.reset_concurrency.max(1)));
@@ -291,6 +294,7 @@ pub async fn reset(
 
     let mut ticker = tokio::time::interval(SAMPLE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per kind of ending, in METRICS order from "complete" on.
     let mut counts = [0u64; 6];
     let mut shown = [0usize; 6];
     loop {

@@ -319,6 +319,9 @@ pub async fn soak(
 
     warm_up(ep).await?;
     let fds_before = middle.fd_count();
+    if fds_before.is_none() {
+        eprint!("\n  soak: cannot list /proc/<pid>/fd (needs root): descriptors not counted\n  ");
+    }
     let rss_before = middle.rss_kib();
     let meter = Meter::start(Some(middle));
     let bench_cpu0 = procs::self_cpu_ns();
