@@ -495,7 +495,9 @@ async fn run(
 
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
+    // Other processes' load, apart for the endurance runs: each part of RESULTS.md says its own.
     let mut load = report::OtherLoad::default();
+    let mut endurance_load = report::OtherLoad::default();
     for scenario in Scenario::ALL {
         for transport in Transport::ALL {
             if !args.selects(scenario, transport) {
@@ -531,7 +533,12 @@ async fn run(
                             eprintln!("FAILED ({secs:.1} s): {checks}");
                             failures.push(format!("{label} {}: {checks}", target.name()));
                         }
-                        load.add(&label, target, r.other_load, secs);
+                        let into = if scenario.endurance() {
+                            &mut endurance_load
+                        } else {
+                            &mut load
+                        };
+                        into.add(&label, target, r.other_load, secs);
                     }
                     Err(e) => {
                         for row in cells.iter_mut() {
@@ -580,7 +587,7 @@ async fn run(
     if !endurance.is_empty() {
         println!("\n{endurance_table}");
     }
-    println!("\n{}", load.summary());
+    println!("\n{}{}", load.summary(), endurance_load.summary());
     if !failures.is_empty() {
         println!("failures:");
         for f in &failures {
@@ -636,7 +643,13 @@ async fn run(
                 mode: endurance_mode,
                 ..header
             };
-            report::endurance_md(&h, seed, &endurance_table, &endurance_failures)
+            report::endurance_md(
+                &h,
+                seed,
+                &endurance_table,
+                &endurance_load.summary(),
+                &endurance_failures,
+            )
         });
         let md = report::merge_results(&existing, relay_md, endurance_md);
         fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
