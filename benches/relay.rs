@@ -7,13 +7,19 @@
 //! cargo bench --bench relay -- sse_paced small_post/tls --targets proxy,nginx
 //! cargo bench --bench relay -- --write-results       # also writes benches/RESULTS.md
 //! cargo bench --bench relay -- --list                # scenario names
+//! cargo bench --bench relay -- soak reset            # endurance: 5000 streams for 3 min, resets
 //! ```
 //!
+//! The endurance scenarios (`soak`, `reset`) run only when named, or small in `--quick`; they
+//! are reported in their own section of RESULTS.md, which the other runs keep as it is.
+//!
 //! Layout: `relay/wire.rs` (buffered HTTP/1.1 framing), `relay/upstream.rs` (the fixture
-//! upstream, plain and TLS, with the SSE replay), `relay/client.rs` (load generator endpoint),
-//! `relay/tls.rs` (rcgen CA, rustls configs), `relay/procs.rs` (the proxy and nginx processes,
-//! /proc readings, pinning), `relay/scenarios.rs` (what is measured and checked),
-//! `relay/report.rs` (table, targets, RESULTS.md).
+//! upstream, plain and TLS, with the SSE replay and the resetting responses),
+//! `relay/client.rs` (load generator endpoint), `relay/tls.rs` (rcgen CA, rustls configs),
+//! `relay/procs.rs` (the proxy and nginx processes, /proc readings, pinning),
+//! `relay/scenarios.rs` (what is measured and checked), `relay/soak.rs` and `relay/reset.rs`
+//! (the endurance scenarios), `relay/rng.rs` (their seeded PRNG), `relay/report.rs` (tables,
+//! targets, RESULTS.md).
 //!
 //! The proxy (or nginx) is pinned to the first allowed CPU; the load generator and the fixture
 //! upstreams run on one tokio current-thread runtime pinned to the second. All traffic stays on
@@ -25,8 +31,14 @@ mod client;
 mod procs;
 #[path = "relay/report.rs"]
 mod report;
+#[path = "relay/reset.rs"]
+mod reset;
+#[path = "relay/rng.rs"]
+mod rng;
 #[path = "relay/scenarios.rs"]
 mod scenarios;
+#[path = "relay/soak.rs"]
+mod soak;
 #[path = "relay/tls.rs"]
 mod tls;
 #[path = "relay/upstream.rs"]
@@ -55,13 +67,28 @@ const FULL_STREAMS: usize = 5000;
 const QUICK_STREAMS: usize = 200;
 /// Descriptors the bench needs besides two per held stream (client side and upstream side).
 const FD_HEADROOM: usize = 1024;
+/// How long the soak's streams last, in a full run and in a quick one.
+const FULL_SOAK_SECS: u64 = 180;
+const QUICK_SOAK_SECS: u64 = 8;
+/// Streams of the reset scenario, and how many run at once (at most the held streams).
+const FULL_RESET_STREAMS: usize = 5000;
+const FULL_RESET_CONCURRENCY: usize = 1000;
+const QUICK_RESET_STREAMS: usize = 400;
+const QUICK_RESET_CONCURRENCY: usize = 100;
+/// Share of the reset scenario's streams that the upstream cuts.
+const RESET_FRACTION: f64 = 0.5;
 
 const USAGE: &str = "usage: cargo bench --bench relay -- [options] [SCENARIO[/plain|/tls] ...]
 
 options:
   --quick              small counts (finishes in well under a minute)
   --write-results      also write benches/RESULTS.md
-  --streams N          held streams in idle_streams (default 5000, quick 200)
+  --streams N          held streams in idle_streams and soak (default 5000, quick 200)
+  --soak-secs N        how long each soak stream lasts (default 180, quick 8)
+  --reset-streams N    streams in reset (default 5000, quick 400)
+  --reset-fraction F   share of reset streams the upstream cuts (default 0.5)
+  --seed N             seed of the soak's and reset's random choices (default: from the
+                       clock; printed, so a failing run can be repeated)
   --targets LIST       comma-separated subset of direct,proxy,nginx
   --transports LIST    comma-separated subset of plain,tls
   --no-nginx           same as --targets direct,proxy
@@ -72,13 +99,22 @@ options:
   --list               list the scenarios and exit
 
 nginx is used when installed (apt-get update && apt-get install -y nginx); the bench writes
-its config into a temp dir and starts and stops it itself. For idle_streams at N streams the
-bench raises RLIMIT_NOFILE to 2N+1024 when it can; otherwise raise it first (ulimit -n).";
+its config into a temp dir and starts and stops it itself. For idle_streams and soak at N
+streams the bench raises RLIMIT_NOFILE to 2N+1024 when it can; otherwise raise it first
+(ulimit -n).
+
+soak and reset (the endurance scenarios) run only when named, or small with --quick.
+--write-results then rewrites only their section of RESULTS.md; a run of the other scenarios
+rewrites the rest and keeps that section.";
 
 struct Args {
     quick: bool,
     write_results: bool,
     streams: Option<usize>,
+    soak_secs: Option<u64>,
+    reset_streams: Option<usize>,
+    reset_fraction: f64,
+    seed: Option<u64>,
     targets: Vec<Target>,
     transports: Vec<Transport>,
     filters: Vec<String>,
@@ -112,6 +148,10 @@ impl Args {
             quick: false,
             write_results: false,
             streams: None,
+            soak_secs: None,
+            reset_streams: None,
+            reset_fraction: RESET_FRACTION,
+            seed: None,
             targets: Target::ALL.to_vec(),
             transports: Transport::ALL.to_vec(),
             filters: Vec::new(),
@@ -141,6 +181,43 @@ impl Args {
                     }
                     a.raw.push(format!("--streams {n}"));
                     a.streams = Some(n);
+                    continue;
+                }
+                "--soak-secs" => {
+                    let v = value("--soak-secs")?;
+                    let n: u64 = v.parse().map_err(|_| "--soak-secs needs a number")?;
+                    if n == 0 {
+                        return Err("--soak-secs must be at least 1".into());
+                    }
+                    a.raw.push(format!("--soak-secs {n}"));
+                    a.soak_secs = Some(n);
+                    continue;
+                }
+                "--reset-streams" => {
+                    let v = value("--reset-streams")?;
+                    let n = v.parse().map_err(|_| "--reset-streams needs a number")?;
+                    if n == 0 {
+                        return Err("--reset-streams must be at least 1".into());
+                    }
+                    a.raw.push(format!("--reset-streams {n}"));
+                    a.reset_streams = Some(n);
+                    continue;
+                }
+                "--reset-fraction" => {
+                    let v = value("--reset-fraction")?;
+                    let f: f64 = v.parse().map_err(|_| "--reset-fraction needs a number")?;
+                    if !(0.0..=1.0).contains(&f) {
+                        return Err("--reset-fraction must be between 0 and 1".into());
+                    }
+                    a.raw.push(format!("--reset-fraction {f}"));
+                    a.reset_fraction = f;
+                    continue;
+                }
+                "--seed" => {
+                    let v = value("--seed")?;
+                    let n = v.parse().map_err(|_| "--seed needs a number")?;
+                    a.raw.push(format!("--seed {n}"));
+                    a.seed = Some(n);
                     continue;
                 }
                 "--proxy-wrapper" => {
@@ -176,12 +253,16 @@ impl Args {
     }
 
     fn selects(&self, s: Scenario, t: Transport) -> bool {
-        self.transports.contains(&t)
-            && (self.filters.is_empty()
-                || self
-                    .filters
-                    .iter()
-                    .any(|f| f == s.name() || *f == format!("{}/{}", s.name(), t.name())))
+        if !self.transports.contains(&t) {
+            return false;
+        }
+        if self.filters.is_empty() {
+            // The endurance scenarios take minutes in a full run: only when named.
+            return !s.endurance() || self.quick;
+        }
+        self.filters
+            .iter()
+            .any(|f| f == s.name() || *f == format!("{}/{}", s.name(), t.name()))
     }
 }
 
@@ -294,11 +375,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let endurance = Scenario::ALL
+        .iter()
+        .any(|&s| s.endurance() && Transport::ALL.iter().any(|&t| args.selects(s, t)));
+    if endurance {
+        eprintln!("relay bench: seed {seed} (`--seed {seed}` repeats the random choices)");
+    }
+
     let outcome = runtime.block_on(async {
         // Dropping `run` on a signal stops the proxy, nginx and the upstreams, and removes the
         // temp dir.
         tokio::select! {
-            r = run(&args, streams, cpu_middle, pinning) => r,
+            r = run(&args, streams, seed, cpu_middle, pinning) => r,
             s = interrupted() => Err(format!("interrupted by {s}")),
         }
     });
@@ -331,6 +424,7 @@ async fn interrupted() -> &'static str {
 async fn run(
     args: &Args,
     streams: usize,
+    seed: u64,
     cpu_middle: Option<usize>,
     pinning: String,
 ) -> Result<bool, String> {
@@ -362,9 +456,25 @@ async fn run(
         None
     };
     let proxy_bin = PathBuf::from(env!("CARGO_BIN_EXE_agent-loop-proxy"));
+    let (reset_streams, reset_concurrency) = if args.quick {
+        (QUICK_RESET_STREAMS, QUICK_RESET_CONCURRENCY)
+    } else {
+        (FULL_RESET_STREAMS, FULL_RESET_CONCURRENCY)
+    };
+    let soak_secs = args.soak_secs.unwrap_or(if args.quick {
+        QUICK_SOAK_SECS
+    } else {
+        FULL_SOAK_SECS
+    });
     let ctx = Ctx {
         quick: args.quick,
         streams,
+        soak: Duration::from_secs(soak_secs),
+        reset_streams: args.reset_streams.unwrap_or(reset_streams),
+        // The descriptor limit was raised for `streams` held streams.
+        reset_concurrency: reset_concurrency.min(streams),
+        reset_fraction: args.reset_fraction,
+        seed,
         shared: Arc::new(Shared {
             clock,
             fixture,
@@ -385,7 +495,9 @@ async fn run(
 
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
+    // Other processes' load, apart for the endurance runs: each part of RESULTS.md says its own.
     let mut load = report::OtherLoad::default();
+    let mut endurance_load = report::OtherLoad::default();
     for scenario in Scenario::ALL {
         for transport in Transport::ALL {
             if !args.selects(scenario, transport) {
@@ -400,6 +512,12 @@ async fn run(
                 {
                     continue;
                 }
+                if !scenario.runs_on(target) {
+                    for row in cells.iter_mut() {
+                        row[ti] = Cell::NotApplicable;
+                    }
+                    continue;
+                }
                 eprint!("{label:<20} {:<7} ", target.name());
                 let t = Instant::now();
                 match scenarios::run(&ctx, scenario, transport, target).await {
@@ -408,8 +526,19 @@ async fn run(
                             row[ti] = v.map_or(Cell::NotApplicable, Cell::Value);
                         }
                         let secs = t.elapsed().as_secs_f64();
-                        eprintln!("ok ({secs:.1} s, other load {:.2} CPU)", r.other_load);
-                        load.add(&label, target, r.other_load, secs);
+                        if r.failed_checks.is_empty() {
+                            eprintln!("ok ({secs:.1} s, other load {:.2} CPU)", r.other_load);
+                        } else {
+                            let checks = r.failed_checks.join("; ");
+                            eprintln!("FAILED ({secs:.1} s): {checks}");
+                            failures.push(format!("{label} {}: {checks}", target.name()));
+                        }
+                        let into = if scenario.endurance() {
+                            &mut endurance_load
+                        } else {
+                            &mut load
+                        };
+                        into.add(&label, target, r.other_load, secs);
                     }
                     Err(e) => {
                         for row in cells.iter_mut() {
@@ -422,10 +551,14 @@ async fn run(
                 // Let sockets of the finished run close before the next one starts.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let note = if scenario == Scenario::IdleStreams {
-                format!(" (N={streams})")
-            } else {
-                String::new()
+            let note = match scenario {
+                Scenario::IdleStreams => format!(" (N={streams})"),
+                Scenario::Soak => format!(" (N={streams}, {soak_secs} s)"),
+                Scenario::Reset => format!(
+                    " (N={}, {} at a time)",
+                    ctx.reset_streams, ctx.reset_concurrency
+                ),
+                _ => String::new(),
             };
             outcomes.push(Outcome {
                 scenario,
@@ -436,9 +569,25 @@ async fn run(
         }
     }
 
-    let table = report::table(&outcomes);
-    let targets = report::targets(&outcomes, streams);
-    println!("\n{table}\n{targets}\n{}", load.summary());
+    let (endurance, relay): (Vec<Outcome>, Vec<Outcome>) =
+        outcomes.into_iter().partition(|o| o.scenario.endurance());
+    let is_endurance = |f: &String| {
+        Scenario::ALL
+            .iter()
+            .any(|s| s.endurance() && f.starts_with(&format!("{}/", s.name())))
+    };
+    let (endurance_failures, relay_failures): (Vec<String>, Vec<String>) =
+        failures.iter().cloned().partition(is_endurance);
+    let table = report::table(&relay);
+    let targets = report::targets(&relay, streams);
+    let endurance_table = report::endurance_table(&endurance);
+    if !relay.is_empty() {
+        println!("\n{table}\n{targets}");
+    }
+    if !endurance.is_empty() {
+        println!("\n{endurance_table}");
+    }
+    println!("\n{}{}", load.summary(), endurance_load.summary());
     if !failures.is_empty() {
         println!("failures:");
         for f in &failures {
@@ -462,8 +611,47 @@ async fn run(
                 .map_or("not installed".into(), procs::nginx_version),
             proxy: procs::version_of(&ctx.proxy_bin),
         };
+        let ran = |s: Scenario| endurance.iter().any(|o| o.scenario == s);
+        let mut runs = Vec::new();
+        if ran(Scenario::Soak) {
+            runs.push(format!(
+                "soak: {streams} streams for {soak_secs} s beside {} small-POST connections",
+                soak::SMALL_CONNECTIONS
+            ));
+        }
+        if ran(Scenario::Reset) {
+            runs.push(format!(
+                "reset: {} streams, {} at a time, {:.0} % cut",
+                ctx.reset_streams,
+                ctx.reset_concurrency,
+                ctx.reset_fraction * 100.0
+            ));
+        }
+        let endurance_mode = format!(
+            "{} ({})",
+            if args.quick { "quick" } else { "full" },
+            runs.join("; ")
+        );
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS.md");
-        let md = report::results_md(&header, &table, &targets, &load.summary(), &failures);
+        // Each part is rewritten only by a run that measured it; the other is kept as it was.
+        let existing = fs::read_to_string(&path).unwrap_or_default();
+        let relay_md = (!relay.is_empty()).then(|| {
+            report::results_md(&header, &table, &targets, &load.summary(), &relay_failures)
+        });
+        let endurance_md = (!endurance.is_empty()).then(|| {
+            let h = Header {
+                mode: endurance_mode,
+                ..header
+            };
+            report::endurance_md(
+                &h,
+                seed,
+                &endurance_table,
+                &endurance_load.summary(),
+                &endurance_failures,
+            )
+        });
+        let md = report::merge_results(&existing, relay_md, endurance_md);
         fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!("relay bench: wrote {}", path.display());
     }

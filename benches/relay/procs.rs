@@ -1,5 +1,6 @@
 //! The processes under test (the proxy, nginx) and what the bench reads about them from /proc:
-//! CPU time, resident memory, children. Also CPU pinning and the descriptor limit.
+//! CPU time, resident memory (current and peak), open descriptors, children. Also CPU pinning
+//! and the descriptor limit.
 
 use std::fs;
 use std::io::{self, Write};
@@ -150,15 +151,26 @@ pub fn self_cpu_ns() -> u64 {
     cpu_ns_one(std::process::id())
 }
 
-/// VmRSS of a process in KiB, from /proc/<pid>/status.
-fn rss_kib_one(pid: u32) -> u64 {
+/// A `Vm...:` line of /proc/<pid>/status, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let line = s.lines().find(|l| l.starts_with(field))?;
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib_one(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Open descriptors of a process: the entries of /proc/<pid>/fd. `None` when that cannot be
+/// listed: the proxy makes itself non-dumpable, so only root (CAP_SYS_PTRACE) may.
+fn fd_count_one(pid: u32) -> Option<u64> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
 /// Processes whose parent is `pid`.
@@ -229,6 +241,17 @@ impl Middle {
     /// Resident memory of all its processes, in KiB.
     pub fn rss_kib(&self) -> u64 {
         self.pids.iter().map(|&p| rss_kib_one(p)).sum()
+    }
+
+    /// Peak resident memory since start (VmHWM, kept by the kernel) of all its processes, in
+    /// KiB: exact, however briefly the peak lasted.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.pids.iter().map(|&p| status_kib(p, "VmHWM:")).sum()
+    }
+
+    /// Open descriptors of all its processes (`None` without the right to list them).
+    pub fn fd_count(&self) -> Option<u64> {
+        self.pids.iter().map(|&p| fd_count_one(p)).sum()
     }
 
     /// Whether every measured process still runs.

@@ -1,4 +1,9 @@
-//! The results table, the issue 6 target check, and benches/RESULTS.md.
+//! The results tables, the issue 6 target check, and benches/RESULTS.md.
+//!
+//! RESULTS.md has two parts: the relay scenarios' (header, table, targets, method) and, after
+//! [`ENDURANCE_MARK`], the soak and reset section. A run rewrites only the parts it measured
+//! and keeps the other as it was, so a three-minute soak does not wipe the relay tables of a
+//! full run, nor a relay run the soak's figures.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -40,7 +45,10 @@ impl Outcome {
 
 fn num(v: f64) -> String {
     let a = v.abs();
-    if a >= 100.0 {
+    if v.fract() == 0.0 && a < 1e15 {
+        // Counts (streams, bytes, descriptors) are whole: no decimals.
+        format!("{v:.0}")
+    } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
@@ -84,6 +92,34 @@ pub fn table(outcomes: &[Outcome]) -> String {
                 cell(&cells[2]),
                 ratio(&cells[1], &cells[0]),
                 ratio(&cells[1], &cells[2]),
+            );
+        }
+    }
+    out
+}
+
+/// The endurance table: scenario | metric | proxy | direct (the reset scenario's control).
+pub fn endurance_table(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "| scenario | metric | proxy | direct (control) |\n\
+         |---|---|---:|---:|\n",
+    );
+    for o in outcomes {
+        let zero = o.scenario.must_be_zero();
+        for (metric, cells) in o.scenario.metrics().iter().zip(&o.cells) {
+            let mark = if zero.contains(metric) {
+                " (must be 0)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "| {}/{}{} | {metric}{mark} | {} | {} |",
+                o.scenario.name(),
+                o.transport.name(),
+                o.note,
+                cell(&cells[1]),
+                cell(&cells[0]),
             );
         }
     }
@@ -326,6 +362,113 @@ than edit.
     out.push_str(METHOD);
     out
 }
+
+/// The first line of the soak and reset section of RESULTS.md.
+pub const ENDURANCE_MARK: &str =
+    "<!-- endurance scenarios: rewritten only by their runs; keep this line -->";
+
+/// The soak and reset section of RESULTS.md, starting with [`ENDURANCE_MARK`].
+pub fn endurance_md(h: &Header, seed: u64, table: &str, load: &str, failures: &[String]) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{ENDURANCE_MARK}
+## Soak and upstream resets
+
+Written by `cargo bench --bench relay -- --write-results soak reset`. A run of these scenarios
+rewrites only this section; a run of the others keeps it. Regenerate rather than edit.
+
+- Date: {date}
+- Machine: {machine}
+- Command: `{command}`
+- Mode: {mode}
+- Seed: {seed} (`--seed {seed}` repeats the streams' random choices)
+- Proxy: {proxy}
+- Pinning: {pinning}
+
+{table}
+{load}",
+        date = utc_now(),
+        machine = machine(),
+        command = h.command,
+        mode = h.mode,
+        proxy = h.proxy,
+        pinning = h.pinning,
+    );
+    if !failures.is_empty() {
+        out.push_str("\n### Failures (soak and reset)\n\n");
+        for f in failures {
+            let _ = writeln!(out, "- {f}");
+        }
+    }
+    out.push_str(ENDURANCE_METHOD);
+    out
+}
+
+/// RESULTS.md from the existing file and the parts this run wrote (`None`: keep the old one).
+pub fn merge_results(existing: &str, relay: Option<String>, endurance: Option<String>) -> String {
+    let (old_relay, old_endurance) = match existing.find(ENDURANCE_MARK) {
+        Some(i) => existing.split_at(i),
+        None => (existing, ""),
+    };
+    let mut out = relay.unwrap_or_else(|| old_relay.trim_end().to_string());
+    if out.is_empty() {
+        out = "# Relay benchmark results\n\nNo relay run written yet \
+               (`cargo bench --bench relay -- --write-results`)."
+            .to_string();
+    }
+    let endurance = endurance.unwrap_or_else(|| old_endurance.to_string());
+    if !endurance.is_empty() {
+        out.truncate(out.trim_end().len());
+        out.push_str("\n\n");
+        out.push_str(&endurance);
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+const ENDURANCE_METHOD: &str = "
+### Method (soak and reset)
+
+- Both run against the proxy only (reset also directly against the upstream, as the control);
+  plain and TLS upstream as above; a fresh upstream and proxy per run. Each process's figures
+  come from /proc: descriptors are the entries of /proc/<pid>/fd (the proxy is non-dumpable, so
+  this needs root), counted before the first stream, sampled while the streams run, and counted
+  again after the last (soak: once the count holds still for 200 ms; reset: once it is back at
+  the baseline, waiting at most 10 s); peak memory is the kernel's VmHWM; CPU is utime+stime,
+  refined as above.
+- soak: N streams (MAX_CONNECTIONS raised to fit), opened 64 at a time, each a whole replay of
+  the fixture (599 events) that the upstream trickles over the soak's duration, one chunk per
+  event, starting at a fixture event drawn from the seeded PRNG, so streams carry different
+  bytes. Each client compares every byte with the fixture and the body's sha256 with the
+  expected one; bytes lost = expected bytes − bytes equal to the expected ones up to the first
+  difference, over all streams. Beside them, 4 keep-alive connections send a small POST
+  every 10 ms each (reconnecting after the proxy's 1000 requests per connection); every answer
+  is checked byte for byte. Wall time and CPU run from just before the first stream opens to
+  just after the last ends. Bench CPU is the load generator's and upstreams' (one process, one
+  core): when it nears a full core, latencies are the bench's own. The default pool (POOL_MAX_IDLE 32) is on, so at the end the
+  proxy may hold up to 32 idle upstream connections beyond its baseline. RSS at end is read once
+  the last stream has closed; memory freed to the allocator need not go back to the kernel, so
+  an end at the peak is not by itself a leak.
+- reset: each stream asks the upstream for a framed SSE response, chosen by the seeded PRNG:
+  chunked, Content-Length or close-delimited; 1 to 200 fixture events from a random one; 0
+  to 2 ms between events; and for the cut share, a reset (SO_LINGER 0, then close) after a random
+  number of the response's bytes, head included, fewer than all (a quarter of the cuts fall
+  exactly between two of the upstream's writes: after the head, before the last chunk...). The
+  client classifies what it got: **complete** (200, ended where its framing said, equal to the
+  fixture by bytes and sha256), **cut, visibly** (an error or early end before the framing says
+  the body is complete; the bytes before it equal the fixture), **refused (502)** (the proxy's
+  own answer when the cut fell in the head). Must be 0: **looked complete but wrong** (ended as
+  complete, but cut upstream or different bytes), **whole stream not delivered** (the upstream
+  sent it whole), **other failures** (a stalled read: a cut not passed on; wrong bytes before a
+  cut; a 502 although the upstream's head arrived whole; another status). The proxy runs with
+  POOL_MAX_IDLE=0 so that its descriptor count after the last stream must equal the count before
+  the first, exactly. The fixture's accept queue holds 4096 connects, the proxy's 128 (std's
+  default), so a burst of 1000 overflows the proxy's and some connects wait for a SYN retransmit
+  (1 s): this costs time, not correctness.
+";
 
 const METHOD: &str = "
 ## Method

@@ -1,5 +1,6 @@
 //! The scenarios: each one runs against one target (direct, proxy or nginx) over one upstream
-//! transport (plain or TLS), checks every answer it times, and returns its metrics.
+//! transport (plain or TLS), checks every answer it times, and returns its metrics. The two
+//! endurance scenarios, soak and reset, live in `soak.rs` and `reset.rs`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::client::Endpoint;
 use crate::procs::{self, Middle, NginxSpec, ProxySpec};
+use crate::rng::{self, Rng};
 use crate::tls::TlsMaterial;
 use crate::upstream::{Shared, Upstream, SMALL_REQUEST_BODY, SMALL_RESPONSE_BODY};
 use crate::wire::{Body, Wire};
@@ -38,16 +40,20 @@ pub enum Scenario {
     Upload32m,
     Download32m,
     IdleStreams,
+    Soak,
+    Reset,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::SmallPost,
         Scenario::SseBurst,
         Scenario::SsePaced,
         Scenario::Upload32m,
         Scenario::Download32m,
         Scenario::IdleStreams,
+        Scenario::Soak,
+        Scenario::Reset,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +64,8 @@ impl Scenario {
             Scenario::Upload32m => "upload_32m",
             Scenario::Download32m => "download_32m",
             Scenario::IdleStreams => "idle_streams",
+            Scenario::Soak => "soak",
+            Scenario::Reset => "reset",
         }
     }
 
@@ -69,6 +77,39 @@ impl Scenario {
             Scenario::Upload32m => "32 MiB request body, hashed by the upstream",
             Scenario::Download32m => "32 MiB response body, hashed by the client",
             Scenario::IdleStreams => "N held SSE streams: proxy memory per stream",
+            Scenario::Soak => {
+                "N SSE streams trickled for minutes beside small POSTs, each checked by sha256"
+            }
+            Scenario::Reset => {
+                "upstream resets streams at random points: complete or visibly cut, fds return"
+            }
+        }
+    }
+
+    /// Endurance scenarios run for minutes in a full run, so they run only when named (or,
+    /// small, in a quick run); they are reported in a section of their own.
+    pub fn endurance(self) -> bool {
+        matches!(self, Scenario::Soak | Scenario::Reset)
+    }
+
+    /// Whether the scenario means anything against `target`. Memory and descriptors need a
+    /// process in the middle; the soak and reset study the proxy, with a direct connection as
+    /// the control that shows reset's classifier sees the cuts the upstream makes.
+    pub fn runs_on(self, target: Target) -> bool {
+        match self {
+            Scenario::IdleStreams => target != Target::Direct,
+            Scenario::Soak => target == Target::Proxy,
+            Scenario::Reset => target != Target::Nginx,
+            _ => true,
+        }
+    }
+
+    /// Metrics that must be 0: any other value fails the run (its figures are still reported).
+    pub fn must_be_zero(self) -> &'static [&'static str] {
+        match self {
+            Scenario::Soak => crate::soak::MUST_BE_ZERO,
+            Scenario::Reset => crate::reset::MUST_BE_ZERO,
+            _ => &[],
         }
     }
 
@@ -90,6 +131,8 @@ impl Scenario {
             ],
             Scenario::Upload32m | Scenario::Download32m => &["MB/s", "CPU µs/MiB"],
             Scenario::IdleStreams => &["RSS KiB/stream", "CPU µs/stream"],
+            Scenario::Soak => crate::soak::METRICS,
+            Scenario::Reset => crate::reset::METRICS,
         }
     }
 }
@@ -140,13 +183,25 @@ pub struct RunResult {
     /// CPUs' worth of work by other processes on the machine during the run (compilers of
     /// other engineers, say): above a few tenths, the run's timings are suspect.
     pub other_load: f64,
+    /// Checks the run failed although it measured everything (a metric that must be 0 is
+    /// not): the figures are reported, and the run counts as failed.
+    pub failed_checks: Vec<String>,
 }
 
 /// Everything a scenario run needs, made once per bench run.
 pub struct Ctx {
     pub quick: bool,
-    /// Streams held by `idle_streams`.
+    /// Streams held by `idle_streams` and trickled by `soak`.
     pub streams: usize,
+    /// How long the soak's streams last.
+    pub soak: Duration,
+    /// Streams the reset scenario runs, and how many at a time.
+    pub reset_streams: usize,
+    pub reset_concurrency: usize,
+    /// Share of the reset scenario's streams the upstream cuts.
+    pub reset_fraction: f64,
+    /// The bench's seed; each run derives its own from it (see `rng::derive`).
+    pub seed: u64,
     pub shared: Arc<Shared>,
     pub tls: TlsMaterial,
     pub ca_file: PathBuf,
@@ -178,14 +233,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The CPU time of the process under test, read before and after a measured phase.
-struct Meter<'a> {
+pub struct Meter<'a> {
     middle: Option<&'a Middle>,
     cpu0: u64,
     t0: Instant,
 }
 
 impl<'a> Meter<'a> {
-    fn start(middle: Option<&'a Middle>) -> Meter<'a> {
+    pub fn start(middle: Option<&'a Middle>) -> Meter<'a> {
         Meter {
             middle,
             cpu0: middle.map_or(0, Middle::cpu_ns),
@@ -193,8 +248,13 @@ impl<'a> Meter<'a> {
         }
     }
 
-    fn secs(&self) -> f64 {
+    pub fn secs(&self) -> f64 {
         self.t0.elapsed().as_secs_f64()
+    }
+
+    /// CPU ns of the process under test since the start (None for a direct connection).
+    pub fn cpu_ns(&self) -> Option<u64> {
+        self.middle.map(|m| m.cpu_ns().saturating_sub(self.cpu0))
     }
 
     /// CPU µs of the process under test per `units` (None for a direct connection).
@@ -204,7 +264,7 @@ impl<'a> Meter<'a> {
     }
 }
 
-fn percentile_us(sorted_ns: &[u64], p: f64) -> Option<f64> {
+pub fn percentile_us(sorted_ns: &[u64], p: f64) -> Option<f64> {
     if sorted_ns.is_empty() {
         return None;
     }
@@ -212,11 +272,11 @@ fn percentile_us(sorted_ns: &[u64], p: f64) -> Option<f64> {
     Some(sorted_ns[i] as f64 / 1000.0)
 }
 
-fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> String {
+pub fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> String {
     move |e| format!("{what}: {e}")
 }
 
-fn join_err(e: tokio::task::JoinError) -> String {
+pub fn join_err(e: tokio::task::JoinError) -> String {
     format!("task failed: {e}")
 }
 
@@ -229,11 +289,11 @@ pub async fn run(
     transport: Transport,
     target: Target,
 ) -> Result<RunResult, String> {
-    if scenario == Scenario::IdleStreams && target == Target::Direct {
-        // Memory of a process in the middle: nothing to measure without one.
+    if !scenario.runs_on(target) {
         return Ok(RunResult {
             values: vec![None; scenario.metrics().len()],
             other_load: 0.0,
+            failed_checks: Vec::new(),
         });
     }
     let seq = ctx.runs.fetch_add(1, Ordering::Relaxed);
@@ -242,10 +302,11 @@ pub async fn run(
     let upstream = Upstream::start(Arc::clone(&ctx.shared), acceptor)
         .await
         .map_err(io_err("upstream"))?;
-    let held = if scenario == Scenario::IdleStreams {
-        ctx.streams
-    } else {
-        0
+    let held = match scenario {
+        Scenario::IdleStreams => ctx.streams,
+        Scenario::Soak => ctx.streams + crate::soak::SMALL_CONNECTIONS,
+        Scenario::Reset => ctx.reset_concurrency,
+        _ => 0,
     };
     let middle = match target {
         Target::Direct => None,
@@ -254,6 +315,11 @@ pub async fn run(
             let mut env = vec![("PHANTOM_TOKEN", PHANTOM_TOKEN.to_string())];
             if held > 0 {
                 env.push(("MAX_CONNECTIONS", (held + 64).max(1024).to_string()));
+            }
+            if scenario == Scenario::Reset {
+                // No idle pool: after the last stream the proxy should hold exactly the
+                // descriptors it held before the first, with none parked for reuse.
+                env.push(("POOL_MAX_IDLE", "0".to_string()));
             }
             let spec = ProxySpec {
                 bin: &ctx.proxy_bin,
@@ -297,11 +363,17 @@ pub async fn run(
     let t0 = Instant::now();
     let busy0 = procs::machine_busy_ns();
     let ours0 = procs::self_cpu_ns() + middle.as_ref().map_or(0, Middle::cpu_ns);
-    let limit = if ctx.quick {
+    let mut limit = if ctx.quick {
         Duration::from_secs(60)
     } else {
         Duration::from_secs(900)
     };
+    if scenario == Scenario::Soak {
+        // A backstop: the soak bounds its own phases (opening, its duration, each read).
+        limit = limit.max(ctx.soak + Duration::from_secs(if ctx.quick { 90 } else { 600 }));
+    }
+    // The same plan for every target of one scenario and transport.
+    let rng = Rng::new(rng::derive(ctx.seed, scenario as u64, transport as u64));
     let body = async {
         match scenario {
             Scenario::SmallPost => small_post(ctx, &endpoint, middle.as_ref()).await,
@@ -310,6 +382,8 @@ pub async fn run(
             Scenario::Upload32m => upload(ctx, &endpoint, middle.as_ref()).await,
             Scenario::Download32m => download(ctx, &endpoint, middle.as_ref()).await,
             Scenario::IdleStreams => idle_streams(ctx, &endpoint, middle.as_ref(), &upstream).await,
+            Scenario::Soak => crate::soak::soak(ctx, &endpoint, middle.as_ref(), rng).await,
+            Scenario::Reset => crate::reset::reset(ctx, &endpoint, middle.as_ref(), rng).await,
         }
     };
     let mut result = tokio::time::timeout(limit, body)
@@ -336,11 +410,28 @@ pub async fn run(
         m.stop().await;
     }
     drop(upstream);
-    result.map(|values| RunResult { values, other_load })
+    result.map(|values| {
+        let failed_checks = scenario
+            .metrics()
+            .iter()
+            .zip(&values)
+            .filter(|(m, v)| scenario.must_be_zero().contains(m) && v.is_some_and(|v| v != 0.0))
+            .map(|(m, v)| format!("{m} = {} (must be 0)", v.unwrap_or(0.0)))
+            .collect();
+        RunResult {
+            values,
+            other_load,
+            failed_checks,
+        }
+    })
 }
 
 /// One small POST on a keep-alive connection, reconnecting when the server closes it.
-async fn small_exchange(ep: &Endpoint, conn: &mut Option<Wire>, req: &[u8]) -> Result<(), String> {
+pub async fn small_exchange(
+    ep: &Endpoint,
+    conn: &mut Option<Wire>,
+    req: &[u8],
+) -> Result<(), String> {
     let wire = match conn {
         Some(w) => w,
         None => conn.insert(ep.connect(4096).await.map_err(io_err("connect"))?),
@@ -425,7 +516,7 @@ async fn small_post(ctx: &Ctx, ep: &Endpoint, middle: Option<&Middle>) -> Result
 
 /// Sends `req` and reads the response head, reconnecting first if needed.
 /// Returns the connection and the time from sending to the head being read.
-async fn start_exchange<'c>(
+pub async fn start_exchange<'c>(
     ep: &Endpoint,
     conn: &'c mut Option<Wire>,
     req: &[u8],
@@ -718,22 +809,9 @@ async fn hold_one(
     Ok(())
 }
 
-async fn idle_streams(
-    ctx: &Ctx,
-    ep: &Endpoint,
-    middle: Option<&Middle>,
-    upstream: &Upstream,
-) -> Result<Values, String> {
-    let middle = middle.ok_or("idle_streams needs a process in the middle")?;
-    let n = ctx.streams;
-    let fixture = &ctx.shared.fixture;
-    let open_limit = if ctx.quick {
-        Duration::from_secs(30)
-    } else {
-        Duration::from_secs(300)
-    };
-
-    // Warm up: one exchange of each kind, so lazy one-time allocations are in the baseline.
+/// One exchange of each kind, so lazy one-time allocations are in a baseline taken after it;
+/// then a pause for the allocator (and the closed connection) to settle.
+pub async fn warm_up(ep: &Endpoint) -> Result<(), String> {
     let mut conn = None;
     let small = ep.request(
         "POST",
@@ -752,6 +830,25 @@ async fn idle_streams(
     body.drain(wire, |_| {}).await.map_err(io_err("warm-up"))?;
     drop(conn);
     tokio::time::sleep(SETTLE).await;
+    Ok(())
+}
+
+async fn idle_streams(
+    ctx: &Ctx,
+    ep: &Endpoint,
+    middle: Option<&Middle>,
+    upstream: &Upstream,
+) -> Result<Values, String> {
+    let middle = middle.ok_or("idle_streams needs a process in the middle")?;
+    let n = ctx.streams;
+    let fixture = &ctx.shared.fixture;
+    let open_limit = if ctx.quick {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(300)
+    };
+
+    warm_up(ep).await?;
 
     let rss0 = middle.rss_kib();
     let meter = Meter::start(Some(middle));

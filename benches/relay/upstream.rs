@@ -9,6 +9,8 @@
 //! | `/bench/sse/burst/<repeat>` | the SSE fixture `repeat` times, one chunk per event, unpaced |
 //! | `/bench/sse/paced/<events>/<interval_us>` | `events` fixture events, one every `interval_us`, each opened by `: t=<ns since bench start>` |
 //! | `/bench/sse/hold` | the first event, then nothing until released, then the last event |
+//! | `/bench/sse/framed/<framing>/<first>/<events>/<interval_us>` | fixture events `first..first+events` (looped), one every `interval_us`, framed `chunked`, `length` (Content-Length) or `close` (until the upstream closes) |
+//! | `/bench/sse/framed/<framing>/<first>/<events>/<interval_us>/<cut>` | the same response's first `cut` bytes (head included), then a reset (RST) |
 //!
 //! Each request's `Authorization` must be exactly `Bearer <real token>`; mismatches are counted
 //! and fail the scenario (the proxy and nginx must have injected it).
@@ -16,12 +18,14 @@
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -40,6 +44,10 @@ const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
 const HOLD_LIMIT: Duration = Duration::from_secs(600);
 /// Upper bound on a TLS handshake with the fixture.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// Accept queue of the fixture's listener. The reset scenario connects 1000 at a time; with
+/// the usual 128, the queue overflows, the kernel drops SYNs, and connects wait for the
+/// client's SYN retransmit (1 s, then 3 s...): a delay of the bench's own making.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// The SSE fixture split into events, each with its terminating blank line.
 pub struct Fixture {
@@ -97,7 +105,9 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(shared: Arc<Shared>, tls: Option<TlsAcceptor>) -> io::Result<Upstream> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let (release, released) = watch::channel(false);
@@ -157,6 +167,36 @@ async fn accept_loop(
     }
 }
 
+/// What the connection does after an answer.
+enum After {
+    /// Read the next request (unless the client asked to close).
+    KeepAlive,
+    /// Close (the body was delimited by the close, already signalled with FIN).
+    Close,
+    /// Close with a reset: the response was cut on purpose.
+    Reset,
+}
+
+/// Makes the coming close of `fd` send RST instead of FIN (SO_LINGER with a zero timeout),
+/// discarding anything unsent.
+fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the socket of a connection this task still owns (the caller drops it
+    // right after); setsockopt reads `linger`, of the size passed, and nothing else.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 async fn serve(
     tcp: TcpStream,
     tls: Option<TlsAcceptor>,
@@ -165,6 +205,8 @@ async fn serve(
     mut released: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    // The socket under the TLS layer too; valid as long as `wire` lives.
+    let fd = tcp.as_raw_fd();
     let io: BoxIo = match tls {
         None => Box::new(tcp),
         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {
@@ -179,12 +221,13 @@ async fn serve(
         if !head.auth_ok {
             stats.bad_auth.fetch_add(1, Ordering::Relaxed);
         }
-        if answer(&mut wire, &head, &shared, &mut released)
-            .await
-            .is_err()
-            || head.close
-        {
-            return;
+        match answer(&mut wire, &head, &shared, &mut released).await {
+            Ok(After::KeepAlive) if !head.close => {}
+            Ok(After::Reset) => {
+                reset_on_close(fd);
+                return;
+            }
+            _ => return,
         }
     }
 }
@@ -201,8 +244,111 @@ fn push_chunk(out: &mut Vec<u8>, parts: &[&[u8]]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The head of an SSE response, before its framing field.
+const SSE_HEAD_START: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\nrequest-id: req_bench\r\n";
 const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\nrequest-id: req_bench\r\ntransfer-encoding: chunked\r\n\r\n";
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How a `/bench/sse/framed/...` response tells where its body ends (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SseFraming {
+    /// `Transfer-Encoding: chunked`, one chunk per event, then the last chunk.
+    Chunked,
+    /// `Content-Length`.
+    Length,
+    /// Neither: the body ends when the upstream closes (`Connection: close`), over TLS with
+    /// close_notify.
+    Close,
+}
+
+impl SseFraming {
+    pub const ALL: [SseFraming; 3] = [SseFraming::Chunked, SseFraming::Length, SseFraming::Close];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SseFraming::Chunked => "chunked",
+            SseFraming::Length => "length",
+            SseFraming::Close => "close",
+        }
+    }
+}
+
+/// A framed SSE response as the upstream writes it, in the pieces it writes: the head, one
+/// piece per event (fixture events `first..first + events`, looped), and for chunked the last
+/// chunk. The client builds the same, for the expected body and the length a cut falls in.
+pub fn framed_response(
+    fixture: &Fixture,
+    framing: SseFraming,
+    first: usize,
+    events: usize,
+) -> Vec<Vec<u8>> {
+    let body_len: usize = (0..events).map(|i| fixture.event(first + i).len()).sum();
+    let mut head = SSE_HEAD_START.to_string();
+    match framing {
+        SseFraming::Chunked => head.push_str("transfer-encoding: chunked\r\n"),
+        SseFraming::Length => {
+            let _ = write!(head, "content-length: {body_len}\r\n");
+        }
+        SseFraming::Close => head.push_str("connection: close\r\n"),
+    }
+    head.push_str("\r\n");
+    let mut pieces = Vec::with_capacity(events + 2);
+    pieces.push(head.into_bytes());
+    for i in 0..events {
+        let event = fixture.event(first + i);
+        let mut piece = Vec::with_capacity(event.len() + 16);
+        match framing {
+            SseFraming::Chunked => push_chunk(&mut piece, &[event]),
+            SseFraming::Length | SseFraming::Close => piece.extend_from_slice(event),
+        }
+        pieces.push(piece);
+    }
+    if framing == SseFraming::Chunked {
+        pieces.push(LAST_CHUNK.to_vec());
+    }
+    pieces
+}
+
+/// Writes a framed SSE response, one event every `interval`, whole or cut after `cut` bytes.
+async fn framed(
+    wire: &mut Wire,
+    shared: &Shared,
+    framing: SseFraming,
+    args: &[u64],
+) -> io::Result<After> {
+    let (first, events, interval, cut) = match *args {
+        [first, events, us] => (first, events, us, None),
+        [first, events, us, cut] => (first, events, us, Some(cut)),
+        _ => return bad_request(wire).await.map(|()| After::KeepAlive),
+    };
+    let interval = Duration::from_micros(interval);
+    let pieces = framed_response(&shared.fixture, framing, first as usize, events as usize);
+    let start = tokio::time::Instant::now();
+    let mut written = 0u64;
+    for (i, piece) in pieces.iter().enumerate() {
+        // Piece 0 is the head, 1 the first event: event k (piece k + 1) leaves at k intervals.
+        if i >= 2 && !interval.is_zero() && i <= events as usize {
+            tokio::time::sleep_until(start + interval * (i - 1) as u32).await;
+        }
+        let take = match cut {
+            Some(cut) => (cut - written).min(piece.len() as u64) as usize,
+            None => piece.len(),
+        };
+        if take > 0 {
+            wire.send(&piece[..take]).await?;
+            written += take as u64;
+        }
+        if cut == Some(written) {
+            return Ok(After::Reset);
+        }
+    }
+    if framing == SseFraming::Close {
+        // FIN (TLS: close_notify first): the body ends here, cleanly.
+        wire.io.shutdown().await?;
+        return Ok(After::Close);
+    }
+    Ok(After::KeepAlive)
+}
 
 fn numbers(rest: &str) -> Option<Vec<u64>> {
     rest.split('/').map(|s| s.parse().ok()).collect()
@@ -213,7 +359,7 @@ async fn answer(
     head: &RequestHead,
     shared: &Shared,
     released: &mut watch::Receiver<bool>,
-) -> io::Result<()> {
+) -> io::Result<After> {
     // Read the request body first (hashing it: only uploads use the digest).
     let mut hasher = Sha256::new();
     let hash_body = head.path == "/bench/upload";
@@ -235,9 +381,9 @@ async fn answer(
         "POST"
     };
     if head.method != method {
-        return wire
-            .send(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
-            .await;
+        wire.send(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        return Ok(After::KeepAlive);
     }
     if path == "/bench/small" {
         let mut out = format!(
@@ -246,7 +392,8 @@ async fn answer(
         )
         .into_bytes();
         out.extend_from_slice(SMALL_RESPONSE_BODY);
-        return wire.send(&out).await;
+        wire.send(&out).await?;
+        return Ok(After::KeepAlive);
     }
     if path == "/bench/upload" {
         let mut digest = String::with_capacity(64);
@@ -258,7 +405,8 @@ async fn answer(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
-        return wire.send(out.as_bytes()).await;
+        wire.send(out.as_bytes()).await?;
+        return Ok(After::KeepAlive);
     }
     if let Some(n) = path
         .strip_prefix("/bench/download/")
@@ -274,7 +422,7 @@ async fn answer(
             wire.send(&shared.payload[..take]).await?;
             left -= take;
         }
-        return Ok(());
+        return Ok(After::KeepAlive);
     }
     if let Some(repeat) = path.strip_prefix("/bench/sse/burst/").and_then(numbers) {
         let events = shared.fixture.events.len() * (*repeat.first().unwrap_or(&1) as usize);
@@ -285,12 +433,13 @@ async fn answer(
             push_chunk(&mut out, &[shared.fixture.event(i)]);
             wire.send(&out).await?;
         }
-        return wire.send(LAST_CHUNK).await;
+        wire.send(LAST_CHUNK).await?;
+        return Ok(After::KeepAlive);
     }
     if let Some(args) = path.strip_prefix("/bench/sse/paced/").and_then(numbers) {
         let (events, interval) = match args[..] {
             [e, us] => (e as usize, Duration::from_micros(us)),
-            _ => return bad_request(wire).await,
+            _ => return bad_request(wire).await.map(|()| After::KeepAlive),
         };
         wire.send(SSE_HEAD).await?;
         let start = tokio::time::Instant::now();
@@ -304,7 +453,8 @@ async fn answer(
             push_chunk(&mut out, &[stamp.as_bytes(), shared.fixture.event(i)]);
             wire.send(&out).await?;
         }
-        return wire.send(LAST_CHUNK).await;
+        wire.send(LAST_CHUNK).await?;
+        return Ok(After::KeepAlive);
     }
     if path == "/bench/sse/hold" {
         let mut out = SSE_HEAD.to_vec();
@@ -315,9 +465,17 @@ async fn answer(
         let last = shared.fixture.events.len() - 1;
         push_chunk(&mut out, &[shared.fixture.event(last)]);
         out.extend_from_slice(LAST_CHUNK);
-        return wire.send(&out).await;
+        wire.send(&out).await?;
+        return Ok(After::KeepAlive);
     }
-    bad_request(wire).await
+    if let Some(rest) = path.strip_prefix("/bench/sse/framed/") {
+        let (name, args) = rest.split_once('/').unwrap_or((rest, ""));
+        let framing = SseFraming::ALL.into_iter().find(|f| f.name() == name);
+        if let (Some(framing), Some(args)) = (framing, numbers(args)) {
+            return framed(wire, shared, framing, &args).await;
+        }
+    }
+    bad_request(wire).await.map(|()| After::KeepAlive)
 }
 
 async fn bad_request(wire: &mut Wire) -> io::Result<()> {
