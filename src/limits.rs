@@ -45,6 +45,9 @@ pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Requests served on one client connection (`MAX_REQUESTS_PER_CONNECTION`).
 pub const MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
+/// Accept queue of the listener: connections beyond `MAX_CONNECTIONS` wait here (std's
+/// default, 128, drops a burst's SYNs).
+pub const LISTEN_BACKLOG: i32 = 1024;
 /// Idle upstream connections kept for reuse (`POOL_MAX_IDLE`).
 pub const POOL_MAX_IDLE: usize = 32;
 

@@ -77,6 +77,9 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(_) => return fail("proxy: LISTEN_PORT: cannot listen on LISTEN_ADDR:LISTEN_PORT (in use or not permitted)"),
     };
+    if !sys::set_listen_backlog(listener.as_fd(), limits::LISTEN_BACKLOG) {
+        agent_loop_proxy::log!("warning: could not raise the listen backlog");
+    }
     let metrics = match cfg.metrics.map(std::net::TcpListener::bind).transpose() {
         Ok(l) => l,
         Err(_) => {

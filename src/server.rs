@@ -13,6 +13,17 @@ use crate::state::Proxy;
 /// The listener is dropped first, so new connections are refused rather than left hanging.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(proxy.cfg.limits.max_connections));
+    // Idle upstream connections close when they expire, even if no request comes.
+    let sweeper = {
+        let proxy = proxy.clone();
+        let every = proxy.cfg.timeouts.pool_idle;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                proxy.pool.prune();
+            }
+        })
+    };
     // Each task holds a sender; when all are dropped, the drain is over (mini-redis).
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     loop {
@@ -39,6 +50,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
         });
     }
     drop(listener);
+    sweeper.abort();
     drop(done_tx);
     let _ = done_rx.recv().await;
 }

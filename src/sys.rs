@@ -41,6 +41,16 @@ pub fn unlock_memory(buf: &[u8]) {
     }
 }
 
+/// Raises a listening socket's accept queue to `backlog` (std listens with 128, which a burst
+/// of connections overflows: the kernel then drops SYNs and clients retry a second later).
+/// Linux applies a second `listen` to a listening socket as a new backlog, capped at
+/// `net.core.somaxconn`. Returns false if the call failed (the old queue stays).
+pub fn set_listen_backlog(fd: std::os::fd::BorrowedFd<'_>, backlog: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a socket descriptor we borrow for the duration of the call.
+    unsafe { libc::listen(fd.as_raw_fd(), backlog) == 0 }
+}
+
 /// Closes standard input for good, after the token line was read: nothing can later be read
 /// from the launcher's pipe, and the pipe's writer sees it closed. fd 0 is pointed at
 /// /dev/null when it exists, so a later socket cannot be mistaken for stdin.

@@ -347,6 +347,14 @@ impl Pool {
         idle.push((stream, Instant::now()));
     }
 
+    /// Drops idle connections past the idle timeout (their sockets close now, not when the
+    /// pool is next used).
+    pub fn prune(&self) {
+        let timeout = self.idle_timeout;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(_, since)| since.elapsed() < timeout);
+    }
+
     /// Drops every idle connection (shutdown).
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();

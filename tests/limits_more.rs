@@ -330,3 +330,22 @@ fn an_upstream_connect_that_hangs_gets_504_after_connect_timeout() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Soak finding: std listens with a backlog of 128, so a burst of connections beyond
+/// MAX_CONNECTIONS overflowed the accept queue (the kernel drops SYNs; clients wait a second
+/// or more). The queue now holds them.
+#[test]
+fn a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped() {
+    let up = Upstream::plain().serve(handlers::echo_target());
+    let proxy = proxy_for(&up, &[("MAX_CONNECTIONS", "1")]);
+    // One connection holds the only slot; the others can only queue.
+    let _held = std::net::TcpStream::connect(proxy.addr()).unwrap();
+    let started = std::time::Instant::now();
+    let mut queued = Vec::new();
+    for i in 0..400 {
+        let c = std::net::TcpStream::connect_timeout(&proxy.addr(), Duration::from_millis(500));
+        assert!(c.is_ok(), "connect {i} was not queued");
+        queued.push(c.unwrap());
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

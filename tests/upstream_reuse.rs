@@ -246,3 +246,23 @@ fn an_upstream_connection_that_answered_before_the_body_was_sent_is_not_reused()
         "the connection that answered early was reused"
     );
 }
+
+/// Soak finding: an idle pooled connection was closed only when the pool was next used, so an
+/// idle proxy kept expired upstream sockets open. It now closes when it expires.
+#[test]
+fn an_expired_idle_upstream_connection_closes_without_another_request() {
+    let closed = Gate::new();
+    let g = closed.clone();
+    let up = Upstream::plain().serve(move |c: &mut UpConn| {
+        while let Some(req) = c.read_request() {
+            if c.send(&handlers::ok_text(&req, b"ok")).is_err() {
+                return;
+            }
+        }
+        g.open();
+    });
+    let proxy = proxy_for(&up, &[("POOL_IDLE_TIMEOUT", "1s")]);
+    assert_eq!(roundtrip(proxy.addr(), get("/a")).status(), 200);
+    let bound = std::time::Duration::from_secs(5);
+    assert!(closed.wait(bound), "the idle connection stayed open");
+}
