@@ -27,6 +27,8 @@
 
 #[path = "relay/client.rs"]
 mod client;
+#[path = "relay/egress.rs"]
+mod egress;
 #[path = "relay/procs.rs"]
 mod procs;
 #[path = "relay/report.rs"]
@@ -95,6 +97,13 @@ options:
   --proxy-wrapper CMD  run the proxy under CMD (split on spaces), e.g.
                        \"valgrind --tool=massif --massif-out-file=/tmp/massif.out\";
                        for profiling only: its CPU and memory figures are then off
+  --proxy-env K=V      one more setting for the proxy (repeatable), e.g. METRICS_ADDR=127.0.0.1:0
+                       and LOG_FORMAT=json to price the operator signals
+  --rotate-ms N        start the proxy with TOKEN_UPDATES=stdin and write a new token to its
+                       stdin every N ms while it runs (the cost of rotation)
+  --small-posts N      requests small_post times (default 5000, quick 400)
+  --egress             reach the upstream through a CONNECT tunnel: an egress proxy in the
+                       bench (on the load generator's CPU), named in HTTPS_PROXY/HTTP_PROXY
   --keep-temp          keep the temp dir (proxy and nginx logs, nginx.conf) and print its path
   --list               list the scenarios and exit
 
@@ -121,6 +130,10 @@ struct Args {
     list: bool,
     keep_temp: bool,
     proxy_wrapper: Vec<String>,
+    proxy_env: Vec<(String, String)>,
+    rotate_ms: Option<u64>,
+    egress: bool,
+    small_posts: Option<usize>,
     help: bool,
     /// As given, for RESULTS.md.
     raw: Vec<String>,
@@ -158,6 +171,10 @@ impl Args {
             list: false,
             keep_temp: false,
             proxy_wrapper: Vec::new(),
+            proxy_env: Vec::new(),
+            rotate_ms: None,
+            egress: false,
+            small_posts: None,
             help: false,
             raw: Vec::new(),
         };
@@ -173,6 +190,20 @@ impl Args {
                 "--keep-temp" => a.keep_temp = true,
                 "-h" | "--help" => a.help = true,
                 "--no-nginx" => a.targets.retain(|&t| t != Target::Nginx),
+                "--egress" => a.egress = true,
+                "--small-posts" => {
+                    let v = value("--small-posts")?;
+                    a.small_posts = Some(v.parse().map_err(|_| "--small-posts takes a number")?);
+                }
+                "--proxy-env" => {
+                    let v = value("--proxy-env")?;
+                    let (k, v) = v.split_once('=').ok_or("--proxy-env takes K=V")?;
+                    a.proxy_env.push((k.to_string(), v.to_string()));
+                }
+                "--rotate-ms" => {
+                    let v = value("--rotate-ms")?;
+                    a.rotate_ms = Some(v.parse().map_err(|_| "--rotate-ms takes a number")?);
+                }
                 "--streams" => {
                     let v = value("--streams")?;
                     let n = v.parse().map_err(|_| "--streams needs a number")?;
@@ -487,6 +518,10 @@ async fn run(
         token,
         proxy_bin,
         proxy_wrapper: args.proxy_wrapper.clone(),
+        proxy_env: args.proxy_env.clone(),
+        rotate: args.rotate_ms.map(Duration::from_millis),
+        egress: args.egress,
+        small_posts: args.small_posts,
         nginx_bin,
         cpu_middle,
         payload_sha,

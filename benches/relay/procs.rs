@@ -327,7 +327,11 @@ pub struct ProxySpec<'a> {
     pub ca_file: Option<&'a Path>,
     /// Further settings (MAX_CONNECTIONS, ...).
     pub env: Vec<(&'static str, String)>,
+    /// Settings from the command line (`--proxy-env`).
+    pub extra_env: Vec<(&'a str, String)>,
     pub token: &'a str,
+    /// Write a new token to its stdin this often (with TOKEN_UPDATES=stdin).
+    pub rotate: Option<Duration>,
     /// Where its stderr goes.
     pub log: PathBuf,
     pub cpu: Option<usize>,
@@ -360,6 +364,9 @@ pub async fn start_proxy(spec: ProxySpec<'_>) -> Result<Middle, String> {
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
+    for (k, v) in &spec.extra_env {
+        cmd.env(k, v);
+    }
     child_setup(&mut cmd, spec.cpu, libc::SIGKILL);
     let mut child = cmd
         .spawn()
@@ -368,6 +375,18 @@ pub async fn start_proxy(spec: ProxySpec<'_>) -> Result<Middle, String> {
     if let Some(mut stdin) = child.stdin.take() {
         // The proxy may already have exited (a bad setting); that shows below.
         let _ = stdin.write_all(format!("{}\n", spec.token).as_bytes());
+        if let Some(every) = spec.rotate {
+            // A new token each period until the proxy's stdin closes (it exited).
+            std::thread::spawn(move || {
+                for n in 1u64.. {
+                    std::thread::sleep(every);
+                    let line = format!("sk-ant-bench-rotated-{n:08}\n");
+                    if stdin.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
     }
     let mut middle = Middle {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -397,6 +416,16 @@ pub async fn start_proxy(spec: ProxySpec<'_>) -> Result<Middle, String> {
 }
 
 fn parse_startup_line(line: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') && line.contains("\"event\":\"startup\"") {
+        // LOG_FORMAT=json
+        return line
+            .split("\"listen\":\"")
+            .nth(1)?
+            .split('"')
+            .next()?
+            .parse()
+            .ok();
+    }
     let rest = line.strip_prefix("proxy: listening on ")?;
     let addr = rest.split(", target").next()?;
     addr.trim().parse().ok()

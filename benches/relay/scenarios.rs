@@ -211,6 +211,14 @@ pub struct Ctx {
     pub proxy_bin: PathBuf,
     /// Command the proxy runs under, for profiling (its CPU and memory figures are then off).
     pub proxy_wrapper: Vec<String>,
+    /// More settings for the proxy (`--proxy-env`).
+    pub proxy_env: Vec<(String, String)>,
+    /// Write a new token to the proxy's stdin this often (`--rotate-ms`).
+    pub rotate: Option<Duration>,
+    /// Reach the upstream through an in-bench CONNECT proxy (`--egress`).
+    pub egress: bool,
+    /// Requests timed by small_post (`--small-posts`).
+    pub small_posts: Option<usize>,
     pub nginx_bin: Option<PathBuf>,
     /// CPU the proxy and nginx are pinned to.
     pub cpu_middle: Option<usize>,
@@ -321,13 +329,26 @@ pub async fn run(
                 // descriptors it held before the first, with none parked for reuse.
                 env.push(("POOL_MAX_IDLE", "0".to_string()));
             }
+            if ctx.egress {
+                let at = crate::egress::start()
+                    .await
+                    .map_err(io_err("egress proxy"))?;
+                let name = if tls { "HTTPS_PROXY" } else { "HTTP_PROXY" };
+                env.push((name, format!("http://{at}")));
+            }
+            if ctx.rotate.is_some() {
+                env.push(("TOKEN_UPDATES", "stdin".to_string()));
+            }
+            let extra = ctx.proxy_env.iter().map(|(k, v)| (k.as_str(), v.clone()));
             let spec = ProxySpec {
                 bin: &ctx.proxy_bin,
                 wrapper: &ctx.proxy_wrapper,
                 target: format!("{scheme}://{}", upstream.addr),
                 ca_file: tls.then_some(ctx.ca_file.as_path()),
                 env,
+                extra_env: extra.collect(),
                 token: &ctx.token,
+                rotate: ctx.rotate,
                 log: ctx.dir.join(format!("proxy-{seq}.log")),
                 cpu: ctx.cpu_middle,
             };
@@ -460,6 +481,7 @@ pub async fn small_exchange(
 
 async fn small_post(ctx: &Ctx, ep: &Endpoint, middle: Option<&Middle>) -> Result<Values, String> {
     let (warm, count) = if ctx.quick { (50, 400) } else { (200, 5000) };
+    let count = ctx.small_posts.unwrap_or(count);
     let req: Arc<[u8]> = ep
         .request(
             "POST",
