@@ -380,6 +380,7 @@ pub async fn start_proxy(spec: ProxySpec<'_>) -> Result<Middle, String> {
             std::thread::spawn(move || {
                 for n in 1u64.. {
                     std::thread::sleep(every);
+                    // The bench's upstream accepts tokens with this prefix (wire.rs).
                     let line = format!("sk-ant-bench-rotated-{n:08}\n");
                     if stdin.write_all(line.as_bytes()).is_err() {
                         return;
