@@ -11,11 +11,9 @@ use std::net::IpAddr;
 use zeroize::Zeroizing;
 
 use crate::error::Problem;
+use crate::limits::DEFAULT_PROXY_PORT;
 use crate::syntax::{hex, push_base64};
 use crate::target::{parse_port, split_authority, valid_host};
-
-/// The port of a proxy URL without one (curl's default).
-pub const DEFAULT_PROXY_PORT: u16 = 1080;
 
 /// An egress proxy: where to connect, and the `Proxy-Authorization` line for it, if any.
 #[derive(Clone, PartialEq, Eq)]

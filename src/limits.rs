@@ -110,6 +110,14 @@ pub const LINGER_MAX_BYTES: usize = 256 * 1024;
 
 /// The longest token accepted. Anthropic keys and OAuth tokens are about 100 bytes.
 pub const MAX_TOKEN_LEN: usize = 4096;
+/// The port of an egress proxy URL without one (curl's default).
+pub const DEFAULT_PROXY_PORT: u16 = 1080;
+/// Largest request head a metrics scraper may send.
+pub const MAX_SCRAPE_HEAD: usize = 8 * 1024;
+/// Time for one scrape, request to response.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes served at once.
+pub const MAX_SCRAPES: usize = 8;
 /// Most entries in `ALLOW_REQUESTS`.
 pub const MAX_ALLOW_ENTRIES: usize = 64;
 /// How often `TOKEN_FILE` is checked for a change (the issue asks for "within a couple of

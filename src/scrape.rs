@@ -4,21 +4,15 @@
 //! concurrency).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
+use crate::limits::{MAX_SCRAPES, MAX_SCRAPE_HEAD, SCRAPE_TIMEOUT};
 use crate::metrics::{ProcessStats, METRICS};
-
-/// Largest request head a scraper may send.
-const MAX_HEAD: usize = 8 * 1024;
-/// Time for one scrape, request to response.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Scrapes served at once.
-const MAX_SCRAPES: usize = 8;
 
 /// Serves scrapes until the runtime stops. `started` is the process start time.
 pub async fn serve(listener: TcpListener, started: SystemTime) {
@@ -40,7 +34,7 @@ pub async fn serve(listener: TcpListener, started: SystemTime) {
 async fn scrape(mut stream: TcpStream, started: SystemTime) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() >= MAX_HEAD || stream.read_buf(&mut head).await? == 0 {
+        if head.len() >= MAX_SCRAPE_HEAD || stream.read_buf(&mut head).await? == 0 {
             return Ok(());
         }
     }
