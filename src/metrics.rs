@@ -221,24 +221,45 @@ impl Metrics {
     /// The exposition, with `process` (read from /proc by the caller) appended.
     pub fn render(&self, process: &ProcessStats) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let p = "agent_loop_proxy";
-        let _ = writeln!(out, "# HELP {p}_requests_total Requests, by who answered: the upstream (by status class) or the proxy itself (by reason).\n# TYPE {p}_requests_total counter");
+        self.render_requests(&mut out);
+        self.render_counters(&mut out);
+        self.render_gauges(&mut out);
+        self.response_head.render(
+            &mut out,
+            &format!("{PREFIX}_upstream_response_head_seconds"),
+            "Time from the request head sent upstream to the final response head.",
+        );
+        self.exchange.render(
+            &mut out,
+            &format!("{PREFIX}_exchange_duration_seconds"),
+            "Time from a request head read to the end of its response.",
+        );
+        process.render(&mut out);
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        let name = format!("{PREFIX}_requests_total");
+        let help = "Requests, by who answered: the upstream (by status class) or the proxy itself (by reason).";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (i, c) in self.upstream_class.iter().enumerate() {
+            let class = i + 1;
+            let v = c.load(Relaxed);
             let _ = writeln!(
                 out,
-                "{p}_requests_total{{answered_by=\"upstream\",class=\"{}xx\"}} {}",
-                i + 1,
-                c.load(Relaxed)
+                "{name}{{answered_by=\"upstream\",class=\"{class}xx\"}} {v}"
             );
         }
         for (r, c) in Reason::ALL.iter().zip(&self.proxy_reason) {
+            let (reason, v) = (r.label(), c.load(Relaxed));
             let _ = writeln!(
                 out,
-                "{p}_requests_total{{answered_by=\"proxy\",reason=\"{}\"}} {}",
-                r.label(),
-                c.load(Relaxed)
+                "{name}{{answered_by=\"proxy\",reason=\"{reason}\"}} {v}"
             );
         }
+    }
+
+    fn render_counters(&self, out: &mut String) {
         let counters = [
             (
                 "credential_rejected_total",
@@ -272,23 +293,22 @@ impl Metrics {
             ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {p}_{name} {help}\n# TYPE {p}_{name} counter\n{p}_{name} {}",
-                c.load(Relaxed)
-            );
+            let v = c.load(Relaxed);
+            let _ = writeln!(out, "# HELP {PREFIX}_{name} {help}\n# TYPE {PREFIX}_{name} counter\n{PREFIX}_{name} {v}");
         }
-        let _ = writeln!(out, "# HELP {p}_upstream_connect_failures_total New upstream connections that failed, by step.\n# TYPE {p}_upstream_connect_failures_total counter");
+        let name = format!("{PREFIX}_upstream_connect_failures_total");
+        let help = "New upstream connections that failed, by step.";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (step, c) in ["connect", "tls", "egress"]
             .iter()
             .zip(&self.upstream_failed)
         {
-            let _ = writeln!(
-                out,
-                "{p}_upstream_connect_failures_total{{step=\"{step}\"}} {}",
-                c.load(Relaxed)
-            );
+            let _ = writeln!(out, "{name}{{step=\"{step}\"}} {}", c.load(Relaxed));
         }
+    }
+
+    fn render_gauges(&self, out: &mut String) {
+        let generation = i64::try_from(self.token_generation.load(Relaxed)).unwrap_or(i64::MAX);
         let gauges = [
             (
                 "client_connections",
@@ -303,29 +323,20 @@ impl Metrics {
             (
                 "token_generation",
                 "Generation of the current token (1 at startup, one more per update).",
-                self.token_generation.load(Relaxed) as i64,
+                generation,
             ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(
                 out,
-                "# HELP {p}_{name} {help}\n# TYPE {p}_{name} gauge\n{p}_{name} {v}"
+                "# HELP {PREFIX}_{name} {help}\n# TYPE {PREFIX}_{name} gauge\n{PREFIX}_{name} {v}"
             );
         }
-        self.response_head.render(
-            &mut out,
-            &format!("{p}_upstream_response_head_seconds"),
-            "Time from the request head sent upstream to the final response head.",
-        );
-        self.exchange.render(
-            &mut out,
-            &format!("{p}_exchange_duration_seconds"),
-            "Time from a request head read to the end of its response.",
-        );
-        process.render(&mut out);
-        out
     }
 }
+
+/// The one prefix of the proxy's metric names.
+const PREFIX: &str = "agent_loop_proxy";
 
 /// The process basics Prometheus clients export, read from /proc when scraped.
 #[derive(Debug, Clone, Copy, Default)]
