@@ -54,7 +54,13 @@ pub const DROPPED_PREFIXES: &[&[u8]] = &[b"x-forwarded-"];
 /// proxy rebuilds or refuses to carry, and any name with `_` (RFC 9110 §17.10: some servers
 /// read it as `-`; nginx drops such names by default, and so do we).
 pub fn is_dropped(name: &[u8]) -> bool {
-    memchr::memchr(b'_', name).is_some() || dropped_as(name, |a, b| a.to_ascii_lowercase() == b)
+    // Called for every field of every request: the exact names first (a length check rules
+    // most out), then the prefix, then the `_` scan.
+    name_is(name, DROPPED)
+        || DROPPED_PREFIXES
+            .iter()
+            .any(|p| name.len() > p.len() && name[..p.len()].eq_ignore_ascii_case(p))
+        || memchr::memchr(b'_', name).is_some()
 }
 
 /// A name that becomes a dropped one when `_` is read as `-` (R37): refused, not dropped,
