@@ -1,7 +1,7 @@
 //! agent-loop-proxy: a credential-injection reverse proxy for sandboxed AI coding agents.
 //!
 //! The sandbox holds a phantom token and talks plain HTTP/1.1 to this proxy; the proxy holds
-//! the real token (read once from stdin, kept only in memory) and talks to one fixed
+//! the real token (read from stdin or a file, kept only in memory) and talks to one fixed
 //! upstream, TARGET, over TLS.
 //!
 //! # Layout
