@@ -66,6 +66,7 @@ async fn serve_requests(
         log_path: String::new(),
         served: 0,
         shutdown,
+        accepted: TokioInstant::now(),
     };
     let mut rotations = proxy.creds.changed();
     // A head read while the token changed, to serve with the new one.
@@ -123,6 +124,9 @@ struct Session {
     log_path: String,
     served: u32,
     shutdown: watch::Receiver<bool>,
+    /// When the connection was accepted: the first head's deadline runs from here, however
+    /// often a token rotation wakes the idle read.
+    accepted: TokioInstant,
 }
 
 impl Session {
@@ -135,7 +139,7 @@ impl Session {
         if client.buf.is_empty() && client.buf.capacity() > limits::IDLE_BUF_KEEP {
             client.buf = BytesMut::new();
         }
-        let first = self.served == 0;
+        let first = (self.served == 0).then_some(self.accepted);
         let t = &proxy.cfg.timeouts;
         let wait = Wait {
             first,
@@ -221,8 +225,8 @@ impl Session {
 
 /// What a head read waits on besides the client's bytes.
 struct Wait<'a> {
-    /// No request was served yet: the head deadline runs from accept.
-    first: bool,
+    /// No request was served yet: the head deadline runs from this (accept).
+    first: Option<TokioInstant>,
     shutdown: &'a watch::Receiver<bool>,
     rotations: &'a mut watch::Receiver<u64>,
 }
@@ -257,7 +261,7 @@ impl Client {
         let rotations = wait.rotations;
         // The first request's head deadline runs from accept; later ones from their first
         // byte, after a keep-alive idle wait.
-        let mut deadline = wait.first.then(|| TokioInstant::now() + t.header);
+        let mut deadline = wait.first.map(|accepted| accepted + t.header);
         loop {
             if let Some(n) = scanner.scan(&self.buf, limits)? {
                 return Ok(Head::Ready(n));

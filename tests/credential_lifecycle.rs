@@ -309,3 +309,30 @@ fn an_allow_list_forwards_only_what_it_allows() {
     );
     assert_eq!(roundtrip(proxy.addr(), get("/health")).status(), 200);
 }
+
+/// Review finding: a rotation wakes idle connections (to drop the old token); it must not
+/// restart the first head's deadline, which runs from accept, or frequent rotations would let
+/// a peer that never sends its head hold a connection forever.
+#[test]
+fn rotations_do_not_extend_the_deadline_of_a_head_that_never_comes() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let envs = [
+        ("TARGET", up.target_url()),
+        ("TOKEN_UPDATES", "stdin".into()),
+        ("HEADER_TIMEOUT", "1s".into()),
+    ];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut proxy = Proxy::spawn_with_stdin(&envs, format!("{OLD}\n").as_bytes(), false)
+        .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+    let mut silent = Client::connect(proxy.addr());
+    for n in 0..8 {
+        std::thread::sleep(Duration::from_millis(300));
+        proxy.write_stdin(format!("sk-ant-test-rot-{n:04}-abcdefgh\n").as_bytes());
+    }
+    assert!(proxy.wait_for_stderr("token updated (generation 9)", LOG_BOUND));
+    // 2.4 s after accept, 1.4 s past the deadline: closed, not kept alive by the rotations.
+    assert!(
+        silent.is_closed(Duration::from_millis(200)),
+        "still open past HEADER_TIMEOUT"
+    );
+}
