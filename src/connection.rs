@@ -136,9 +136,6 @@ impl Session {
         client: &mut Client,
         rotations: &mut watch::Receiver<u64>,
     ) -> Result<Head, Problem> {
-        if client.buf.is_empty() && client.buf.capacity() > limits::IDLE_BUF_KEEP {
-            client.buf = BytesMut::new();
-        }
         let first = (self.served == 0).then_some(self.accepted);
         let t = &proxy.cfg.timeouts;
         let wait = Wait {
@@ -271,6 +268,27 @@ impl Client {
             }
             let idle = self.buf.is_empty();
             let until = deadline.unwrap_or_else(|| TokioInstant::now() + t.keepalive);
+            if idle {
+                // An idle connection waits for its next request without a buffer: it gives
+                // its buffer back if the request is not here yet.
+                let (stream, buf) = (&self.stream, &mut self.buf);
+                let readable = std::future::poll_fn(|cx| {
+                    let polled = stream.poll_read_ready(cx);
+                    if polled.is_pending() && buf.capacity() > 0 {
+                        *buf = BytesMut::new();
+                    }
+                    polled
+                });
+                let ready = tokio::select! {
+                    r = timeout_at(until, readable) => r,
+                    _ = shutdown.changed() => return Ok(Head::Closed),
+                    _ = rotations.changed() => return Ok(Head::Rotated),
+                };
+                match ready {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return Ok(Head::Closed),
+                }
+            }
             self.buf.reserve(limits::HEAD_READ);
             // Cancel safety: read_buf and both `changed` are cancel-safe (no bytes are lost
             // if another arm wins); shutdown and rotation only apply while no request began.

@@ -24,11 +24,13 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use zeroize::Zeroizing;
@@ -41,12 +43,12 @@ use crate::limits::{self, Timeouts};
 use crate::metrics::{ConnectStep, METRICS};
 use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
 use crate::relaybuf::RelayBuf;
-use crate::response::{self, RequestId, ResponseBody, ResponseContext, ResponseHead};
+use crate::response::{self, RequestId, ResponseBody, ResponseContext};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::scrub::TokenFinder;
 use crate::state::Proxy;
 use crate::tracker::BodyTracker;
-use crate::upstream::Stream;
+use crate::upstream::{ReadReady, Stream};
 
 /// What one exchange works with, fixed for its duration.
 pub struct Exchange<'a> {
@@ -367,8 +369,9 @@ async fn race(
     if body.is_done() {
         // The whole request went out with the head (the usual agent POST): relay the response
         // on the stream itself, without splitting it.
-        let down = Download::new(&mut stream, &mut *client.stream, t, &progress);
-        let report = down.run(ctx, version, out).await;
+        let mut down = Download::new(&mut stream, &mut *client.stream, t, &progress);
+        down.run(ctx, version, out).await;
+        let report = down.report;
         return Raced {
             upload: Some(Ok(())),
             download: Ok(report),
@@ -380,32 +383,39 @@ async fn race(
     let (mut ur, mut uw) = tokio::io::split(stream);
     let (mut cr, mut cw) = client.stream.split();
     let (upload, download) = {
-        let up = Upload {
-            cr: &mut cr,
-            buf: client.buf,
-            uw: &mut uw,
-            body: &mut body,
-            scratch: &mut scratch,
-            t,
-            progress: &progress,
-        }
-        .run();
-        let down = Download::new(&mut ur, &mut cw, t, &progress).run(ctx, version, out);
-        tokio::pin!(up, down);
+        // Boxed: a body still going up is the rarer case, and the upload's state should not
+        // add to every connection's future.
+        let mut up = Box::pin(
+            Upload {
+                cr: &mut cr,
+                buf: client.buf,
+                uw: &mut uw,
+                body: &mut body,
+                scratch: &mut scratch,
+                t,
+                progress: &progress,
+            }
+            .run(),
+        );
+        let mut download = Download::new(&mut ur, &mut cw, t, &progress);
         let mut upload = None;
-        // Cancel safety: both futures are polled by reference and live until this block
-        // ends. `down` is dropped unfinished only after the client broke its body, and then
-        // its partial progress is judged through `progress.response_started()`.
-        let download = loop {
-            tokio::select! {
-                r = &mut up, if upload.is_none() => match r {
-                    Err(UploadError::Client(p)) => break Err(p),
-                    other => upload = Some(other),
-                },
-                d = &mut down => break Ok(d),
+        let ended = {
+            let down = download.run(ctx, version, out);
+            tokio::pin!(down);
+            // Cancel safety: both futures are polled by reference and live until this block
+            // ends. `down` is dropped unfinished only after the client broke its body, and
+            // then its partial progress is judged through `progress.response_started()`.
+            loop {
+                tokio::select! {
+                    r = &mut up, if upload.is_none() => match r {
+                        Err(UploadError::Client(p)) => break Err(p),
+                        other => upload = Some(other),
+                    },
+                    () = &mut down => break Ok(()),
+                }
             }
         };
-        (upload, download)
+        (upload, ended.map(|()| download.report))
     };
     Raced {
         upload,
@@ -568,9 +578,11 @@ struct Download<'a, R, W> {
     report: DownReport,
     /// When the download began (the request head was just sent).
     began: Instant,
+    /// An end or error met after bytes that [`read_available`] returned; the next read's.
+    stashed: Option<io::Result<usize>>,
 }
 
-impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
+impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
     fn new(ur: &'a mut R, cw: &'a mut W, t: &'a Timeouts, progress: &'a Progress) -> Self {
         Download {
             ur,
@@ -580,6 +592,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
             buf: vec![0u8; limits::RELAY_BUF_START],
             filled: 0,
             began: Instant::now(),
+            stashed: None,
             report: DownReport {
                 status: 0,
                 bytes: 0,
@@ -598,31 +611,26 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
     }
 
     /// Reads the response head (relaying interim 1xx), then streams the body to the client.
-    async fn run(
-        mut self,
-        mut ctx: ResponseContext<'_>,
-        version: Version,
-        out: &mut Vec<u8>,
-    ) -> DownReport {
+    async fn run(&mut self, mut ctx: ResponseContext<'_>, version: Version, out: &mut Vec<u8>) {
         let relayed = match self.final_head(&mut ctx, version, out).await {
-            Ok((head, head_len)) => self.body(head, head_len, &ctx, out).await,
+            Ok((body, head_len)) => self.body(body, head_len, &ctx, out).await,
             Err(p) => Err(p),
         };
         if let Err(p) = relayed {
             self.report.failure = Some(p);
             self.report.ended_exactly = false;
         }
-        self.report
     }
 
     /// The final head, after any interim responses (RFC 9110 §15.2), within one deadline
-    /// however it trickles in and whatever 1xx precede it. Returns it with its length.
+    /// however it trickles in and whatever 1xx precede it. Returns its body's framing and its
+    /// length (the rest of it is in the report and in `out`).
     async fn final_head(
         &mut self,
         ctx: &mut ResponseContext<'_>,
         version: Version,
         out: &mut Vec<u8>,
-    ) -> Result<(ResponseHead, usize), Problem> {
+    ) -> Result<(ResponseBody, usize), Problem> {
         let deadline = Instant::now() + self.t.response;
         let mut scanner = HeadScanner::new();
         let mut interim = 0;
@@ -645,7 +653,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
                 self.report.upstream_allows = head.upstream_keep_alive;
                 self.report.client_close_delimited = head.body == ResponseBody::UntilClose
                     || (ctx.dechunk && head.body == ResponseBody::Chunked);
-                return Ok((head, head_end));
+                return Ok((head.body, head_end));
             }
             interim += 1;
             if interim > limits::MAX_INTERIM_RESPONSES {
@@ -696,15 +704,15 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
     /// written at once (minus held bytes that may begin a token) until the framing ends it.
     async fn body(
         &mut self,
-        head: ResponseHead,
+        body: ResponseBody,
         head_len: usize,
         ctx: &ResponseContext<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Problem> {
-        let tracker = BodyTracker::new(head.body, ctx.dechunk, ctx.tokens);
+        let tracker = BodyTracker::new(body, ctx.dechunk, ctx.tokens);
         let buf = std::mem::take(&mut self.buf);
         let mut relay = RelayBuf::new(tracker, buf, head_len, self.filled);
-        let relayed = self.relay_body(&mut relay, head, out).await;
+        let relayed = self.relay_body(&mut relay, body, out).await;
         self.report.masked += relay.masked();
         relayed
     }
@@ -713,7 +721,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
     async fn relay_body(
         &mut self,
         relay: &mut RelayBuf<'_>,
-        head: ResponseHead,
+        body: ResponseBody,
         out: &mut Vec<u8>,
     ) -> Result<(), Problem> {
         let mut first = true;
@@ -725,23 +733,28 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
                 self.progress.start_response();
                 self.write(out).await?;
                 first = false;
+                if !adv.done {
+                    // A stream goes on: it should not hold the rendered head meanwhile.
+                    *out = Vec::new();
+                }
             } else {
                 self.write(relay.front(adv.ready)).await?;
             }
             if adv.done {
                 // R30: bytes beyond the message mean the upstream cannot be trusted for the
                 // next; nor one whose response ended at its head.
-                self.report.ended_exactly = !adv.excess && head.body != ResponseBody::None;
+                self.report.ended_exactly = !adv.excess && body != ResponseBody::None;
                 return Ok(());
             }
             relay.consume(adv)?;
+            self.wait_readable(relay).await?;
             // R29: a TLS close without close_notify is a truncation, even for a
             // close-delimited body; tokio-rustls reports it as an error.
             let n = within(
                 self.t.upstream_idle,
                 Problem::UpstreamIdleTimeout,
                 Problem::UpstreamClosed,
-                self.ur.read(relay.spare()),
+                read_available(self.ur, relay.spare(), &mut self.stashed),
             )
             .await?;
             if n == 0 {
@@ -752,6 +765,27 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
         }
     }
 
+    /// Waits until the upstream has bytes for us. A plain upstream that has none yet (an SSE
+    /// stream between events) is waited on without the relay buffer, so a held stream costs
+    /// no buffer; one that has them, or a TLS one, goes straight on to the read.
+    async fn wait_readable(&mut self, relay: &mut RelayBuf<'_>) -> Result<(), Problem> {
+        let ur = &mut *self.ur;
+        let ready = std::future::poll_fn(|cx| {
+            let polled = ur.poll_read_ready(cx);
+            if polled.is_pending() {
+                relay.release_if_empty();
+            }
+            polled
+        });
+        within(
+            self.t.upstream_idle,
+            Problem::UpstreamIdleTimeout,
+            Problem::UpstreamClosed,
+            ready,
+        )
+        .await
+    }
+
     /// Writes `bytes` to the client, counting them.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Problem> {
         if !bytes.is_empty() {
@@ -760,6 +794,47 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
         }
         Ok(())
     }
+}
+
+/// Reads into `buf`: waits for the first bytes, then takes what else is already readable,
+/// without waiting, until `buf` is full. tokio-rustls hands out one TLS record per read and an
+/// SSE event is often a record of its own, so without this a burst would leave as one client
+/// write per event; with it, what arrived together leaves together. Nothing waits for bytes
+/// that are not here yet: an event that arrives alone is written alone, at once.
+///
+/// An end or an error met after some bytes is kept in `stashed` and returned by the next call,
+/// so a reset is never mistaken for the clean end of a close-delimited body (R29).
+fn read_available<'a, R: AsyncRead + Unpin>(
+    r: &'a mut R,
+    buf: &'a mut [u8],
+    stashed: &'a mut Option<io::Result<usize>>,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Some(end) = stashed.take() {
+            return Poll::Ready(end);
+        }
+        let mut total = 0;
+        while total < buf.len() {
+            let mut rb = ReadBuf::new(&mut buf[total..]);
+            let polled = Pin::new(&mut *r).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            match polled {
+                Poll::Ready(Ok(())) if n > 0 => total += n,
+                Poll::Pending if total == 0 => return Poll::Pending,
+                Poll::Pending => break,
+                // The end (a read of nothing) or an error.
+                Poll::Ready(end) => {
+                    let end = end.map(|()| 0);
+                    if total == 0 {
+                        return Poll::Ready(end);
+                    }
+                    *stashed = Some(end);
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(total))
+    })
 }
 
 /// Awaits `f` for at most `limit`; an I/O error becomes `on_error`, the timeout `on_timeout`.
@@ -789,4 +864,122 @@ pub async fn write_client(
         cw.write_all(bytes),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::task::Context;
+
+    use super::*;
+
+    /// A reader that hands out scripted results, one per poll: bytes, `Pending`, the end
+    /// (empty), or an error.
+    struct Script(VecDeque<Option<io::Result<&'static [u8]>>>);
+
+    impl AsyncRead for Script {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.pop_front() {
+                None => Poll::Ready(Ok(())),
+                Some(None) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Some(Some(Ok(bytes))) => {
+                    buf.put_slice(bytes);
+                    Poll::Ready(Ok(()))
+                }
+                Some(Some(Err(e))) => Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_once(
+        r: &mut Script,
+        buf: &mut [u8],
+        stashed: &mut Option<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let fut = read_available(r, buf, stashed);
+        let mut fut = std::pin::pin!(fut);
+        fut.as_mut().poll(&mut cx)
+    }
+
+    fn ok(n: usize) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(n))
+    }
+
+    fn same(a: &Poll<io::Result<usize>>, b: &Poll<io::Result<usize>>) -> bool {
+        match (a, b) {
+            (Poll::Ready(Ok(x)), Poll::Ready(Ok(y))) => x == y,
+            (Poll::Ready(Err(x)), Poll::Ready(Err(y))) => x.kind() == y.kind(),
+            (Poll::Pending, Poll::Pending) => true,
+            _ => false,
+        }
+    }
+
+    /// What is readable together (TLS records decrypted from one socket read) is read
+    /// together; the read stops at the first `Pending` without waiting for more.
+    #[test]
+    fn reads_what_is_already_readable_and_no_more() {
+        let mut r = Script(
+            [
+                Some(Ok(&b"data: 1\n\n"[..])),
+                Some(Ok(b"data: 2\n\n")),
+                None,
+                Some(Ok(b"data: 3\n\n")),
+            ]
+            .into(),
+        );
+        let (mut buf, mut stashed) = ([0u8; 64], None);
+        assert!(same(&poll_once(&mut r, &mut buf, &mut stashed), &ok(18)));
+        assert_eq!(&buf[..18], b"data: 1\n\ndata: 2\n\n");
+        assert!(same(&poll_once(&mut r, &mut buf, &mut stashed), &ok(9)));
+        assert_eq!(&buf[..9], b"data: 3\n\n");
+    }
+
+    /// Nothing readable: the read waits (it never returns an empty read that is not the end).
+    #[test]
+    fn waits_when_nothing_is_readable() {
+        let mut r = Script([None].into());
+        let (mut buf, mut stashed) = ([0u8; 8], None);
+        assert!(poll_once(&mut r, &mut buf, &mut stashed).is_pending());
+    }
+
+    /// A full buffer ends the read; the rest stays for the next one.
+    #[test]
+    fn stops_when_the_buffer_is_full() {
+        let mut r = Script([Some(Ok(&b"abcd"[..])), Some(Ok(b"efgh"))].into());
+        let (mut buf, mut stashed) = ([0u8; 4], None);
+        assert!(same(&poll_once(&mut r, &mut buf, &mut stashed), &ok(4)));
+        assert!(same(&poll_once(&mut r, &mut buf, &mut stashed), &ok(4)));
+        assert_eq!(&buf, b"efgh");
+    }
+
+    /// An error after bytes is not lost: the bytes come first, the error with the next read,
+    /// so a reset never looks like the clean end of a close-delimited body (R29).
+    #[test]
+    fn an_error_after_bytes_is_kept_for_the_next_read() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let mut r = Script([Some(Ok(&b"data"[..])), Some(Err(reset))].into());
+        let (mut buf, mut stashed) = ([0u8; 16], None);
+        assert!(same(&poll_once(&mut r, &mut buf, &mut stashed), &ok(4)));
+        let reset = Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        assert!(same(&poll_once(&mut r, &mut buf, &mut stashed), &reset));
+    }
+
+    /// The end after bytes likewise: bytes, then the end.
+    #[test]
+    fn the_end_after_bytes_is_kept_for_the_next_read() {
+        let mut r = Script([Some(Ok(&b"tail"[..])), Some(Ok(&b""[..]))].into());
+        let (mut buf, mut stashed) = ([0u8; 16], None);
+        assert!(same(&poll_once(&mut r, &mut buf, &mut stashed), &ok(4)));
+        // The script is empty now; the end must come from what was kept, not a new read.
+        r.0.push_back(Some(Ok(b"more")));
+        assert!(same(&poll_once(&mut r, &mut buf, &mut stashed), &ok(0)));
+    }
 }

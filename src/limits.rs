@@ -83,8 +83,6 @@ pub const MAX_INTERIM_RESPONSES: usize = 8;
 
 /// First read size for a request head; grows up to the head limit.
 pub const HEAD_READ: usize = 4 * 1024;
-/// A client buffer larger than this is released between requests.
-pub const IDLE_BUF_KEEP: usize = 8 * 1024;
 /// Client reads during a request body.
 pub const UPLOAD_READ: usize = 16 * 1024;
 /// First size of the response relay buffer: small, since SSE events are small and idle

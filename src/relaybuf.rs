@@ -11,7 +11,8 @@
 //!
 //! The I/O loop is: [`RelayBuf::advance`], write [`RelayBuf::front`], stop if done, else
 //! [`RelayBuf::consume`], read into [`RelayBuf::spare`], then [`RelayBuf::filled`] (or
-//! [`RelayBuf::closed`] when the read returned nothing).
+//! [`RelayBuf::closed`] when the read returned nothing). A stream that goes idle may
+//! [`RelayBuf::release_if_empty`] its buffer while it waits.
 
 use crate::error::Problem;
 use crate::limits;
@@ -90,7 +91,20 @@ impl<'t> RelayBuf<'t> {
 
     /// Room for the next read (never empty after [`RelayBuf::consume`] succeeded).
     pub fn spare(&mut self) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf.resize(limits::RELAY_BUF_START, 0);
+        }
         &mut self.buf[self.filled..]
+    }
+
+    /// Gives the buffer back while nothing is held in it (a stream waiting for its next
+    /// event); [`RelayBuf::spare`] takes a small one again. Returns whether it did.
+    pub fn release_if_empty(&mut self) -> bool {
+        if self.filled > 0 || self.buf.is_empty() {
+            return false;
+        }
+        self.buf = Vec::new();
+        true
     }
 
     /// `n > 0` bytes were read into [`RelayBuf::spare`].
@@ -156,6 +170,34 @@ mod tests {
             relay.filled(n);
         }
         assert_eq!(sent, vec![b'*'; token.len()], "de-chunked payload, masked");
+    }
+
+    /// An idle stream gives its buffer back only when nothing is held in it, and the next
+    /// read gets a small one again.
+    #[test]
+    fn the_buffer_is_released_only_when_nothing_is_held() {
+        let finder = TokenFinder::new(b"sk-ant-REALTOKEN");
+        let tokens = [&finder];
+        let tracker = BodyTracker::new(ResponseBody::UntilClose, false, &tokens);
+        let mut relay = RelayBuf::new(tracker, vec![0; limits::RELAY_BUF_START], 0, 0);
+        relay.spare()[..9].copy_from_slice(b"data: sk-");
+        relay.filled(9);
+        let adv = relay.advance().unwrap();
+        assert_eq!(
+            relay.front(adv.ready),
+            b"data: ",
+            "the token's possible start is held"
+        );
+        relay.consume(adv).unwrap();
+        assert!(!relay.release_if_empty(), "held bytes keep the buffer");
+        relay.spare()[..3].copy_from_slice(b"x\n\n");
+        relay.filled(3);
+        let adv = relay.advance().unwrap();
+        assert_eq!(relay.front(adv.ready), b"sk-x\n\n");
+        relay.consume(adv).unwrap();
+        assert!(relay.release_if_empty());
+        assert_eq!(relay.buf.capacity(), 0);
+        assert_eq!(relay.spare().len(), limits::RELAY_BUF_START);
     }
 
     /// A hold wider than [`limits::RELAY_HOLD_MAX`] cuts the response rather than release:

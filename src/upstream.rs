@@ -54,6 +54,32 @@ impl Stream {
     }
 }
 
+/// A read side that can wait until a read would find bytes, so that an idle download waits
+/// without holding its relay buffer.
+pub trait ReadReady {
+    /// `Ready` once a read may find bytes (or the end, or an error); `Ready` at once where
+    /// that cannot be told without reading.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for Stream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => s.poll_read_ready(cx),
+            // rustls may hold decrypted bytes the socket's readiness does not show; the TLS
+            // state keeps buffers of its own anyway.
+            Stream::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// The read half while the body still goes up: uploads are short-lived, so no waiting.
+impl ReadReady for tokio::io::ReadHalf<Stream> {
+    fn poll_read_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
