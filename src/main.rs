@@ -118,10 +118,7 @@ fn main() -> ExitCode {
     let creds = Arc::new(Credentials::new(token, oauth_beta));
     intake::spawn_updates(updates, creds.clone(), beta);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(_) => return fail("proxy: cannot start the runtime"),
     };
@@ -135,7 +132,28 @@ fn main() -> ExitCode {
     let code = runtime.block_on(run(listener, metrics, started, proxy));
     // Dropping the runtime drops any task still holding the proxy, which wipes the token.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    log::flush();
     code
+}
+
+/// The runtime: one worker per CPU this process may run on, and with one CPU the
+/// single-threaded scheduler, which does the same work without the cross-thread hand-offs
+/// (issue 14's profile: a small POST paid for them on a one-CPU proxy). Log lines written on
+/// its threads are batched until a worker parks (see `log`).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        log::batch_this_thread();
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
+        .enable_all()
+        .on_thread_start(log::batch_this_thread)
+        .on_thread_park(log::flush)
+        .on_thread_stop(log::flush)
+        .build()
 }
 
 fn fail(msg: &str) -> ExitCode {
