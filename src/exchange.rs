@@ -4,7 +4,7 @@
 //! early (say 413 before the body is in) is relayed, and the request body streams while the
 //! upstream thinks. Every await has its own timeout (STYLE habit 9). Bytes are written to the
 //! client as soon as they are read: what was readable together leaves together (see
-//! [`read_available`]), nothing waits for more, there is no flush interval.
+//! `read_available`), nothing waits for more, there is no flush interval.
 //!
 //! The states, each one function:
 //!
