@@ -1,10 +1,10 @@
-//! Relay benchmarks: the proxy against a direct connection and against nginx, on the workloads
-//! an agent loop puts through it.
+//! Relay benchmarks: the proxy against a direct connection and against two anchors, nginx and
+//! HAProxy, on the workloads an agent loop puts through it.
 //!
 //! ```text
 //! cargo bench --bench relay                          # full run (several minutes)
 //! cargo bench --bench relay -- --quick               # small counts, well under a minute
-//! cargo bench --bench relay -- sse_paced small_post/tls --targets proxy,nginx
+//! cargo bench --bench relay -- sse_paced small_post/tls --targets proxy,nginx,haproxy
 //! cargo bench --bench relay -- --write-results       # also writes benches/RESULTS.md
 //! cargo bench --bench relay -- --list                # scenario names
 //! cargo bench --bench relay -- soak reset            # endurance: 5000 streams for 3 min, resets
@@ -16,14 +16,14 @@
 //! Layout: `relay/wire.rs` (buffered HTTP/1.1 framing), `relay/upstream.rs` (the fixture
 //! upstream, plain and TLS, with the SSE replay and the resetting responses),
 //! `relay/client.rs` (load generator endpoint), `relay/tls.rs` (rcgen CA, rustls configs),
-//! `relay/procs.rs` (the proxy and nginx processes, /proc readings, pinning),
+//! `relay/procs.rs` (the proxy, nginx and HAProxy processes, /proc readings, pinning),
 //! `relay/scenarios.rs` (what is measured and checked), `relay/soak.rs` and `relay/reset.rs`
 //! (the endurance scenarios), `relay/rng.rs` (their seeded PRNG), `relay/report.rs` (tables,
 //! targets, RESULTS.md).
 //!
-//! The proxy (or nginx) is pinned to the first allowed CPU; the load generator and the fixture
-//! upstreams run on one tokio current-thread runtime pinned to the second. All traffic stays on
-//! 127.0.0.1, every wait is bounded, and the bench stops by itself.
+//! The proxy (or nginx, or HAProxy) is pinned to the first allowed CPU; the load generator and
+//! the fixture upstreams run on one tokio current-thread runtime pinned to the second. All
+//! traffic stays on 127.0.0.1, every wait is bounded, and the bench stops by itself.
 
 #[path = "relay/client.rs"]
 mod client;
@@ -91,9 +91,10 @@ options:
   --reset-fraction F   share of reset streams the upstream cuts (default 0.5)
   --seed N             seed of the soak's and reset's random choices (default: from the
                        clock; printed, so a failing run can be repeated)
-  --targets LIST       comma-separated subset of direct,proxy,nginx
+  --targets LIST       comma-separated subset of direct,proxy,nginx,haproxy
   --transports LIST    comma-separated subset of plain,tls
-  --no-nginx           same as --targets direct,proxy
+  --no-nginx           leave nginx out
+  --no-haproxy         leave HAProxy out
   --proxy-wrapper CMD  run the proxy under CMD (split on spaces), e.g.
                        \"valgrind --tool=massif --massif-out-file=/tmp/massif.out\";
                        for profiling only: its CPU and memory figures are then off
@@ -104,13 +105,13 @@ options:
   --small-posts N      requests small_post times (default 5000, quick 400)
   --egress             reach the upstream through a CONNECT tunnel: an egress proxy in the
                        bench (on the load generator's CPU), named in HTTPS_PROXY/HTTP_PROXY
-  --keep-temp          keep the temp dir (proxy and nginx logs, nginx.conf) and print its path
+  --keep-temp          keep the temp dir (logs, nginx.conf, haproxy.cfg) and print its path
   --list               list the scenarios and exit
 
-nginx is used when installed (apt-get update && apt-get install -y nginx); the bench writes
-its config into a temp dir and starts and stops it itself. For idle_streams and soak at N
-streams the bench raises RLIMIT_NOFILE to 2N+1024 when it can; otherwise raise it first
-(ulimit -n).
+nginx and HAProxy are used when installed (apt-get update && apt-get install -y nginx haproxy);
+the bench writes their configs into a temp dir and starts and stops them itself. For
+idle_streams and soak at N streams the bench raises RLIMIT_NOFILE to 2N+1024 when it can;
+otherwise raise it first (ulimit -n).
 
 soak and reset (the endurance scenarios) run only when named, or small with --quick.
 --write-results then rewrites only their section of RESULTS.md; a run of the other scenarios
@@ -190,6 +191,7 @@ impl Args {
                 "--keep-temp" => a.keep_temp = true,
                 "-h" | "--help" => a.help = true,
                 "--no-nginx" => a.targets.retain(|&t| t != Target::Nginx),
+                "--no-haproxy" => a.targets.retain(|&t| t != Target::Haproxy),
                 "--egress" => a.egress = true,
                 "--small-posts" => {
                     let v = value("--small-posts")?;
@@ -486,6 +488,18 @@ async fn run(
     } else {
         None
     };
+    let haproxy_bin = if args.targets.contains(&Target::Haproxy) {
+        let found = procs::find_haproxy();
+        if found.is_none() {
+            eprintln!(
+                "relay bench: haproxy not found, its column is skipped \
+                 (apt-get update && apt-get install -y haproxy)"
+            );
+        }
+        found
+    } else {
+        None
+    };
     let proxy_bin = PathBuf::from(env!("CARGO_BIN_EXE_agent-loop-proxy"));
     let (reset_streams, reset_concurrency) = if args.quick {
         (QUICK_RESET_STREAMS, QUICK_RESET_CONCURRENCY)
@@ -523,6 +537,7 @@ async fn run(
         egress: args.egress,
         small_posts: args.small_posts,
         nginx_bin,
+        haproxy_bin,
         cpu_middle,
         payload_sha,
         runs: AtomicUsize::new(0),
@@ -539,11 +554,14 @@ async fn run(
                 continue;
             }
             let label = format!("{}/{}", scenario.name(), transport.name());
-            let mut cells =
-                vec![[Cell::Skipped, Cell::Skipped, Cell::Skipped]; scenario.metrics().len()];
+            let mut cells = vec![
+                [Cell::Skipped, Cell::Skipped, Cell::Skipped, Cell::Skipped];
+                scenario.metrics().len()
+            ];
             for (ti, target) in Target::ALL.into_iter().enumerate() {
                 if !args.targets.contains(&target)
                     || (target == Target::Nginx && ctx.nginx_bin.is_none())
+                    || (target == Target::Haproxy && ctx.haproxy_bin.is_none())
                 {
                     continue;
                 }
@@ -644,6 +662,10 @@ async fn run(
                 .nginx_bin
                 .as_deref()
                 .map_or("not installed".into(), procs::nginx_version),
+            haproxy: ctx
+                .haproxy_bin
+                .as_deref()
+                .map_or("not installed".into(), procs::haproxy_version),
             proxy: procs::version_of(&ctx.proxy_bin),
         };
         let ran = |s: Scenario| endurance.iter().any(|o| o.scenario == s);

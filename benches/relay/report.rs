@@ -19,7 +19,7 @@ pub enum Cell {
     NotApplicable,
     /// The run failed; the reason is listed under the table.
     Failed,
-    /// Not run (target not selected, or nginx not installed).
+    /// Not run (target not selected, or the anchor not installed).
     Skipped,
 }
 
@@ -29,7 +29,7 @@ pub struct Outcome {
     pub transport: Transport,
     /// Extra words for the scenario column, e.g. the stream count.
     pub note: String,
-    pub cells: Vec<[Cell; 3]>,
+    pub cells: Vec<[Cell; 4]>,
 }
 
 impl Outcome {
@@ -73,25 +73,28 @@ fn ratio(a: &Cell, b: &Cell) -> String {
     }
 }
 
-/// The markdown table: scenario | metric | direct | proxy | nginx | proxy/direct | proxy/nginx.
+/// The markdown table: scenario | metric | direct | proxy | nginx | haproxy | proxy/direct |
+/// proxy/nginx | proxy/haproxy.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| scenario | metric | direct | proxy | nginx | proxy/direct | proxy/nginx |\n\
-         |---|---|---:|---:|---:|---:|---:|\n",
+        "| scenario | metric | direct | proxy | nginx | haproxy | proxy/direct | proxy/nginx | proxy/haproxy |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for o in outcomes {
         for (metric, cells) in o.scenario.metrics().iter().zip(&o.cells) {
             let _ = writeln!(
                 out,
-                "| {}/{}{} | {metric} | {} | {} | {} | {} | {} |",
+                "| {}/{}{} | {metric} | {} | {} | {} | {} | {} | {} | {} |",
                 o.scenario.name(),
                 o.transport.name(),
                 o.note,
                 cell(&cells[0]),
                 cell(&cells[1]),
                 cell(&cells[2]),
+                cell(&cells[3]),
                 ratio(&cells[1], &cells[0]),
                 ratio(&cells[1], &cells[2]),
+                ratio(&cells[1], &cells[3]),
             );
         }
     }
@@ -311,6 +314,7 @@ pub struct Header {
     pub mode: String,
     pub pinning: String,
     pub nginx: String,
+    pub haproxy: String,
     pub proxy: String,
 }
 
@@ -335,6 +339,7 @@ than edit.
 - Mode: {mode}
 - Proxy: {proxy}
 - nginx: {nginx}
+- haproxy: {haproxy}
 - Pinning: {pinning}
 
 ## Results
@@ -351,6 +356,7 @@ than edit.
         mode = h.mode,
         proxy = h.proxy,
         nginx = h.nginx,
+        haproxy = h.haproxy,
         pinning = h.pinning,
     );
     if !failures.is_empty() {
