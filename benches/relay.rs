@@ -579,8 +579,11 @@ async fn run(
                             row[ti] = v.map_or(Cell::NotApplicable, Cell::Value);
                         }
                         let secs = t.elapsed().as_secs_f64();
+                        let tls = r.handshakes.map_or(String::new(), |(n, resumed)| {
+                            format!(", upstream TLS handshakes {n}, {resumed} resumed")
+                        });
                         if r.failed_checks.is_empty() {
-                            eprintln!("ok ({secs:.1} s, other load {:.2} CPU)", r.other_load);
+                            eprintln!("ok ({secs:.1} s, other load {:.2} CPU{tls})", r.other_load);
                         } else {
                             let checks = r.failed_checks.join("; ");
                             eprintln!("FAILED ({secs:.1} s): {checks}");

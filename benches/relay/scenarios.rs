@@ -195,6 +195,9 @@ pub struct RunResult {
     /// Checks the run failed although it measured everything (a metric that must be 0 is
     /// not): the figures are reported, and the run counts as failed.
     pub failed_checks: Vec<String>,
+    /// Over a TLS upstream: the handshakes the upstream completed and how many resumed a
+    /// session. Not a metric; printed, since full handshakes weigh on CPU per stream.
+    pub handshakes: Option<(u64, u64)>,
 }
 
 /// Everything a scenario run needs, made once per bench run.
@@ -312,6 +315,7 @@ pub async fn run(
             values: vec![None; scenario.metrics().len()],
             other_load: 0.0,
             failed_checks: Vec::new(),
+            handshakes: None,
         });
     }
     let seq = ctx.runs.fetch_add(1, Ordering::Relaxed);
@@ -464,6 +468,12 @@ pub async fn run(
         }
         m.stop().await;
     }
+    let handshakes = tls.then(|| {
+        (
+            upstream.stats.handshakes.load(Ordering::Relaxed),
+            upstream.stats.resumed.load(Ordering::Relaxed),
+        )
+    });
     drop(upstream);
     result.map(|values| {
         let failed_checks = scenario
@@ -478,6 +488,7 @@ pub async fn run(
             values,
             other_load,
             failed_checks,
+            handshakes,
         }
     })
 }
