@@ -56,7 +56,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use report::{Cell, Header, Outcome};
-use scenarios::{Ctx, Scenario, Target, Transport};
+use scenarios::{Ctx, Scenario, Target, Transport, Values};
 use upstream::{Fixture, Shared};
 
 /// The SSE replay: a recorded Messages API stream (599 events).
@@ -80,10 +80,25 @@ const QUICK_RESET_CONCURRENCY: usize = 100;
 /// Share of the reset scenario's streams that the upstream cuts.
 const RESET_FRACTION: f64 = 0.5;
 
+/// Rounds of a scenario in a full run: enough that one round's outlier cannot decide a
+/// comparison (the median of 3 ignores one), more where a figure is noisy. sse_paced's p99
+/// event delay moves by tens of percent between single runs, so it gets 5. A quick run does 1;
+/// the endurance scenarios always run once.
+fn default_rounds(scenario: Scenario) -> usize {
+    match scenario {
+        Scenario::SsePaced => 5,
+        s if s.endurance() => 1,
+        _ => 3,
+    }
+}
+
 const USAGE: &str = "usage: cargo bench --bench relay -- [options] [SCENARIO[/plain|/tls] ...]
 
 options:
-  --quick              small counts (finishes in well under a minute)
+  --quick              small counts, 1 round (finishes in about a minute)
+  --rounds N           rounds per scenario (default 3, sse_paced 5; quick 1): each round runs
+                       every selected target once, in an order rotated from round to round;
+                       each cell is the median over the rounds. soak and reset run once
   --write-results      also write benches/RESULTS.md
   --streams N          held streams in idle_streams and soak (default 5000, quick 200)
   --soak-secs N        how long each soak stream lasts (default 180, quick 8)
@@ -135,6 +150,7 @@ struct Args {
     rotate_ms: Option<u64>,
     egress: bool,
     small_posts: Option<usize>,
+    rounds: Option<usize>,
     help: bool,
     /// As given, for RESULTS.md.
     raw: Vec<String>,
@@ -176,6 +192,7 @@ impl Args {
             rotate_ms: None,
             egress: false,
             small_posts: None,
+            rounds: None,
             help: false,
             raw: Vec::new(),
         };
@@ -214,6 +231,16 @@ impl Args {
                     }
                     a.raw.push(format!("--streams {n}"));
                     a.streams = Some(n);
+                    continue;
+                }
+                "--rounds" => {
+                    let v = value("--rounds")?;
+                    let n = v.parse().map_err(|_| "--rounds needs a number")?;
+                    if n == 0 {
+                        return Err("--rounds must be at least 1".into());
+                    }
+                    a.raw.push(format!("--rounds {n}"));
+                    a.rounds = Some(n);
                     continue;
                 }
                 "--soak-secs" => {
@@ -283,6 +310,19 @@ impl Args {
             a.raw.push(arg);
         }
         Ok(a)
+    }
+
+    /// Rounds of `s`: once for the endurance scenarios, else --rounds, else the default.
+    fn rounds_of(&self, s: Scenario) -> usize {
+        if s.endurance() {
+            1
+        } else if let Some(n) = self.rounds {
+            n
+        } else if self.quick {
+            1
+        } else {
+            default_rounds(s)
+        }
     }
 
     fn selects(&self, s: Scenario, t: Transport) -> bool {
@@ -372,7 +412,7 @@ fn main() -> ExitCode {
             Ok(()) => (
                 Some(cpus[0]),
                 format!(
-                    "proxy / nginx on CPU {}, load generator + upstreams on CPU {}",
+                    "proxy / nginx / haproxy on CPU {}, load generator + upstreams on CPU {}",
                     cpus[0], cpus[1]
                 ),
             ),
@@ -554,11 +594,12 @@ async fn run(
                 continue;
             }
             let label = format!("{}/{}", scenario.name(), transport.name());
-            let mut cells = vec![
-                [Cell::Skipped, Cell::Skipped, Cell::Skipped, Cell::Skipped];
-                scenario.metrics().len()
-            ];
-            for (ti, target) in Target::ALL.into_iter().enumerate() {
+            let rounds = args.rounds_of(scenario);
+            let metrics = scenario.metrics().len();
+            let mut cells = vec![std::array::from_fn(|_| Cell::Skipped); metrics];
+            // The targets that run: selected, installed, and meaningful for the scenario.
+            let mut order = Vec::new();
+            for target in Target::ALL {
                 if !args.targets.contains(&target)
                     || (target == Target::Nginx && ctx.nginx_bin.is_none())
                     || (target == Target::Haproxy && ctx.haproxy_bin.is_none())
@@ -567,45 +608,84 @@ async fn run(
                 }
                 if !scenario.runs_on(target) {
                     for row in cells.iter_mut() {
-                        row[ti] = Cell::NotApplicable;
+                        row[target as usize] = Cell::NotApplicable;
                     }
                     continue;
                 }
-                eprint!("{label:<20} {:<7} ", target.name());
-                let t = Instant::now();
-                match scenarios::run(&ctx, scenario, transport, target).await {
-                    Ok(r) => {
-                        for (row, v) in cells.iter_mut().zip(r.values) {
-                            row[ti] = v.map_or(Cell::NotApplicable, Cell::Value);
-                        }
-                        let secs = t.elapsed().as_secs_f64();
-                        let tls = r.handshakes.map_or(String::new(), |(n, resumed)| {
-                            format!(", upstream TLS handshakes {n}, {resumed} resumed")
-                        });
-                        if r.failed_checks.is_empty() {
-                            eprintln!("ok ({secs:.1} s, other load {:.2} CPU{tls})", r.other_load);
-                        } else {
-                            let checks = r.failed_checks.join("; ");
-                            eprintln!("FAILED ({secs:.1} s): {checks}");
-                            failures.push(format!("{label} {}: {checks}", target.name()));
-                        }
-                        let into = if scenario.endurance() {
-                            &mut endurance_load
-                        } else {
-                            &mut load
-                        };
-                        into.add(&label, target, r.other_load, secs);
-                    }
-                    Err(e) => {
-                        for row in cells.iter_mut() {
-                            row[ti] = Cell::Failed;
-                        }
-                        eprintln!("FAILED: {e}");
-                        failures.push(format!("{label} {}: {e}", target.name()));
-                    }
+                order.push(target);
+            }
+            let mut per_round: Vec<[Option<Values>; 4]> = vec![Default::default(); rounds];
+            let mut failed = [false; 4];
+            for (round, values) in per_round.iter_mut().enumerate() {
+                // Each round starts one target later, so no target always runs first (on a
+                // cold machine) or last (after the others' heat and allocations).
+                if round > 0 {
+                    order.rotate_left(1);
                 }
-                // Let sockets of the finished run close before the next one starts.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                for &target in &order {
+                    let ti = target as usize;
+                    if failed[ti] {
+                        // Its cell shows FAIL whatever the other rounds give.
+                        continue;
+                    }
+                    let (tag, which) = if rounds > 1 {
+                        let n = round + 1;
+                        (format!("{n}/{rounds} "), format!(" (round {n}/{rounds})"))
+                    } else {
+                        (String::new(), String::new())
+                    };
+                    let at = format!("{label} {}{which}", target.name());
+                    eprint!("{label:<20} {:<7} {tag}", target.name());
+                    let t = Instant::now();
+                    match scenarios::run(&ctx, scenario, transport, target).await {
+                        Ok(r) => {
+                            let secs = t.elapsed().as_secs_f64();
+                            let tls = r.handshakes.map_or(String::new(), |(n, resumed)| {
+                                format!(", upstream TLS handshakes {n}, {resumed} resumed")
+                            });
+                            let figures = report::figures(scenario, &r.values);
+                            if r.failed_checks.is_empty() {
+                                eprintln!(
+                                    "ok ({secs:.1} s, other load {:.2} CPU{tls}){figures}",
+                                    r.other_load
+                                );
+                            } else {
+                                let checks = r.failed_checks.join("; ");
+                                eprintln!("FAILED ({secs:.1} s): {checks}{figures}");
+                                failures.push(format!("{at}: {checks}"));
+                            }
+                            let into = if scenario.endurance() {
+                                &mut endurance_load
+                            } else {
+                                &mut load
+                            };
+                            into.add(&at, r.other_load, secs);
+                            values[ti] = Some(r.values);
+                        }
+                        Err(e) => {
+                            failed[ti] = true;
+                            eprintln!("FAILED: {e}");
+                            failures.push(format!("{at}: {e}"));
+                        }
+                    }
+                    // Let sockets of the finished run close before the next one starts.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            // Each cell: the median over the rounds of that metric, taken on its own.
+            for &target in &order {
+                let ti = target as usize;
+                for (m, row) in cells.iter_mut().enumerate() {
+                    row[ti] = if failed[ti] {
+                        Cell::Failed
+                    } else {
+                        let mut got: Vec<f64> = per_round
+                            .iter()
+                            .filter_map(|r| r[ti].as_ref()?.get(m).copied().flatten())
+                            .collect();
+                        report::median(&mut got).map_or(Cell::NotApplicable, Cell::Value)
+                    };
+                }
             }
             let note = match scenario {
                 Scenario::IdleStreams => format!(" (N={streams})"),
@@ -621,6 +701,7 @@ async fn run(
                 transport,
                 note,
                 cells,
+                rounds: per_round,
             });
         }
     }
@@ -655,11 +736,11 @@ async fn run(
             command: format!("cargo bench --bench relay -- {}", args.raw.join(" "))
                 .trim_end()
                 .to_string(),
-            mode: if args.quick {
-                format!("quick (held streams: {streams})")
-            } else {
-                format!("full (held streams: {streams})")
-            },
+            mode: format!(
+                "{} (held streams: {streams}; {})",
+                if args.quick { "quick" } else { "full" },
+                report::rounds_summary(&relay)
+            ),
             pinning,
             nginx: ctx
                 .nginx_bin

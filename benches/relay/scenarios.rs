@@ -171,6 +171,8 @@ impl Target {
         Target::Nginx,
         Target::Haproxy,
     ];
+    /// The established proxies the proxy is compared with.
+    pub const ANCHORS: [Target; 2] = [Target::Nginx, Target::Haproxy];
 
     pub fn name(self) -> &'static str {
         match self {
