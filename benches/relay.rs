@@ -643,7 +643,12 @@ async fn run(
                             let tls = r.handshakes.map_or(String::new(), |(n, resumed)| {
                                 format!(", upstream TLS handshakes {n}, {resumed} resumed")
                             });
-                            let figures = report::figures(scenario, &r.values);
+                            // The endurance scenarios' many figures are in their table.
+                            let figures = if scenario.endurance() {
+                                String::new()
+                            } else {
+                                report::figures(scenario, &r.values)
+                            };
                             if r.failed_checks.is_empty() {
                                 eprintln!(
                                     "ok ({secs:.1} s, other load {:.2} CPU{tls}){figures}",
