@@ -140,7 +140,7 @@ pub fn figures(scenario: Scenario, values: &Values) -> String {
     }
 }
 
-/// The rounds each scenario ran, for the header: `rounds: small_post 3, sse_paced 5; ...`.
+/// The rounds each scenario ran, for the header: `rounds: small_post 5, sse_paced 7, ...`.
 pub fn rounds_summary(outcomes: &[Outcome]) -> String {
     let mut seen: Vec<(Scenario, usize)> = Vec::new();
     for o in outcomes {
@@ -640,8 +640,9 @@ const METHOD: &str = "
 - Pinning: the process under test (the proxy, nginx's master and worker, or HAProxy; one at a
   time) runs on the first allowed CPU, the load generator and the upstreams, which share one
   tokio current-thread runtime in the bench process, on the second.
-- Rounds: each scenario and transport runs in rounds (full run: 3, sse_paced 5, whose p99 moves
-  most between runs; quick: 1; `--rounds N`); a round runs every target once, and each round
+- Rounds: each scenario and transport runs in rounds (full run: 5; sse_paced 7, whose p99
+  moves most between runs; idle_streams 3, whose memory figures move least and whose rounds
+  are the longest; quick: 1; `--rounds N`); a round runs every target once, and each round
   starts one target later than the one before, so drift on the machine (other load, heat)
   does not always favour the same target. Every figure in the table is the median over the
   rounds of that metric, taken metric by metric; the ratio columns divide those medians.
