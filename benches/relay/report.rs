@@ -652,11 +652,11 @@ const METHOD: &str = "
   forwarded: nginx's access.log lines and HAProxy's httplog lines are counted against the
   requests the upstream saw, and a difference fails the run.
 - An anchor's run that ends in an error is run again, up to twice, and listed under the
-  targets; its cell shows FAIL only if all three fail. HAProxy 2.6.12 now and then (about one
-  32 MiB download in 60 over the TLS upstream here) stops a few KiB before the end of a
-  response: it has read every byte from the upstream but never sends the rest, and the
-  client's 30 s read timeout ends the run. nginx and the proxy did not, over hundreds of the
-  same runs. The proxy's and direct runs are never retried.
+  targets; its cell shows FAIL only if all three fail. HAProxy 2.6.12 now and then (one 32 MiB
+  download over the TLS upstream in somewhere between 30 and 650 here) stops a few KiB before
+  the end of a response: it has read every byte from the upstream but never sends the rest,
+  and the client's 30 s read timeout ends the run. nginx and the proxy did not, over 720
+  downloads each of the same kind. The proxy's and direct runs are never retried.
 - CPU: the proxy's (nginx: master plus worker; HAProxy: its one process) CPU time from /proc
   before and after the measured phase, after a warm-up. utime+stime from /proc/<pid>/stat has
   10 ms granularity, so the bench sums the per-thread run time in ns from
