@@ -1,4 +1,5 @@
-//! The processes under test (the proxy, nginx) and what the bench reads about them from /proc:
+//! The processes under test (the proxy, nginx, HAProxy) and what the bench reads about them from
+//! /proc:
 //! CPU time, resident memory (current and peak), open descriptors, children. Also CPU pinning
 //! and the descriptor limit.
 
@@ -221,15 +222,26 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-/// A process under test: the proxy or nginx (master, with its worker as a measured child).
+/// A process under test: the proxy, nginx (master, with its worker as a measured child) or
+/// HAProxy (one process).
 pub struct Middle {
     pub addr: SocketAddr,
     child: Child,
-    /// Every process whose CPU time and memory count: the proxy, or nginx's master and worker.
+    /// Every process whose CPU time and memory count: the proxy, nginx's master and worker, or
+    /// HAProxy.
     pids: Vec<u32>,
-    /// Its stderr (the proxy's log) or nginx's directory, for error messages.
+    /// Its stderr (the proxy's and HAProxy's log) or nginx's error log, for error messages.
     log: PathBuf,
+    /// Where an anchor writes one line per forwarded request (see [`Middle::logged_requests`]).
+    request_log: Option<RequestLog>,
     stopped: bool,
+}
+
+/// An anchor's per-request log: the file, and the text that marks a forwarded request's line
+/// (`None`: every line is one).
+struct RequestLog {
+    path: PathBuf,
+    marker: Option<&'static str>,
 }
 
 impl Middle {
@@ -262,6 +274,19 @@ impl Middle {
     /// The last line of the proxy's log (the proxy's lines carry no secrets).
     pub fn last_log_line(&self) -> String {
         last_line(&self.log)
+    }
+
+    /// Lines an anchor (nginx, HAProxy) has written to its request log for requests it forwarded
+    /// upstream; `None` for the proxy, whose log the bench does not parse. The bench compares
+    /// this with the requests the upstream saw, so an anchor cannot be cheaper by not logging.
+    pub fn logged_requests(&self) -> Option<usize> {
+        let log = self.request_log.as_ref()?;
+        let text = fs::read_to_string(&log.path).unwrap_or_default();
+        Some(
+            text.lines()
+                .filter(|l| log.marker.map_or(!l.is_empty(), |m| l.contains(m)))
+                .count(),
+        )
     }
 
     /// SIGTERM, then SIGKILL after [`STOP_LIMIT`].
@@ -394,6 +419,7 @@ pub async fn start_proxy(spec: ProxySpec<'_>) -> Result<Middle, String> {
         child,
         pids: vec![pid],
         log: spec.log,
+        request_log: None,
         stopped: false,
     };
     let deadline = Instant::now() + STARTUP_LIMIT;
@@ -432,16 +458,27 @@ fn parse_startup_line(line: &str) -> Option<SocketAddr> {
     addr.trim().parse().ok()
 }
 
-/// Finds an nginx binary: `nginx` on PATH, or /usr/sbin/nginx.
-pub fn find_nginx() -> Option<PathBuf> {
+/// Finds a binary: `name` on PATH, or in /usr/sbin or /usr/local/sbin (Debian installs nginx
+/// and haproxy there, often not on a non-root PATH).
+fn find_binary(name: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
     on_path
         .into_iter()
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("nginx"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// Finds an nginx binary: `nginx` on PATH, or /usr/sbin/nginx.
+pub fn find_nginx() -> Option<PathBuf> {
+    find_binary("nginx")
+}
+
+/// Finds a HAProxy binary: `haproxy` on PATH, or /usr/sbin/haproxy.
+pub fn find_haproxy() -> Option<PathBuf> {
+    find_binary("haproxy")
 }
 
 /// `nginx -v` output, e.g. `nginx/1.22.1`.
@@ -455,10 +492,30 @@ pub fn nginx_version(bin: &Path) -> String {
         .unwrap_or_else(|| "nginx".into())
 }
 
-/// How to start nginx.
-pub struct NginxSpec<'a> {
+/// `haproxy -v`'s version, e.g. `HAProxy 2.6.12-1+deb12u4` (from `HAProxy version
+/// 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/`).
+pub fn haproxy_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let first = text.lines().next()?.trim().to_string();
+            let version = first
+                .strip_prefix("HAProxy version ")?
+                .split_whitespace()
+                .next()?;
+            Some(format!("HAProxy {version}"))
+        })
+        .unwrap_or_else(|| "HAProxy".into())
+}
+
+/// How to start an anchor (nginx or HAProxy).
+pub struct AnchorSpec<'a> {
     pub bin: &'a Path,
-    /// Its prefix directory (created; config, logs and pid file go there).
+    /// Its directory (created; config, logs and nginx's pid file go there).
     pub dir: PathBuf,
     pub upstream: SocketAddr,
     /// `Some(ca.pem)` for the TLS upstream.
@@ -479,7 +536,7 @@ fn free_port() -> io::Result<u16> {
 
 /// The nginx configuration equivalent to the proxy: one worker, unbuffered streaming both ways,
 /// HTTP/1.1 with keepalive to the upstream, the token injected, the upstream verified.
-fn nginx_conf(spec: &NginxSpec<'_>, port: u16) -> String {
+fn nginx_conf(spec: &AnchorSpec<'_>, port: u16) -> String {
     let dir = spec.dir.display();
     // Each held stream takes two connections (client and upstream); below 1/16 free, nginx
     // starts closing idle ones, which include new connections still waiting for their request.
@@ -553,7 +610,7 @@ http {{
 /// Writes nginx's config into its directory and starts it in the foreground
 /// (`nginx -p <dir> -c <dir>/nginx.conf -g 'daemon off;'`); ready once its worker exists and
 /// its port accepts.
-pub async fn start_nginx(spec: NginxSpec<'_>) -> Result<Middle, String> {
+pub async fn start_nginx(spec: AnchorSpec<'_>) -> Result<Middle, String> {
     fs::create_dir_all(&spec.dir).map_err(|e| format!("nginx dir: {e}"))?;
     let mut last_err = String::new();
     // The free port may be taken between probing and nginx's bind: retry a few times.
@@ -588,6 +645,10 @@ pub async fn start_nginx(spec: NginxSpec<'_>) -> Result<Middle, String> {
             child,
             pids: vec![pid],
             log: spec.dir.join("error.log"),
+            request_log: Some(RequestLog {
+                path: spec.dir.join("access.log"),
+                marker: None,
+            }),
             stopped: false,
         };
         let deadline = Instant::now() + STARTUP_LIMIT;
@@ -603,6 +664,149 @@ pub async fn start_nginx(spec: NginxSpec<'_>) -> Result<Middle, String> {
             }
             if Instant::now() > deadline {
                 return Err("nginx not ready in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Err(last_err)
+}
+
+/// Marks HAProxy's log line for a request it forwarded upstream (`option httplog` names the
+/// backend and server: `upstream/fixture`); its own answers (401, /health) say `<NOSRV>`.
+const HAPROXY_FORWARDED: &str = " upstream/fixture ";
+
+/// The HAProxy configuration for the same job as [`nginx_conf`]'s: one process and one thread,
+/// HTTP/1.1 with connection reuse to the upstream, nothing buffered, the phantom token checked
+/// and the real one set, the upstream verified over TLS, a log line per request.
+fn haproxy_conf(spec: &AnchorSpec<'_>, port: u16) -> String {
+    // maxconn counts client-side connections only (upstream ones count towards the descriptor
+    // limit HAProxy derives from it, about twice maxconn, and raises itself): each held stream
+    // is one, plus room for the warm-up and reconnects.
+    let maxconn = (spec.connections + 1024).max(4096);
+    let tls = match spec.tls_ca {
+        None => String::new(),
+        // The fixture's certificate names `localhost` (and 127.0.0.1); like nginx's
+        // proxy_ssl_name, send that name and verify the certificate against it.
+        Some(ca) => format!(
+            " ssl verify required ca-file {} sni str(localhost) verifyhost localhost",
+            ca.display()
+        ),
+    };
+    format!(
+        "# agent-loop-proxy relay bench: HAProxy as an anchor, configured for the proxy's job.
+global
+    # One process with one thread: started with -db (foreground, no daemon, no master-worker),
+    # stopped with SIGTERM.
+    nbthread 1
+    maxconn {maxconn}
+    # One line per request (option httplog) on stderr, which the bench points at a regular
+    # file: a write to a file never fails with EAGAIN, so no line is dropped, and the bench
+    # counts them against the requests the upstream saw.
+    log stderr format raw local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    # A connection that sends nothing (the bench's readiness probe) is not a request.
+    option dontlognull
+    # Send what arrives at once. Without this HAProxy writes a response that is not finished
+    # yet with MSG_MORE, and the kernel holds a part-filled segment for up to 200 ms: SSE events
+    # (and response heads) would wait there. nginx with proxy_buffering off and the proxy write
+    # each piece as it comes.
+    option http-no-delay
+    maxconn {maxconn}
+    timeout connect 10s
+    # Held and paced SSE streams are quiet for long stretches: 600 s either side, as nginx's
+    # proxy_read_timeout / proxy_send_timeout.
+    timeout client 600s
+    timeout server 600s
+    timeout http-request 60s
+    timeout http-keep-alive 60s
+
+frontend relay
+    bind 127.0.0.1:{port}
+    # Answered locally, before the token check, as the proxy answers GET/HEAD /health.
+    http-request return status 200 content-type \"text/plain; charset=utf-8\" hdr Cache-Control no-store string \"agent-loop-proxy ok\" if {{ path /health }} {{ method GET HEAD }}
+    # The phantom token the sandbox holds; anything else is refused, like nginx's `if`.
+    http-request return status 401 unless {{ req.fhdr(authorization) -m str \"Bearer {phantom}\" }}
+    # nginx's client_max_body_size 64m, for declared lengths (HAProxy streams bodies and does
+    # not count chunked ones).
+    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt 67108864 }}
+    http-request set-header Authorization \"Bearer {token}\"
+    # 1000 requests per client connection, as nginx's keepalive_requests and the proxy's
+    # MAX_REQUESTS_PER_CONNECTION: HAProxy has no such setting, so a session variable counts
+    # the connection's requests and the 1000th answer says Connection: close, which makes
+    # HAProxy close the connection after it.
+    http-request set-var(sess.requests) var(sess.requests,0),add(1)
+    http-after-response set-header Connection close if {{ var(sess.requests) -m int ge 1000 }}
+    default_backend upstream
+
+backend upstream
+    # `always`: any idle upstream connection serves any request, including a client
+    # connection's first, as nginx's `keepalive 32` pool and the proxy's POOL_MAX_IDLE do.
+    # `safe` would send each new client connection's first request over a fresh connection (or
+    # one already reused), so every held stream and every reconnect would pay an upstream
+    # connect and, over TLS, a handshake that nginx and the proxy do not. The one upstream and
+    # the one credential make sharing connections between clients harmless here.
+    http-reuse always
+    # Up to 32 idle connections kept for 60 s, as nginx's keepalive 32 / keepalive_timeout.
+    server fixture {upstream}{tls} pool-max-conn 32 pool-purge-delay 60s
+",
+        upstream = spec.upstream,
+        token = spec.token,
+        phantom = spec.phantom,
+    )
+}
+
+/// Writes HAProxy's config into its directory and starts it in the foreground
+/// (`haproxy -db -f <dir>/haproxy.cfg`, stderr, its log, to `<dir>/haproxy.log`); ready once
+/// its port accepts.
+pub async fn start_haproxy(spec: AnchorSpec<'_>) -> Result<Middle, String> {
+    fs::create_dir_all(&spec.dir).map_err(|e| format!("haproxy dir: {e}"))?;
+    let mut last_err = String::new();
+    // The free port may be taken between probing and HAProxy's bind: retry a few times.
+    for _ in 0..3 {
+        let port = free_port().map_err(|e| format!("free port: {e}"))?;
+        let conf = spec.dir.join("haproxy.cfg");
+        fs::write(&conf, haproxy_conf(&spec, port)).map_err(|e| format!("haproxy.cfg: {e}"))?;
+        let log = spec.dir.join("haproxy.log");
+        let stderr = fs::File::create(&log).map_err(|e| format!("haproxy log: {e}"))?;
+        let mut cmd = Command::new(spec.bin);
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // SIGTERM: HAProxy's hard stop, closing every connection at once.
+        child_setup(&mut cmd, spec.cpu, libc::SIGTERM);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start haproxy: {e}"))?;
+        let pid = child.id();
+        let mut middle = Middle {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            pids: vec![pid],
+            log: log.clone(),
+            request_log: Some(RequestLog {
+                path: log,
+                marker: Some(HAPROXY_FORWARDED),
+            }),
+            stopped: false,
+        };
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            if !middle.alive() {
+                last_err = format!("haproxy exited: {}", middle.last_log_line());
+                break;
+            }
+            if tokio::net::TcpStream::connect(middle.addr).await.is_ok() {
+                return Ok(middle);
+            }
+            if Instant::now() > deadline {
+                return Err("haproxy not ready in time".into());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -1,4 +1,5 @@
-//! The results tables, the issue 6 target check, and benches/RESULTS.md.
+//! The results tables (medians over rounds, ratios against the better anchor), the issue 14
+//! target check, and benches/RESULTS.md.
 //!
 //! RESULTS.md has two parts: the relay scenarios' (header, table, targets, method) and, after
 //! [`ENDURANCE_MARK`], the soak and reset section. A run rewrites only the parts it measured
@@ -9,7 +10,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::scenarios::{Scenario, Target, Transport};
+use crate::scenarios::{Scenario, Target, Transport, Values};
 
 /// One table cell.
 #[derive(Clone, Debug)]
@@ -19,28 +20,142 @@ pub enum Cell {
     NotApplicable,
     /// The run failed; the reason is listed under the table.
     Failed,
-    /// Not run (target not selected, or nginx not installed).
+    /// Not run (target not selected, or the anchor not installed).
     Skipped,
 }
 
-/// Results of one scenario over one transport: `cells[metric][target]`.
+/// Results of one scenario over one transport: `cells[metric][target]` (medians over the
+/// rounds), and each round's values, `rounds[round][target]`.
 pub struct Outcome {
     pub scenario: Scenario,
     pub transport: Transport,
     /// Extra words for the scenario column, e.g. the stream count.
     pub note: String,
-    pub cells: Vec<[Cell; 3]>,
+    pub cells: Vec<[Cell; 4]>,
+    /// Per round, per target: what that run measured (`None`: not run, or it failed).
+    pub rounds: Vec<[Option<Values>; 4]>,
+}
+
+/// How the proxy compares with the better anchor on one metric.
+pub struct VsBest {
+    /// The anchor with the better median.
+    pub anchor: Target,
+    /// Median of the proxy / median of that anchor.
+    pub ratio: f64,
+    /// Lowest and highest of the per-round ratios (round i's proxy over round i's value of the
+    /// same anchor), when at least two rounds measured both.
+    pub spread: Option<(f64, f64)>,
 }
 
 impl Outcome {
+    fn metric(&self, metric: &str) -> Option<usize> {
+        self.scenario.metrics().iter().position(|&n| n == metric)
+    }
+
     pub fn value(&self, metric: &str, target: Target) -> Option<f64> {
-        let m = self.scenario.metrics().iter().position(|&n| n == metric)?;
-        let t = Target::ALL.iter().position(|&x| x == target)?;
-        match self.cells[m][t] {
+        match self.cells[self.metric(metric)?][target as usize] {
             Cell::Value(v) => Some(v),
             _ => None,
         }
     }
+
+    /// The proxy against the better of nginx and HAProxy (by their medians) on `metric`.
+    pub fn vs_best(&self, metric: &str) -> Option<VsBest> {
+        let m = self.metric(metric)?;
+        let higher = higher_is_better(metric);
+        let anchor = Target::ANCHORS
+            .into_iter()
+            .filter_map(|a| Some((a, self.value(metric, a)?)))
+            .reduce(|best, next| {
+                let better = if higher {
+                    next.1 > best.1
+                } else {
+                    next.1 < best.1
+                };
+                if better {
+                    next
+                } else {
+                    best
+                }
+            })?;
+        let proxy = self.value(metric, Target::Proxy)?;
+        if anchor.1 == 0.0 {
+            return None;
+        }
+        let per_round: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter_map(|r| {
+                let p = r[Target::Proxy as usize]
+                    .as_ref()?
+                    .get(m)
+                    .copied()
+                    .flatten()?;
+                let a = r[anchor.0 as usize].as_ref()?.get(m).copied().flatten()?;
+                (a != 0.0).then(|| p / a)
+            })
+            .collect();
+        let spread = (per_round.len() >= 2).then(|| {
+            let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        });
+        Some(VsBest {
+            anchor: anchor.0,
+            ratio: proxy / anchor.1,
+            spread,
+        })
+    }
+}
+
+/// Whether more of `metric` is better (throughput) rather than less (CPU, memory, latency,
+/// delay, TTFB).
+pub fn higher_is_better(metric: &str) -> bool {
+    matches!(metric, "requests/s" | "events/s" | "MB/s")
+}
+
+/// The median of `values` (the mean of the middle two for an even count); sorts them.
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// One run's figures for its stderr line: `: requests/s 8996 · CPU µs/request 45.4 ...`.
+pub fn figures(scenario: Scenario, values: &Values) -> String {
+    let parts: Vec<String> = scenario
+        .metrics()
+        .iter()
+        .zip(values)
+        .filter_map(|(m, v)| Some(format!("{m} {}", num((*v)?))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join(" · "))
+    }
+}
+
+/// The rounds each scenario ran, for the header: `rounds: small_post 5, sse_paced 7, ...`.
+pub fn rounds_summary(outcomes: &[Outcome]) -> String {
+    let mut seen: Vec<(Scenario, usize)> = Vec::new();
+    for o in outcomes {
+        if !seen.iter().any(|&(s, _)| s == o.scenario) {
+            seen.push((o.scenario, o.rounds.len()));
+        }
+    }
+    let list: Vec<String> = seen
+        .iter()
+        .map(|(s, n)| format!("{} {n}", s.name()))
+        .collect();
+    format!(
+        "rounds: {}; each cell the median over its rounds",
+        list.join(", ")
+    )
 }
 
 fn num(v: f64) -> String {
@@ -73,25 +188,37 @@ fn ratio(a: &Cell, b: &Cell) -> String {
     }
 }
 
-/// The markdown table: scenario | metric | direct | proxy | nginx | proxy/direct | proxy/nginx.
+fn spread(s: Option<(f64, f64)>) -> String {
+    s.map_or("—".into(), |(lo, hi)| format!("{lo:.2}–{hi:.2}"))
+}
+
+/// The markdown table: scenario | metric | direct | proxy | nginx | haproxy | proxy/direct |
+/// proxy/nginx | proxy/haproxy | proxy/best | proxy/best, rounds (min–max).
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| scenario | metric | direct | proxy | nginx | proxy/direct | proxy/nginx |\n\
-         |---|---|---:|---:|---:|---:|---:|\n",
+        "| scenario | metric | direct | proxy | nginx | haproxy | proxy/direct | proxy/nginx \
+         | proxy/haproxy | proxy/best | proxy/best, rounds (min–max) |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for o in outcomes {
         for (metric, cells) in o.scenario.metrics().iter().zip(&o.cells) {
+            let best = o.vs_best(metric);
             let _ = writeln!(
                 out,
-                "| {}/{}{} | {metric} | {} | {} | {} | {} | {} |",
+                "| {}/{}{} | {metric} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 o.scenario.name(),
                 o.transport.name(),
                 o.note,
                 cell(&cells[0]),
                 cell(&cells[1]),
                 cell(&cells[2]),
+                cell(&cells[3]),
                 ratio(&cells[1], &cells[0]),
                 ratio(&cells[1], &cells[2]),
+                ratio(&cells[1], &cells[3]),
+                best.as_ref()
+                    .map_or("—".into(), |b| format!("{:.2}", b.ratio)),
+                spread(best.and_then(|b| b.spread)),
             );
         }
     }
@@ -126,97 +253,97 @@ pub fn endurance_table(outcomes: &[Outcome]) -> String {
     out
 }
 
-/// Checks the issue 6 targets that this run measured.
+/// Checks the issue 14 targets that this run measured: the proxy against the better of the two
+/// anchors, by the medians of this run.
 pub fn targets(outcomes: &[Outcome], streams: usize) -> String {
-    let find = |s: Scenario, t: Transport| {
-        outcomes
-            .iter()
-            .find(|o| o.scenario == s && o.transport == t)
-    };
-    type Check = Box<dyn Fn(&Outcome) -> Option<(f64, bool)>>;
-    let nginx_ratio = |metric: &'static str, ok: fn(f64) -> bool| -> Check {
-        Box::new(move |o: &Outcome| {
-            let r = o.value(metric, Target::Proxy)? / o.value(metric, Target::Nginx)?;
-            Some((r, ok(r)))
-        })
-    };
-    let rows: Vec<(&str, Scenario, Check)> = vec![
+    // (what, scenario, transport, metric, bound on proxy/best); above or below by the metric.
+    let rows: [(&str, Scenario, Transport, &str, f64); 5] = [
         (
-            "small POSTs: requests/s proxy/nginx ≥ 1.3",
-            Scenario::SmallPost,
-            nginx_ratio("requests/s", |r| r >= 1.3),
-        ),
-        (
-            "small POSTs: CPU/request proxy/nginx ≤ 0.7",
-            Scenario::SmallPost,
-            nginx_ratio("CPU µs/request", |r| r <= 0.7),
-        ),
-        (
-            "paced SSE: delay p50 proxy − direct ≤ 50 µs",
-            Scenario::SsePaced,
-            Box::new(|o: &Outcome| {
-                let m = "event delay p50 (µs)";
-                let d = o.value(m, Target::Proxy)? - o.value(m, Target::Direct)?;
-                Some((d, d <= 50.0))
-            }),
-        ),
-        (
-            "paced SSE: delay p99 proxy/nginx ≤ 0.5",
-            Scenario::SsePaced,
-            nginx_ratio("event delay p99 (µs)", |r| r <= 0.5),
-        ),
-        (
-            "paced SSE: CPU/event proxy/nginx ≤ 0.7",
-            Scenario::SsePaced,
-            nginx_ratio("CPU µs/event", |r| r <= 0.7),
-        ),
-        (
-            "held streams: KiB/stream ≤ 8 plain, ≤ 24 TLS (at 5000)",
-            Scenario::IdleStreams,
-            Box::new(|o: &Outcome| {
-                let v = o.value("RSS KiB/stream", Target::Proxy)?;
-                let limit = if o.transport == Transport::Plain {
-                    8.0
-                } else {
-                    24.0
-                };
-                Some((v, v <= limit))
-            }),
-        ),
-        (
-            "upload: CPU/byte proxy/nginx ≤ 1",
-            Scenario::Upload32m,
-            nginx_ratio("CPU µs/MiB", |r| r <= 1.0),
-        ),
-        (
-            "download: CPU/byte proxy/nginx ≤ 1",
-            Scenario::Download32m,
-            nginx_ratio("CPU µs/MiB", |r| r <= 1.0),
-        ),
-        (
-            "SSE burst: CPU/byte proxy/nginx ≤ 1",
+            "SSE burst over TLS: CPU per byte",
             Scenario::SseBurst,
-            nginx_ratio("CPU µs/MiB", |r| r <= 1.0),
+            Transport::Tls,
+            "CPU µs/MiB",
+            1.0,
+        ),
+        (
+            "SSE burst over TLS: MB/s",
+            Scenario::SseBurst,
+            Transport::Tls,
+            "MB/s",
+            1.0,
+        ),
+        (
+            "small POSTs, plain: CPU per request",
+            Scenario::SmallPost,
+            Transport::Plain,
+            "CPU µs/request",
+            0.85,
+        ),
+        (
+            "small POSTs over TLS: CPU per request",
+            Scenario::SmallPost,
+            Transport::Tls,
+            "CPU µs/request",
+            0.85,
+        ),
+        (
+            "held plain streams: KiB per stream",
+            Scenario::IdleStreams,
+            Transport::Plain,
+            "RSS KiB/stream",
+            1.0,
         ),
     ];
-    let mut out = String::from("| target (issue 6) | plain | tls |\n|---|---|---|\n");
-    for (label, scenario, check) in rows {
-        let mut line = format!("| {label} |");
-        for t in Transport::ALL {
-            let text = match find(scenario, t).and_then(&check) {
-                Some((v, ok)) => format!("{} {}", num(v), if ok { "met" } else { "MISSED" }),
-                None => "not measured".into(),
-            };
-            let _ = write!(line, " {text} |");
-        }
+    let mut out = String::from(
+        "| target (issue 14) | bound | proxy/best | better anchor | rounds (min–max) | result |\n\
+         |---|---|---:|---|---|---|\n",
+    );
+    for (label, scenario, transport, metric, limit) in rows {
+        let higher = higher_is_better(metric);
+        let bound = format!("{} {limit:.2}", if higher { "≥" } else { "≤" });
+        let ok = |r: f64| if higher { r >= limit } else { r <= limit };
+        let found = outcomes
+            .iter()
+            .find(|o| o.scenario == scenario && o.transport == transport)
+            .and_then(|o| o.vs_best(metric));
+        let line = match found {
+            None => format!("| {label} | {bound} | — | — | — | not measured |"),
+            Some(b) => {
+                let mut result = if ok(b.ratio) { "met" } else { "MISSED" }.to_string();
+                if let Some((lo, hi)) = b.spread {
+                    if lo < limit && hi > limit {
+                        // One round on each side of the bound: the verdict rests on the median.
+                        result.push_str(" (rounds on both sides of the bound)");
+                    }
+                }
+                format!(
+                    "| {label} | {bound} | {:.2} | {} | {} | {result} |",
+                    b.ratio,
+                    b.anchor.name(),
+                    spread(b.spread)
+                )
+            }
+        };
         out.push_str(&line);
         out.push('\n');
     }
-    if streams < 5000 && find(Scenario::IdleStreams, Transport::Plain).is_some() {
+    if streams < 5000 && outcomes.iter().any(|o| o.scenario == Scenario::IdleStreams) {
         let _ = writeln!(
             out,
-            "\n(held streams measured at N = {streams}; the target is stated at 5000)"
+            "\n(held streams measured at N = {streams}; a full run holds 5000)"
         );
+    }
+    out
+}
+
+/// The note on anchor runs that failed and were run again.
+pub fn retried(runs: &[String]) -> String {
+    let mut out = String::from(
+        "\nAnchor runs that failed and were run again (the anchor's fault; the figures are the \
+         rerun's):\n\n",
+    );
+    for r in runs {
+        let _ = writeln!(out, "- {r}");
     }
     out
 }
@@ -272,7 +399,8 @@ pub struct OtherLoad {
 }
 
 impl OtherLoad {
-    pub fn add(&mut self, label: &str, target: Target, load: f64, secs: f64) {
+    /// One run's load; `at` names it (scenario, target, round) in case it is the worst.
+    pub fn add(&mut self, at: &str, load: f64, secs: f64) {
         self.cpu_secs += load * secs;
         self.secs += secs;
         let worse = match &self.worst {
@@ -280,7 +408,7 @@ impl OtherLoad {
             Some((w, _)) => load > *w,
         };
         if worse {
-            self.worst = Some((load, format!("{label} {}", target.name())));
+            self.worst = Some((load, at.to_string()));
         }
     }
 
@@ -311,6 +439,7 @@ pub struct Header {
     pub mode: String,
     pub pinning: String,
     pub nginx: String,
+    pub haproxy: String,
     pub proxy: String,
 }
 
@@ -335,12 +464,15 @@ than edit.
 - Mode: {mode}
 - Proxy: {proxy}
 - nginx: {nginx}
+- haproxy: {haproxy}
 - Pinning: {pinning}
 
 ## Results
 
 {table}
-## Issue 6 targets
+## Issue 14 targets
+
+The proxy against the better of the two anchors for each metric, by this run's medians.
 
 {targets}
 {load}
@@ -351,6 +483,7 @@ than edit.
         mode = h.mode,
         proxy = h.proxy,
         nginx = h.nginx,
+        haproxy = h.haproxy,
         pinning = h.pinning,
     );
     if !failures.is_empty() {
@@ -474,28 +607,64 @@ const METHOD: &str = "
 ## Method
 
 - Each scenario runs over a plain and a TLS upstream (a CA made with rcgen at startup, given to
-  the proxy as `TARGET_CA_FILE` and to nginx as `proxy_ssl_trusted_certificate`), against three
-  targets: **direct** (the load generator talks to the fixture upstream itself, over TLS for the
-  TLS upstream), **proxy** (agent-loop-proxy, `LISTEN_PORT=0`, token on stdin) and **nginx**
-  (`worker_processes 1`, `proxy_http_version 1.1`, `proxy_buffering off`,
-  `proxy_request_buffering off`, upstream `keepalive 32`, `proxy_set_header Authorization`,
-  access log on, as the proxy logs every request too). Both check the phantom token the client
-  sends (`PHANTOM_TOKEN`; in nginx an `if ($http_authorization != ...) { return 401; }`), as a
-  deployment would. Every run gets a fresh upstream and a fresh proxy or nginx.
-- The load generator and the upstreams share one tokio current-thread runtime in the bench
-  process. The proxy and nginx run on their own CPU.
+  the proxy as `TARGET_CA_FILE`, to nginx as `proxy_ssl_trusted_certificate` and to HAProxy as
+  `ca-file`), against four targets: **direct** (the load generator talks to the fixture upstream
+  itself, over TLS for the TLS upstream), **proxy** (agent-loop-proxy, `LISTEN_PORT=0`, token on
+  stdin), and two anchors configured for the same job. **nginx**: `worker_processes 1`,
+  `proxy_http_version 1.1`, `proxy_buffering off`, `proxy_request_buffering off`, upstream
+  `keepalive 32`, `keepalive_requests 1000`, `proxy_set_header Authorization`, access log on.
+  **HAProxy**: one process with `nbthread 1`, in the foreground (`-db`, no master-worker),
+  `mode http`, `http-reuse always` (any idle upstream connection serves any request, as nginx's
+  and the proxy's pools do; `safe` would open a fresh upstream connection, and over TLS do a
+  handshake, for each new client connection's first request), `pool-max-conn 32`, no request
+  buffering (HAProxy streams bodies by default), `option http-no-delay` (without it HAProxy
+  sends unfinished responses with MSG_MORE and the kernel holds SSE events up to 200 ms),
+  `/health` answered locally, `http-request set-header Authorization`, the upstream verified
+  (`ssl verify required ca-file ... sni str(localhost) verifyhost localhost`, as nginx's
+  `proxy_ssl_name localhost`), one `option httplog` line per request to stderr, a regular file;
+  timeouts of 600 s on both sides for held and paced streams. HAProxy has no setting for a
+  cap on requests per client connection: a session variable counts them and the 1000th
+  answer says `Connection: close`, which makes HAProxy close after it, as nginx's
+  `keepalive_requests 1000` and the proxy's `MAX_REQUESTS_PER_CONNECTION` do. All three
+  check the phantom token the client sends (`PHANTOM_TOKEN`; in nginx an
+  `if ($http_authorization != ...) { return 401; }`, in HAProxy `http-request return status 401
+  unless { req.fhdr(authorization) -m str ... }`), as a deployment would. Every run gets a fresh
+  upstream and a fresh proxy, nginx or HAProxy.
+- Pinning: the process under test (the proxy, nginx's master and worker, or HAProxy; one at a
+  time) runs on the first allowed CPU, the load generator and the upstreams, which share one
+  tokio current-thread runtime in the bench process, on the second.
+- Rounds: each scenario and transport runs in rounds (full run: 5; sse_paced 7, whose p99
+  moves most between runs; idle_streams 3, whose memory figures move least and whose rounds
+  are the longest; quick: 1; `--rounds N`); a round runs every target once, and each round
+  starts one target later than the one before, so drift on the machine (other load, heat)
+  does not always favour the same target. Every figure in the table is the median over the
+  rounds of that metric, taken metric by metric; the ratio columns divide those medians.
+  **proxy/best** divides by the better anchor on that metric (higher requests/s, events/s and
+  MB/s; lower CPU, memory, latency, delay and TTFB); its **rounds** column gives the lowest and
+  highest of the per-round ratios, round i's proxy over round i's figure of that same anchor,
+  so a ratio whose range straddles 1 is within the noise. Each round's figures are printed to
+  stderr as they are measured. The endurance scenarios run once.
 - Every timed answer is checked: status 200, small bodies byte for byte, SSE bodies by sha256
   against the fixture (paced: after removing the stamps, and every event counted), uploads by
   the sha256 and byte count the upstream reports, downloads by sha256. The upstream checks each
   request carries exactly `Authorization: Bearer <real token>` (the client sends a phantom one
-  through the proxy and nginx).
-- CPU: the proxy's (nginx: master plus worker) CPU time from /proc before and after the measured
-  phase, after a warm-up. utime+stime from /proc/<pid>/stat has 10 ms granularity, so the bench
-  sums the per-thread run time in ns from /proc/<pid>/task/*/schedstat, falling back to
-  utime+stime if a thread exited.
+  through the proxy and the anchors). The anchors must write one log line per request they
+  forwarded: nginx's access.log lines and HAProxy's httplog lines are counted against the
+  requests the upstream saw, and a difference fails the run.
+- An anchor's run that ends in an error is run again, up to twice, and listed under the
+  targets; its cell shows FAIL only if all three fail. HAProxy 2.6.12 now and then (one 32 MiB
+  download over the TLS upstream in somewhere between 30 and 650 here) stops a few KiB before
+  the end of a response: it has read every byte from the upstream but never sends the rest,
+  and the client's 30 s read timeout ends the run. nginx and the proxy did not, over 720
+  downloads each of the same kind. The proxy's and direct runs are never retried.
+- CPU: the proxy's (nginx: master plus worker; HAProxy: its one process) CPU time from /proc
+  before and after the measured phase, after a warm-up. utime+stime from /proc/<pid>/stat has
+  10 ms granularity, so the bench sums the per-thread run time in ns from
+  /proc/<pid>/task/*/schedstat, falling back to utime+stime if a thread exited. Memory: VmRSS
+  of the same processes.
 - small_post: 8 keep-alive connections, each request awaited before the next; latency is per
   request, including a reconnect when the server closed after `MAX_REQUESTS_PER_CONNECTION` /
-  `keepalive_requests` (1000 both).
+  `keepalive_requests` / HAProxy's counter (1000 all three).
 - sse_burst: the fixture (anthropic-stream.sse, 599 events) replayed several times per response,
   one chunk and one write per event, unpaced. The upstream's writes share the load generator's
   CPU, so events/s and MB/s mostly show whether the middle keeps up; CPU per MiB is its cost.
@@ -508,5 +677,11 @@ const METHOD: &str = "
 - idle_streams: N streams opened 64 at a time; each gets the response head and first event, then
   the upstream holds it. Memory per stream = (VmRSS after all are open − VmRSS after warm-up) / N.
   CPU per stream covers opening, holding and finishing it. nginx preallocates its connection
-  array at startup, so part of its per-connection cost is in its baseline.
+  array at startup, HAProxy its descriptor table (sized from `maxconn`), so part of their
+  per-connection cost is in their baseline. Over TLS each stream needs its own upstream
+  connection; the upstream (rustls, a stateful session cache) accepts a TLS 1.3 ticket once, so
+  a middle that gives one saved session to many connections opened at once pays full
+  handshakes for most of them (HAProxy keeps one session per server; the stderr line of each
+  TLS run gives the upstream's handshake and resumption counts).
+- Date: when this file was written, at the end of the run (UTC).
 ";

@@ -1,6 +1,6 @@
-//! The scenarios: each one runs against one target (direct, proxy or nginx) over one upstream
-//! transport (plain or TLS), checks every answer it times, and returns its metrics. The two
-//! endurance scenarios, soak and reset, live in `soak.rs` and `reset.rs`.
+//! The scenarios: each one runs against one target (direct, proxy, nginx or HAProxy) over one
+//! upstream transport (plain or TLS), checks every answer it times, and returns its metrics. The
+//! two endurance scenarios, soak and reset, live in `soak.rs` and `reset.rs`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -14,14 +14,15 @@ use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::client::Endpoint;
-use crate::procs::{self, Middle, NginxSpec, ProxySpec};
+use crate::procs::{self, AnchorSpec, Middle, ProxySpec};
 use crate::rng::{self, Rng};
 use crate::tls::TlsMaterial;
 use crate::upstream::{Shared, Upstream, SMALL_REQUEST_BODY, SMALL_RESPONSE_BODY};
 use crate::wire::{Body, Wire};
 
-/// The sandbox's credential, sent to the proxy and nginx; both check it (PHANTOM_TOKEN, an `if`)
-/// as a deployment would, and the upstream must never see it.
+/// The sandbox's credential, sent to the proxy and the anchors; each checks it (PHANTOM_TOKEN,
+/// nginx's `if`, HAProxy's `http-request return status 401 unless`) as a deployment would, and
+/// the upstream must never see it.
 pub const PHANTOM_TOKEN: &str = "sk-ant-phantom-bench";
 /// Concurrent keep-alive connections in `small_post`.
 const SMALL_POST_CONNECTIONS: usize = 8;
@@ -99,7 +100,7 @@ impl Scenario {
         match self {
             Scenario::IdleStreams => target != Target::Direct,
             Scenario::Soak => target == Target::Proxy,
-            Scenario::Reset => target != Target::Nginx,
+            Scenario::Reset => matches!(target, Target::Direct | Target::Proxy),
             _ => true,
         }
     }
@@ -158,17 +159,27 @@ impl Transport {
 pub enum Target {
     Direct,
     Proxy,
+    /// The anchors: established reverse proxies configured for the proxy's job.
     Nginx,
+    Haproxy,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::Direct, Target::Proxy, Target::Nginx];
+    pub const ALL: [Target; 4] = [
+        Target::Direct,
+        Target::Proxy,
+        Target::Nginx,
+        Target::Haproxy,
+    ];
+    /// The established proxies the proxy is compared with.
+    pub const ANCHORS: [Target; 2] = [Target::Nginx, Target::Haproxy];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::Proxy => "proxy",
             Target::Nginx => "nginx",
+            Target::Haproxy => "haproxy",
         }
     }
 }
@@ -186,6 +197,9 @@ pub struct RunResult {
     /// Checks the run failed although it measured everything (a metric that must be 0 is
     /// not): the figures are reported, and the run counts as failed.
     pub failed_checks: Vec<String>,
+    /// Over a TLS upstream: the handshakes the upstream completed and how many resumed a
+    /// session. Not a metric; printed, since full handshakes weigh on CPU per stream.
+    pub handshakes: Option<(u64, u64)>,
 }
 
 /// Everything a scenario run needs, made once per bench run.
@@ -220,7 +234,8 @@ pub struct Ctx {
     /// Requests timed by small_post (`--small-posts`).
     pub small_posts: Option<usize>,
     pub nginx_bin: Option<PathBuf>,
-    /// CPU the proxy and nginx are pinned to.
+    pub haproxy_bin: Option<PathBuf>,
+    /// CPU the proxy and the anchors are pinned to.
     pub cpu_middle: Option<usize>,
     /// sha256 of the 32 MiB payload.
     pub payload_sha: String,
@@ -289,8 +304,8 @@ pub fn join_err(e: tokio::task::JoinError) -> String {
 }
 
 /// Runs one scenario against one target over one transport: starts a fresh upstream and, unless
-/// direct, the proxy or nginx in front of it; checks that the upstream saw the real token on
-/// every request; stops everything.
+/// direct, the proxy or an anchor in front of it; checks that the upstream saw the real token on
+/// every request, and that an anchor logged each request it forwarded; stops everything.
 pub async fn run(
     ctx: &Ctx,
     scenario: Scenario,
@@ -302,6 +317,7 @@ pub async fn run(
             values: vec![None; scenario.metrics().len()],
             other_load: 0.0,
             failed_checks: Vec::new(),
+            handshakes: None,
         });
     }
     let seq = ctx.runs.fetch_add(1, Ordering::Relaxed);
@@ -354,11 +370,14 @@ pub async fn run(
             };
             Some(procs::start_proxy(spec).await?)
         }
-        Target::Nginx => {
-            let bin = ctx.nginx_bin.as_deref().ok_or("nginx not installed")?;
-            let spec = NginxSpec {
+        Target::Nginx | Target::Haproxy => {
+            let bin = match target {
+                Target::Nginx => ctx.nginx_bin.as_deref().ok_or("nginx not installed")?,
+                _ => ctx.haproxy_bin.as_deref().ok_or("haproxy not installed")?,
+            };
+            let spec = AnchorSpec {
                 bin,
-                dir: ctx.dir.join(format!("nginx-{seq}")),
+                dir: ctx.dir.join(format!("{}-{seq}", target.name())),
                 upstream: upstream.addr,
                 tls_ca: tls.then_some(ctx.ca_file.as_path()),
                 token: &ctx.token,
@@ -366,7 +385,11 @@ pub async fn run(
                 connections: held,
                 cpu: ctx.cpu_middle,
             };
-            Some(procs::start_nginx(spec).await?)
+            Some(if target == Target::Nginx {
+                procs::start_nginx(spec).await?
+            } else {
+                procs::start_haproxy(spec).await?
+            })
         }
     };
     let endpoint = match &middle {
@@ -424,12 +447,35 @@ pub async fn run(
             "{bad_auth} upstream requests lacked exactly one `Authorization: Bearer <token>`"
         ));
     }
+    // An anchor logs each request when it ends; give the last ones a moment to be written.
+    let mut log_check = None;
+    if let (Ok(_), Some(m)) = (&result, &middle) {
+        let seen = upstream.stats.requests.load(Ordering::Relaxed) as usize;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Some(logged) = m.logged_requests() {
+            if logged >= seen || Instant::now() > deadline {
+                if logged != seen {
+                    log_check = Some(format!(
+                        "{logged} request log lines for {seen} requests the upstream saw"
+                    ));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     if let Some(mut m) = middle {
         if result.is_err() && !m.alive() {
             result = result.map_err(|e| format!("{e} (process exited: {})", m.last_log_line()));
         }
         m.stop().await;
     }
+    let handshakes = tls.then(|| {
+        (
+            upstream.stats.handshakes.load(Ordering::Relaxed),
+            upstream.stats.resumed.load(Ordering::Relaxed),
+        )
+    });
     drop(upstream);
     result.map(|values| {
         let failed_checks = scenario
@@ -438,11 +484,13 @@ pub async fn run(
             .zip(&values)
             .filter(|(m, v)| scenario.must_be_zero().contains(m) && v.is_some_and(|v| v != 0.0))
             .map(|(m, v)| format!("{m} = {} (must be 0)", v.unwrap_or(0.0)))
+            .chain(log_check)
             .collect();
         RunResult {
             values,
             other_load,
             failed_checks,
+            handshakes,
         }
     })
 }

@@ -93,6 +93,10 @@ pub struct Shared {
 pub struct Stats {
     pub requests: AtomicU64,
     pub bad_auth: AtomicU64,
+    /// TLS handshakes completed, and how many of them resumed a session: a middle that resumes
+    /// few pays full handshakes (see the run's stderr line).
+    pub handshakes: AtomicU64,
+    pub resumed: AtomicU64,
 }
 
 /// A running fixture upstream; dropping it stops it and every connection it holds.
@@ -210,7 +214,13 @@ async fn serve(
     let io: BoxIo = match tls {
         None => Box::new(tcp),
         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => Box::new(stream),
+            Ok(Ok(stream)) => {
+                stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    stats.resumed.fetch_add(1, Ordering::Relaxed);
+                }
+                Box::new(stream)
+            }
             _ => return,
         },
     };
