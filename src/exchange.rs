@@ -766,7 +766,8 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         }
     }
 
-    /// Waits until the upstream has bytes for us. A plain upstream that has none yet (an SSE
+    /// Waits until the upstream has bytes for us (within the idle timeout; a readiness that
+    /// turns out stale gives the read its own, so a silent upstream is cut after at most two). A plain upstream that has none yet (an SSE
     /// stream between events) is waited on without the relay buffer, so a held stream costs
     /// no buffer; one that has them, or a TLS one, goes straight on to the read.
     async fn wait_readable(&mut self, relay: &mut RelayBuf<'_>) -> Result<(), Problem> {
@@ -822,6 +823,7 @@ fn read_available<'a, R: AsyncRead + Unpin>(
             match polled {
                 Poll::Ready(Ok(())) if n > 0 => total += n,
                 Poll::Pending if total == 0 => return Poll::Pending,
+                // The waker this Pending registered costs at most a spurious wake-up.
                 Poll::Pending => break,
                 // The end (a read of nothing) or an error.
                 Poll::Ready(end) => {

@@ -3,7 +3,8 @@
 //! short (well under PIPE_BUF), so each write to a pipe is atomic.
 //!
 //! On the runtime's threads, lines wait in a batch until the runtime goes idle (a worker
-//! parks), the batch would pass [`BATCH_MAX`], or its first line is [`BATCH_AGE`] old, and then
+//! parks), the batch would pass [`BATCH_MAX`], or a line comes when its first is
+//! [`BATCH_AGE`] old, and then
 //! leave in one `write`: a busy proxy writes a batch per syscall instead of a line per request
 //! (issue 14's profile: the per-request line was one of five syscalls of a small POST). A
 //! batch holds whole lines and stays under PIPE_BUF, so lines are still never split or

@@ -157,6 +157,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn fail(msg: &str) -> ExitCode {
+    // Lines batched before this one go first.
+    log::flush();
     // Messages already start with `proxy: `; one write, as for every log line.
     let _ = std::io::stderr()
         .lock()

@@ -651,24 +651,43 @@ pub async fn start_nginx(spec: AnchorSpec<'_>) -> Result<Middle, String> {
             }),
             stopped: false,
         };
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            if !middle.alive() {
-                last_err = format!("nginx exited: {}", middle.last_log_line());
-                break;
-            }
-            let workers = children_of(pid);
-            if !workers.is_empty() && tokio::net::TcpStream::connect(middle.addr).await.is_ok() {
-                middle.pids.extend(workers);
-                return Ok(middle);
-            }
-            if Instant::now() > deadline {
-                return Err("nginx not ready in time".into());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // Ready once its worker exists (whose CPU and memory count too) and its port accepts.
+        match await_ready(&mut middle, "nginx", true).await? {
+            Some(exited) => last_err = exited,
+            None => return Ok(middle),
         }
     }
     Err(last_err)
+}
+
+/// Waits until an anchor's port accepts (and, with `workers`, its master has a worker, which
+/// joins `middle.pids`). `Ok(Some(why))`: it exited, perhaps over a port taken meanwhile, and
+/// may be started again; `Err`: not ready in time.
+async fn await_ready(
+    middle: &mut Middle,
+    name: &str,
+    workers: bool,
+) -> Result<Option<String>, String> {
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    loop {
+        if !middle.alive() {
+            return Ok(Some(format!("{name} exited: {}", middle.last_log_line())));
+        }
+        let found = if workers {
+            children_of(middle.pids[0])
+        } else {
+            Vec::new()
+        };
+        let started = !workers || !found.is_empty();
+        if started && tokio::net::TcpStream::connect(middle.addr).await.is_ok() {
+            middle.pids.extend(found);
+            return Ok(None);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{name} not ready in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Marks HAProxy's log line for a request it forwarded upstream (`option httplog` names the
@@ -796,19 +815,9 @@ pub async fn start_haproxy(spec: AnchorSpec<'_>) -> Result<Middle, String> {
             }),
             stopped: false,
         };
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            if !middle.alive() {
-                last_err = format!("haproxy exited: {}", middle.last_log_line());
-                break;
-            }
-            if tokio::net::TcpStream::connect(middle.addr).await.is_ok() {
-                return Ok(middle);
-            }
-            if Instant::now() > deadline {
-                return Err("haproxy not ready in time".into());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        match await_ready(&mut middle, "haproxy", false).await? {
+            Some(exited) => last_err = exited,
+            None => return Ok(middle),
         }
     }
     Err(last_err)
