@@ -142,7 +142,7 @@ fn json_str(out: &mut String, s: &str) {
 }
 
 /// Appends `t` as UTC RFC 3339 with milliseconds (`2026-11-30T17:30:00.123Z`).
-fn rfc3339(out: &mut String, t: SystemTime) {
+pub fn rfc3339(out: &mut String, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

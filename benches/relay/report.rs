@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::scenarios::{Scenario, Target, Transport, Values};
 
@@ -349,25 +349,10 @@ pub fn retried(runs: &[String]) -> String {
 }
 
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    // The proxy's own RFC 3339 clock (`2026-11-30T21:56:17.123Z`), shown to the minute.
+    let mut ts = String::new();
+    agent_loop_proxy::log::rfc3339(&mut ts, SystemTime::now());
+    format!("{} {} UTC", &ts[..10], &ts[11..16])
 }
 
 /// `lscpu` model name and CPU count, and the kernel release.
