@@ -23,8 +23,8 @@ use crate::error::Problem;
 use crate::exchange::{self, ClientIo, Exchange, Forwarded, Outcome};
 use crate::head::{self, Method, Request, Route};
 use crate::limits::{self, Timeouts};
-use crate::log::{self, Value};
-use crate::metrics::{Reason, METRICS};
+use crate::log::{Log, Value};
+use crate::metrics::{Metrics, Reason};
 use crate::persist::{self, ClientFate, ClientTerms, End};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::scrub::TokenFinder;
@@ -40,7 +40,7 @@ struct Client {
 /// Serves one client connection, then ends it as the last exchange decided.
 pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
-    METRICS.client_connections.fetch_add(1, Relaxed);
+    proxy.metrics.client_connections.fetch_add(1, Relaxed);
     let mut client = Client {
         stream,
         buf: BytesMut::new(),
@@ -49,7 +49,7 @@ pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<b
         ClientFate::Reset => reset(&client.stream),
         ClientFate::Close | ClientFate::Keep => linger_close(&mut client.stream).await,
     }
-    METRICS.client_connections.fetch_sub(1, Relaxed);
+    proxy.metrics.client_connections.fetch_sub(1, Relaxed);
 }
 
 /// Serves requests until the connection closes, breaks a rule, or the proxy drains.
@@ -215,7 +215,14 @@ impl Session {
                 o
             }
         };
-        record(req.method, &self.log_path, &outcome, started, g.number);
+        record(
+            proxy,
+            req.method,
+            &self.log_path,
+            &outcome,
+            started,
+            g.number,
+        );
         outcome.client
     }
 }
@@ -314,8 +321,8 @@ impl Client {
 
     /// The proxy's own answer to a request it refused before routing; then it closes.
     async fn reject(&mut self, proxy: &Proxy, p: Problem, out: &mut Vec<u8>) -> ClientFate {
-        METRICS.answered_by_proxy(Reason::of(p));
-        log_error(p);
+        proxy.metrics.answered_by_proxy(Reason::of(p));
+        log_error(&proxy.log, p);
         if p == Problem::ClientAborted {
             return ClientFate::Close;
         }
@@ -401,9 +408,17 @@ fn set_log_path(log_path: &mut String, path: &[u8]) {
 /// Counts the request in the metrics and writes its log line (DESIGN: Logs): method, path
 /// without query, status, bytes, duration, the upstream's request id; plus a failure line
 /// with its static reason and side. Nothing else from a request.
-fn record(method: Method, path: &str, o: &Outcome, started: Instant, generation: u64) {
+fn record(
+    proxy: &Proxy,
+    method: Method,
+    path: &str,
+    o: &Outcome,
+    started: Instant,
+    generation: u64,
+) {
     let elapsed = started.elapsed();
-    let m = &METRICS;
+    let m: &Metrics = &proxy.metrics;
+    let log: &Log = &proxy.log;
     m.exchange.observe(elapsed);
     if o.upstream_answered {
         m.answered_by_upstream(o.status);
@@ -419,7 +434,7 @@ fn record(method: Method, path: &str, o: &Outcome, started: Instant, generation:
     let head_ms = o
         .head_after
         .map_or(Value::Null, |d| Value::Num(d.as_millis() as u64));
-    log::event(
+    log.event(
         "request",
         format_args!(
             "{} {path} {} {}B {ms}ms{id_text}",
@@ -441,11 +456,11 @@ fn record(method: Method, path: &str, o: &Outcome, started: Instant, generation:
         ],
     );
     if let Some(p) = o.failure {
-        log_error(p);
+        log_error(log, p);
     }
     if o.credential_rejected {
         m.credential_rejected.fetch_add(1, Relaxed);
-        log::event(
+        log.event(
             "credential_rejected",
             format_args!(
                 "credential rejected by upstream ({}, token generation {generation})",
@@ -460,11 +475,11 @@ fn record(method: Method, path: &str, o: &Outcome, started: Instant, generation:
 }
 
 /// A failure's line: which side, and its static reason.
-fn log_error(p: Problem) {
+fn log_error(log: &Log, p: Problem) {
     let side = p.side().to_string();
     let fields = [
         ("side", Value::Str(&side)),
         ("reason", Value::Str(p.message())),
     ];
-    log::event("error", format_args!("error: {p}"), &fields);
+    log.event("error", format_args!("error: {p}"), &fields);
 }

@@ -41,7 +41,7 @@ use crate::error::Problem;
 use crate::framing::{Framed, RequestBody};
 use crate::head::{Method, Request, Version};
 use crate::limits::{self, Timeouts};
-use crate::metrics::{ConnectStep, METRICS};
+use crate::metrics::{ConnectStep, Metrics};
 use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
 use crate::relaybuf::RelayBuf;
 use crate::response::{self, RequestId, ResponseBody, ResponseContext};
@@ -146,7 +146,8 @@ enum Attempt {
 
 /// Forwards one request whose rewritten head is `x.up_head`.
 pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<u8>) -> Forwarded {
-    let _stream = InProgress::start();
+    let metrics = &x.proxy.metrics;
+    let _stream = InProgress::start(metrics);
     let mut retried = false;
     loop {
         let (stream, reused) = match x.proxy.pool.take() {
@@ -154,16 +155,16 @@ pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<
             None => match x.proxy.connector.connect().await {
                 Ok(s) => (s, false),
                 Err(problem) => {
-                    METRICS.connect_failed(ConnectStep::of(problem));
+                    metrics.connect_failed(ConnectStep::of(problem));
                     let in_sync = !x.req.body.has_bytes();
                     return Forwarded::Answer { problem, in_sync };
                 }
             },
         };
         let counter = if reused {
-            &METRICS.upstream_reused
+            &metrics.upstream_reused
         } else {
-            &METRICS.upstream_opened
+            &metrics.upstream_opened
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let retryable =
@@ -180,22 +181,18 @@ pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<
 }
 
 /// Counts an exchange in progress while alive (the `streams_in_progress` gauge).
-struct InProgress;
+struct InProgress<'m>(&'m Metrics);
 
-impl InProgress {
-    fn start() -> InProgress {
-        METRICS
-            .streams
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        InProgress
+impl InProgress<'_> {
+    fn start(metrics: &Metrics) -> InProgress<'_> {
+        metrics.streams.fetch_add(1, Relaxed);
+        InProgress(metrics)
     }
 }
 
-impl Drop for InProgress {
+impl Drop for InProgress<'_> {
     fn drop(&mut self) {
-        METRICS
-            .streams
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.streams.fetch_sub(1, Relaxed);
     }
 }
 
@@ -464,6 +461,9 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
             ended_exactly: down.ended_exactly,
         }),
     };
+    if let Some(after) = down.head_after {
+        x.proxy.metrics.response_head.observe(after);
+    }
     let fate = persist::settle(end, x.terms);
     if fate.upstream == UpstreamFate::Pool {
         x.proxy.pool.put(raced.stream);
@@ -644,7 +644,6 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             let head = response::parse_response(&self.buf[..head_end], ctx, out)?;
             if !head.interim {
                 let after = self.began.elapsed();
-                METRICS.response_head.observe(after);
                 self.report.head_after = Some(after);
                 self.report.request_id = head.request_id;
                 self.report.masked += head.masked;

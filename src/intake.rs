@@ -12,6 +12,7 @@
 //! static reason only, and the current token stays.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -20,8 +21,8 @@ use std::sync::Arc;
 use crate::config::{BetaRule, Config, TokenSource};
 use crate::credential::Credentials;
 use crate::limits::TOKEN_FILE_POLL;
-use crate::log::{self, Value};
-use crate::metrics::METRICS;
+use crate::log::{Log, Value};
+use crate::metrics::Metrics;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
 
 /// Where the replacements come from, once the first token is in.
@@ -29,7 +30,7 @@ pub enum Updates {
     /// Nothing replaces the first token.
     None,
     /// Further lines of stdin.
-    Stdin(TokenLines<File>),
+    Stdin(TokenLines<Box<dyn Read + Send>>),
     /// The file, when it changes.
     File {
         path: PathBuf,
@@ -60,12 +61,17 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
-/// Reads the first token as the configuration says. `stdin` is a duplicate of fd 0, so no
-/// standard-library buffer keeps a copy. Errors are `proxy: ` lines that never echo a token.
-pub fn first_token(cfg: &Config, stdin: File) -> Result<(Token, Updates), String> {
+/// Reads the first token as the configuration says. `stdin` is read without a buffer of the
+/// standard library's (the binary passes a duplicate of fd 0), so no copy of the token is left
+/// in one. Errors are `proxy: ` lines that never echo a token.
+pub fn first_token(
+    cfg: &Config,
+    stdin: impl Read + Send + 'static,
+) -> Result<(Token, Updates), String> {
     let header = cfg.token_header.clone();
     match &cfg.token_source {
         TokenSource::StdinOnce | TokenSource::StdinUpdates => {
+            let stdin: Box<dyn Read + Send> = Box::new(stdin);
             let mut lines = TokenLines::new(stdin, header);
             let token = lines
                 .next_line()
@@ -101,13 +107,22 @@ fn file_reason(e: TokenError) -> &'static str {
     }
 }
 
-/// Starts the thread that swaps replacements into `creds`, if there are any to wait for.
-pub fn spawn_updates(updates: Updates, creds: Arc<Credentials>, beta: BetaRule) {
+/// What the update thread swaps tokens into and reports to.
+pub struct Swapper {
+    pub creds: Arc<Credentials>,
+    pub beta: BetaRule,
+    pub metrics: Arc<Metrics>,
+    pub log: Arc<Log>,
+}
+
+/// Starts the thread that swaps replacements into `to.creds`, if there are any to wait for.
+pub fn spawn_updates(updates: Updates, to: Swapper) {
+    let log = to.log.clone();
     let body: Box<dyn FnOnce() + Send> = match updates {
         Updates::None => return,
-        Updates::Stdin(lines) => Box::new(move || from_stdin(lines, &creds, beta)),
+        Updates::Stdin(lines) => Box::new(move || from_stdin(lines, &to)),
         Updates::File { path, header, seen } => {
-            Box::new(move || watch_file(&path, &header, seen, &creds, beta))
+            Box::new(move || watch_file(&path, &header, seen, &to))
         }
     };
     // A thread, not a task: both sources block (a pipe read, a sleep between stats).
@@ -115,49 +130,52 @@ pub fn spawn_updates(updates: Updates, creds: Arc<Credentials>, beta: BetaRule) 
         .name("token-updates".into())
         .spawn(body);
     if spawned.is_err() {
-        crate::log!("warning: cannot start the token-update thread; the token will not change");
+        crate::log!(
+            log,
+            "warning: cannot start the token-update thread; the token will not change"
+        );
     }
 }
 
-fn swap(creds: &Credentials, token: Token, beta: BetaRule) {
-    let oauth = beta.applies(token.as_bytes());
-    let generation = creds.swap(token, oauth);
-    METRICS
-        .token_generation
-        .store(generation, Ordering::Relaxed);
-    log::event(
-        "token_updated",
-        format_args!("token updated (generation {generation})"),
-        &[("token_generation", Value::Num(generation))],
-    );
+impl Swapper {
+    fn swap(&self, token: Token) {
+        let oauth = self.beta.applies(token.as_bytes());
+        let generation = self.creds.swap(token, oauth);
+        self.metrics
+            .token_generation
+            .store(generation, Ordering::Relaxed);
+        self.log.event(
+            "token_updated",
+            format_args!("token updated (generation {generation})"),
+            &[("token_generation", Value::Num(generation))],
+        );
+    }
 }
 
-fn from_stdin(mut lines: TokenLines<File>, creds: &Credentials, beta: BetaRule) {
+fn from_stdin(mut lines: TokenLines<Box<dyn Read + Send>>, to: &Swapper) {
+    let log = &to.log;
     loop {
         match lines.next_line() {
-            Some(Ok(token)) => swap(creds, token, beta),
+            Some(Ok(token)) => to.swap(token),
             Some(Err(TokenError::Unreadable)) => {
-                let g = creds.current().number;
-                crate::log!("token updates: stdin unreadable; keeping generation {g}");
+                let g = to.creds.current().number;
+                crate::log!(
+                    log,
+                    "token updates: stdin unreadable; keeping generation {g}"
+                );
                 return;
             }
-            Some(Err(e)) => crate::log!("token update refused: {}", e.reason()),
+            Some(Err(e)) => crate::log!(log, "token update refused: {}", e.reason()),
             None => {
-                let g = creds.current().number;
-                crate::log!("token updates: stdin closed; keeping generation {g}");
+                let g = to.creds.current().number;
+                crate::log!(log, "token updates: stdin closed; keeping generation {g}");
                 return;
             }
         }
     }
 }
 
-fn watch_file(
-    path: &Path,
-    header: &TokenHeader,
-    mut seen: Option<Fingerprint>,
-    creds: &Credentials,
-    beta: BetaRule,
-) {
+fn watch_file(path: &Path, header: &TokenHeader, mut seen: Option<Fingerprint>, to: &Swapper) {
     loop {
         std::thread::sleep(TOKEN_FILE_POLL);
         let now = fingerprint(path);
@@ -166,11 +184,14 @@ fn watch_file(
         }
         seen = now;
         match read_file(path, header) {
-            Ok(token) => swap(creds, token, beta),
+            Ok(token) => to.swap(token),
             Err(e) => {
-                let g = creds.current().number;
+                let g = to.creds.current().number;
                 let why = file_reason(e);
-                crate::log!("token update refused: TOKEN_FILE {why}; keeping generation {g}");
+                crate::log!(
+                    to.log,
+                    "token update refused: TOKEN_FILE {why}; keeping generation {g}"
+                );
             }
         }
     }

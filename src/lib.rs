@@ -12,6 +12,8 @@
 //! that the pure core uses neither tokio nor sockets, files or processes.
 //!
 //! 1. **I/O**, from the entry point down (`main.rs` is above all of them):
+//!    - [`run`]: starts one proxy (bind, then serve with a token) and drains it; the handle
+//!      names its addresses. `main.rs` adds only the process: stdin, signals, exit codes.
 //!    - [`scrape`]: the metrics listener (`METRICS_ADDR`), `GET /metrics` only.
 //!    - [`server`]: the accept loop and the drain.
 //!    - [`connection`]: one client connection: socket and buffer, reading heads, the proxy's
@@ -66,6 +68,7 @@
 // 1. I/O
 pub mod connection;
 pub mod exchange;
+pub mod run;
 pub mod scrape;
 pub mod server;
 pub mod state;

@@ -17,11 +17,8 @@
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-static JSON: AtomicBool = AtomicBool::new(false);
 
 /// A batch is written before it would pass this: under PIPE_BUF (4096 on Linux), so one
 /// write to a pipe is atomic.
@@ -29,53 +26,132 @@ pub const BATCH_MAX: usize = 4000;
 /// A batch whose first line is this old is written with the next line, however busy.
 pub const BATCH_AGE: Duration = Duration::from_millis(50);
 
-/// Lines waiting to be written, and when the first of them came.
-static BATCH: Mutex<(Vec<u8>, Option<Instant>)> = Mutex::new((Vec::new(), None));
-
 thread_local! {
     /// This thread's lines are batched: a runtime worker, whose park flushes them.
     static BATCHED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Batches this thread's lines from now on (called as a runtime thread starts).
+/// Batches the lines written on this thread from now on (called as a runtime thread starts;
+/// its park or stop must then call [`Log::flush`]).
 pub fn batch_this_thread() {
     BATCHED.with(|b| b.set(true));
 }
 
-/// Writes the waiting lines now (a worker parks or stops, the process exits).
-pub fn flush() {
-    let mut batch = BATCH.lock().unwrap_or_else(|e| e.into_inner());
-    if !batch.0.is_empty() {
-        write_out(&mut batch);
-    }
+/// Where finished lines go.
+pub enum Sink {
+    /// The process's stderr, one `write` per line or batch.
+    Stderr,
+    /// A function that takes each finished line or batch (whole lines, newlines included):
+    /// a proxy run in a test process, whose lines the test reads.
+    Capture(Arc<dyn Fn(&[u8]) + Send + Sync>),
 }
 
-fn write_out(batch: &mut (Vec<u8>, Option<Instant>)) {
-    let _ = std::io::stderr().lock().write_all(&batch.0);
-    batch.0.clear();
-    batch.1 = None;
+/// One proxy's log: its format, its sink, and the lines waiting in a batch. Owned by the
+/// proxy's shared state, so two proxies in one process keep their lines apart.
+pub struct Log {
+    json: bool,
+    sink: Sink,
+    /// Lines waiting to be written, and when the first of them came.
+    batch: Mutex<(Vec<u8>, Option<Instant>)>,
 }
 
-/// Writes one finished line (with its newline), batched on the runtime's threads.
-fn emit(line: &[u8]) {
-    if !BATCHED.with(Cell::get) {
-        let _ = std::io::stderr().lock().write_all(line);
-        return;
+impl Log {
+    /// A log writing to `sink`, one JSON object per line when `json` (`LOG_FORMAT=json`).
+    pub fn new(json: bool, sink: Sink) -> Log {
+        Log {
+            json,
+            sink,
+            batch: Mutex::new((Vec::new(), None)),
+        }
     }
-    let mut batch = BATCH.lock().unwrap_or_else(|e| e.into_inner());
-    if !batch.0.is_empty() && batch.0.len() + line.len() > BATCH_MAX {
-        write_out(&mut batch);
-    }
-    batch.0.extend_from_slice(line);
-    let first = *batch.1.get_or_insert_with(Instant::now);
-    if batch.0.len() >= BATCH_MAX || first.elapsed() >= BATCH_AGE {
-        write_out(&mut batch);
-    }
-}
 
-/// Switches every line to JSON (`LOG_FORMAT=json`), once at startup.
-pub fn set_json(on: bool) {
-    JSON.store(on, Relaxed);
+    /// Text lines on stderr: what the process uses until the configuration is read.
+    pub fn stderr() -> Log {
+        Log::new(false, Sink::Stderr)
+    }
+
+    /// Whether lines are JSON objects.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes the waiting lines now (a worker parks or stops, the process exits).
+    pub fn flush(&self) {
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        if !batch.0.is_empty() {
+            self.write_out(&mut batch);
+        }
+    }
+
+    fn write_out(&self, batch: &mut (Vec<u8>, Option<Instant>)) {
+        self.write(&batch.0);
+        batch.0.clear();
+        batch.1 = None;
+    }
+
+    /// One write to the sink. Errors are ignored: a closed stderr must not take the proxy
+    /// down.
+    fn write(&self, bytes: &[u8]) {
+        match &self.sink {
+            Sink::Stderr => {
+                let _ = std::io::stderr().lock().write_all(bytes);
+            }
+            Sink::Capture(f) => f(bytes),
+        }
+    }
+
+    /// Writes one finished line (with its newline), batched on the runtime's threads.
+    fn emit(&self, line: &[u8]) {
+        if !BATCHED.with(Cell::get) {
+            return self.write(line);
+        }
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        if !batch.0.is_empty() && batch.0.len() + line.len() > BATCH_MAX {
+            self.write_out(&mut batch);
+        }
+        batch.0.extend_from_slice(line);
+        let first = *batch.1.get_or_insert_with(Instant::now);
+        if batch.0.len() >= BATCH_MAX || first.elapsed() >= BATCH_AGE {
+            self.write_out(&mut batch);
+        }
+    }
+
+    /// Writes `proxy: <args>` as one line (an `event: "log"` in JSON).
+    pub fn line(&self, args: fmt::Arguments<'_>) {
+        self.event("log", args, &[]);
+    }
+
+    /// Writes one event: its text line, or its JSON object with `fields`.
+    pub fn event(&self, name: &str, text: fmt::Arguments<'_>, fields: &[(&str, Value<'_>)]) {
+        let mut buf = String::with_capacity(256);
+        if self.json {
+            buf.push_str("{\"ts\":\"");
+            rfc3339(&mut buf, SystemTime::now());
+            buf.push_str("\",\"event\":");
+            json_str(&mut buf, name);
+            for (key, value) in fields {
+                buf.push(',');
+                json_str(&mut buf, key);
+                buf.push(':');
+                match value {
+                    Value::Str(s) => json_str(&mut buf, s),
+                    Value::Num(n) => {
+                        let _ = write!(buf, "{n}");
+                    }
+                    Value::Bool(b) => buf.push_str(if *b { "true" } else { "false" }),
+                    Value::Null => buf.push_str("null"),
+                }
+            }
+            buf.push_str(",\"message\":");
+            json_str(&mut buf, &text.to_string());
+            buf.push('}');
+        } else {
+            buf.push_str("proxy: ");
+            let _ = fmt::write(&mut buf, text);
+        }
+        buf.push('\n');
+        self.emit(buf.as_bytes());
+    }
 }
 
 /// A field value of an event.
@@ -85,44 +161,6 @@ pub enum Value<'a> {
     Num(u64),
     Bool(bool),
     Null,
-}
-
-/// Writes `proxy: <args>\n` to stderr in one call (an `event: "log"` in JSON). Errors are
-/// ignored: a closed stderr must not take the proxy down.
-pub fn line(args: fmt::Arguments<'_>) {
-    event("log", args, &[]);
-}
-
-/// Writes one event: its text line, or its JSON object with `fields`.
-pub fn event(name: &str, text: fmt::Arguments<'_>, fields: &[(&str, Value<'_>)]) {
-    let mut buf = String::with_capacity(256);
-    if JSON.load(Relaxed) {
-        buf.push_str("{\"ts\":\"");
-        rfc3339(&mut buf, SystemTime::now());
-        buf.push_str("\",\"event\":");
-        json_str(&mut buf, name);
-        for (key, value) in fields {
-            buf.push(',');
-            json_str(&mut buf, key);
-            buf.push(':');
-            match value {
-                Value::Str(s) => json_str(&mut buf, s),
-                Value::Num(n) => {
-                    let _ = write!(buf, "{n}");
-                }
-                Value::Bool(b) => buf.push_str(if *b { "true" } else { "false" }),
-                Value::Null => buf.push_str("null"),
-            }
-        }
-        buf.push_str(",\"message\":");
-        json_str(&mut buf, &text.to_string());
-        buf.push('}');
-    } else {
-        buf.push_str("proxy: ");
-        let _ = fmt::write(&mut buf, text);
-    }
-    buf.push('\n');
-    emit(buf.as_bytes());
 }
 
 /// Appends `s` as a JSON string (RFC 8259 §7): quotes, backslashes and controls escaped.
@@ -166,11 +204,11 @@ pub fn rfc3339(out: &mut String, t: SystemTime) {
     );
 }
 
-/// `log!("listening on {addr}")` writes `proxy: listening on ...` as one line.
+/// `log!(log, "listening on {addr}")` writes `proxy: listening on ...` to `log` as one line.
 #[macro_export]
 macro_rules! log {
-    ($($arg:tt)*) => {
-        $crate::log::line(format_args!($($arg)*))
+    ($log:expr, $($arg:tt)*) => {
+        $log.line(format_args!($($arg)*))
     };
 }
 

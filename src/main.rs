@@ -12,14 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_loop_proxy::config::{Config, TokenSource};
-use agent_loop_proxy::credential::Credentials;
-use agent_loop_proxy::intake;
 use agent_loop_proxy::limits::{self, HEALTHCHECK_TIMEOUT};
-use agent_loop_proxy::log::{self, Value};
-use agent_loop_proxy::server;
-use agent_loop_proxy::state::Proxy;
+use agent_loop_proxy::log::{self, Log, Sink};
+use agent_loop_proxy::run::{self, StartError};
 use agent_loop_proxy::sys;
-use agent_loop_proxy::upstream::{Connector, Pool};
 
 /// `--help`, with the defaults taken from [`limits`].
 fn help() -> String {
@@ -60,87 +56,58 @@ fn main() -> ExitCode {
         }
         (Some("healthcheck"), None) => return healthcheck(),
         // The argument is not echoed: a token pasted by mistake must not reach a log.
-        _ => return fail("proxy: unknown argument; see --help"),
+        _ => return fail(&Log::stderr(), "proxy: unknown argument; see --help"),
     }
-
     let cfg = match Config::from_env() {
         Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => return fail(&Log::stderr(), &e.to_string()),
     };
-    agent_loop_proxy::log::set_json(cfg.log_json);
-    let started = std::time::SystemTime::now();
-    let connector = match Connector::new(&cfg) {
-        Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let listener = match std::net::TcpListener::bind(cfg.listen) {
-        Ok(l) => l,
-        Err(_) => return fail("proxy: LISTEN_PORT: cannot listen on LISTEN_ADDR:LISTEN_PORT (in use or not permitted)"),
-    };
-    if !sys::set_listen_backlog(listener.as_fd(), limits::LISTEN_BACKLOG) {
-        agent_loop_proxy::log!("warning: could not raise the listen backlog");
+    let log = Arc::new(Log::new(cfg.log_json, Sink::Stderr));
+    match serve(cfg, &log) {
+        Ok(code) => code,
+        Err(e) => fail(&log, &e.0),
     }
-    let metrics = match cfg.metrics.map(std::net::TcpListener::bind).transpose() {
-        Ok(l) => l,
-        Err(_) => {
-            return fail("proxy: METRICS_ADDR: cannot listen there (in use or not permitted)")
-        }
-    };
+}
 
+/// Binds, reads the token, serves until a signal, drains.
+fn serve(cfg: Config, log: &Arc<Log>) -> Result<ExitCode, StartError> {
+    let stdin_updates = cfg.token_source == TokenSource::StdinUpdates;
+    let bound = run::bind(cfg, log.clone())?;
     if !sys::harden_process() {
         agent_loop_proxy::log!(
+            log,
             "warning: could not make the process non-dumpable or disable core files"
         );
     }
-    let stdin = match dup_stdin() {
-        Ok(f) => f,
-        Err(msg) => return fail(&msg),
-    };
-    let (token, updates) = match intake::first_token(&cfg, stdin) {
-        Ok(t) => t,
-        Err(msg) => return fail(&msg),
-    };
-    if cfg.token_source != TokenSource::StdinUpdates {
+    let stdin = dup_stdin()?;
+    let (token, updates) = bound.first_token(stdin)?;
+    if !stdin_updates {
         sys::close_stdin();
     }
-    if !token.is_locked() {
-        agent_loop_proxy::log!(
-            "warning: could not lock the token in memory (mlock); it may be swapped"
-        );
-    }
-    if cfg.phantom.is_none() {
-        agent_loop_proxy::log!(
-            "warning: PHANTOM_TOKEN unset; any process that reaches the port can use the token"
-        );
-    }
-    let beta = cfg.beta_rule();
-    let oauth_beta = beta.applies(token.as_bytes());
-    let creds = Arc::new(Credentials::new(token, oauth_beta));
-    intake::spawn_updates(updates, creds.clone(), beta);
-
-    let runtime = match runtime() {
-        Ok(r) => r,
-        Err(_) => return fail("proxy: cannot start the runtime"),
-    };
-    let pool = Pool::new(cfg.pool_max_idle, cfg.timeouts.pool_idle);
-    let proxy = Arc::new(Proxy {
-        cfg,
-        creds,
-        connector,
-        pool,
+    let runtime = runtime(log).map_err(|_| StartError("proxy: cannot start the runtime".into()))?;
+    let code = runtime.block_on(async {
+        let mut signals = Signals::new()
+            .map_err(|_| StartError("proxy: cannot install signal handlers".into()))?;
+        let running = bound.start(token, updates)?;
+        signals.recv().await;
+        running.shutdown();
+        tokio::select! {
+            _ = running.join() => {}
+            _ = signals.recv() => agent_loop_proxy::log!(log, "second signal; exiting now"),
+        }
+        Ok::<_, StartError>(ExitCode::SUCCESS)
     });
-    let code = runtime.block_on(run(listener, metrics, started, proxy));
     // Dropping the runtime drops any task still holding the proxy, which wipes the token.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    log::flush();
+    log.flush();
     code
 }
 
 /// The runtime: one worker per CPU this process may run on, and with one CPU the
 /// single-threaded scheduler, which does the same work without the cross-thread hand-offs
-/// (issue 14's profile: a small POST paid for them on a one-CPU proxy). Log lines written on
-/// its threads are batched until a worker parks (see `log`).
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// (a small POST paid for them on a one-CPU proxy). Log lines written on its threads are
+/// batched until a worker parks (see `log`).
+fn runtime(log: &Arc<Log>) -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = if cpus == 1 {
         log::batch_this_thread();
@@ -148,18 +115,19 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
+    let (park, stop) = (log.clone(), log.clone());
     builder
         .enable_all()
         .on_thread_start(log::batch_this_thread)
-        .on_thread_park(log::flush)
-        .on_thread_stop(log::flush)
+        .on_thread_park(move || park.flush())
+        .on_thread_stop(move || stop.flush())
         .build()
 }
 
-fn fail(msg: &str) -> ExitCode {
-    // Lines batched before this one go first.
-    log::flush();
-    // Messages already start with `proxy: `; one write, as for every log line.
+/// Writes `msg` (it starts with `proxy: `) after the lines batched before it; exit code 1.
+fn fail(log: &Log, msg: &str) -> ExitCode {
+    log.flush();
+    // One write, as for every log line.
     let _ = std::io::stderr()
         .lock()
         .write_all(format!("{msg}\n").as_bytes());
@@ -167,81 +135,12 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 /// A duplicate of fd 0, read directly (no std buffer keeps a copy of the token).
-fn dup_stdin() -> Result<std::fs::File, String> {
+fn dup_stdin() -> Result<std::fs::File, StartError> {
     let fd = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|_| "proxy: token: could not read stdin".to_string())?;
+        .map_err(|_| StartError("proxy: token: could not read stdin".to_string()))?;
     Ok(std::fs::File::from(fd))
-}
-
-async fn run(
-    listener: std::net::TcpListener,
-    metrics: Option<std::net::TcpListener>,
-    started: std::time::SystemTime,
-    proxy: Arc<Proxy>,
-) -> ExitCode {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|_| tokio::net::TcpListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(_) => return fail("proxy: cannot register the listener"),
-    };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let mut signals = match Signals::new() {
-        Ok(s) => s,
-        Err(_) => return fail("proxy: cannot install signal handlers"),
-    };
-    let target = proxy.cfg.target.to_string();
-    log::event(
-        "startup",
-        format_args!("listening on {addr}, target {target}"),
-        &[
-            ("listen", Value::Str(&addr)),
-            ("target", Value::Str(&target)),
-        ],
-    );
-    if let Some(m) = metrics {
-        let m = m
-            .set_nonblocking(true)
-            .and_then(|_| tokio::net::TcpListener::from_std(m));
-        let Ok(m) = m else {
-            return fail("proxy: cannot register the metrics listener");
-        };
-        let at = m.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        log::event(
-            "metrics",
-            format_args!("metrics on {at}"),
-            &[("listen", Value::Str(&at))],
-        );
-        tokio::spawn(agent_loop_proxy::scrape::serve(m, started));
-    }
-    if let Some((egress, setting)) = &proxy.cfg.egress {
-        // Host and port only: the URL may carry credentials.
-        agent_loop_proxy::log!("egress proxy {egress} (from {setting})");
-    }
-    let grace = proxy.cfg.timeouts.shutdown_grace;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, proxy.clone(), rx));
-    signals.recv().await;
-    let grace_ms = grace.as_millis() as u64;
-    log::event(
-        "shutdown",
-        format_args!("shutting down; draining for up to {grace_ms}ms"),
-        &[("grace_ms", Value::Num(grace_ms))],
-    );
-    let _ = tx.send(true);
-    proxy.pool.clear();
-    tokio::select! {
-        _ = server => agent_loop_proxy::log!("drained; exiting"),
-        _ = tokio::time::sleep(grace) => agent_loop_proxy::log!("grace period over; closing what is left"),
-        _ = signals.recv() => agent_loop_proxy::log!("second signal; exiting now"),
-    }
-    ExitCode::SUCCESS
 }
 
 /// SIGTERM and SIGINT as one stream.
@@ -271,7 +170,7 @@ impl Signals {
 fn healthcheck() -> ExitCode {
     let cfg = match Config::from_env() {
         Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => return fail(&Log::stderr(), &e.to_string()),
     };
     let ip = match cfg.listen.ip() {
         IpAddr::V4(a) if a.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
@@ -304,6 +203,9 @@ fn healthcheck() -> ExitCode {
     })();
     match ok {
         Ok(true) => ExitCode::SUCCESS,
-        _ => fail("proxy: healthcheck: no healthy proxy on LISTEN_PORT"),
+        _ => fail(
+            &Log::stderr(),
+            "proxy: healthcheck: no healthy proxy on LISTEN_PORT",
+        ),
     }
 }

@@ -183,25 +183,33 @@ pub struct Metrics {
     pub exchange: Histogram,
 }
 
-/// The process's metrics.
-pub static METRICS: Metrics = Metrics {
-    upstream_class: [const { AtomicU64::new(0) }; 5],
-    proxy_reason: [const { AtomicU64::new(0) }; 12],
-    credential_rejected: AtomicU64::new(0),
-    tokens_masked: AtomicU64::new(0),
-    upstream_opened: AtomicU64::new(0),
-    upstream_reused: AtomicU64::new(0),
-    upstream_failed: [const { AtomicU64::new(0) }; 3],
-    bytes_up: AtomicU64::new(0),
-    bytes_down: AtomicU64::new(0),
-    client_connections: AtomicI64::new(0),
-    streams: AtomicI64::new(0),
-    token_generation: AtomicU64::new(1),
-    response_head: Histogram::new(),
-    exchange: Histogram::new(),
-};
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
 
 impl Metrics {
+    /// All zero, token generation 1.
+    pub const fn new() -> Metrics {
+        Metrics {
+            upstream_class: [const { AtomicU64::new(0) }; 5],
+            proxy_reason: [const { AtomicU64::new(0) }; 12],
+            credential_rejected: AtomicU64::new(0),
+            tokens_masked: AtomicU64::new(0),
+            upstream_opened: AtomicU64::new(0),
+            upstream_reused: AtomicU64::new(0),
+            upstream_failed: [const { AtomicU64::new(0) }; 3],
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            client_connections: AtomicI64::new(0),
+            streams: AtomicI64::new(0),
+            token_generation: AtomicU64::new(1),
+            response_head: Histogram::new(),
+            exchange: Histogram::new(),
+        }
+    }
+
     /// A request the upstream answered with `status`.
     pub fn answered_by_upstream(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;

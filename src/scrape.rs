@@ -12,10 +12,10 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
 use crate::limits::{MAX_SCRAPES, MAX_SCRAPE_HEAD, SCRAPE_TIMEOUT};
-use crate::metrics::{ProcessStats, METRICS};
+use crate::metrics::{Metrics, ProcessStats};
 
-/// Serves scrapes until the runtime stops. `started` is the process start time.
-pub async fn serve(listener: TcpListener, started: SystemTime) {
+/// Serves scrapes of `metrics` until the runtime stops. `started` is the process start time.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, started: SystemTime) {
     let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -24,14 +24,19 @@ pub async fn serve(listener: TcpListener, started: SystemTime) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _ = timeout(SCRAPE_TIMEOUT, scrape(stream, started)).await;
+            let _ = timeout(SCRAPE_TIMEOUT, scrape(stream, &metrics, started)).await;
             drop(permit);
         });
     }
 }
 
-async fn scrape(mut stream: TcpStream, started: SystemTime) -> std::io::Result<()> {
+async fn scrape(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    started: SystemTime,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() >= MAX_SCRAPE_HEAD || stream.read_buf(&mut head).await? == 0 {
@@ -41,7 +46,7 @@ async fn scrape(mut stream: TcpStream, started: SystemTime) -> std::io::Result<(
     let line = head.split(|&b| b == b'\r').next().unwrap_or(b"");
     let wanted = line == b"GET /metrics HTTP/1.1" || line == b"GET /metrics HTTP/1.0";
     let response = if wanted {
-        let body = METRICS.render(&process_stats(started));
+        let body = metrics.render(&process_stats(started));
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()

@@ -4,28 +4,30 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::connection;
 use crate::state::Proxy;
 
 /// Accepts connections until `shutdown` turns true, then waits for the open ones to finish.
 /// The listener is dropped first, so new connections are refused rather than left hanging.
+/// Dropping this future (the grace period ran out) aborts every connection it started.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(proxy.cfg.limits.max_connections));
     // Idle upstream connections close when they expire, even if no request comes.
-    let sweeper = {
+    let mut sweeper = JoinSet::new();
+    {
         let proxy = proxy.clone();
         let every = proxy.cfg.timeouts.pool_idle;
-        tokio::spawn(async move {
+        sweeper.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 proxy.pool.prune();
             }
-        })
-    };
-    // Each task holds a sender; when all are dropped, the drain is over (mini-redis).
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        });
+    }
+    let mut connections = JoinSet::new();
     loop {
         // Cancel safety: acquire_owned and accept are both cancel-safe; losing the race to
         // shutdown drops nothing that was accepted.
@@ -42,15 +44,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
         };
         let proxy = proxy.clone();
         let rx = shutdown.clone();
-        let done = done_tx.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             connection::serve(&proxy, stream, rx).await;
             drop(permit);
-            drop(done);
         });
+        // Reap the finished ones, so the set holds only open connections.
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
-    sweeper.abort();
-    drop(done_tx);
-    let _ = done_rx.recv().await;
+    drop(sweeper);
+    while connections.join_next().await.is_some() {}
 }

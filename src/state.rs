@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::credential::{Credentials, Generation};
+use crate::log::Log;
+use crate::metrics::Metrics;
 use crate::rewrite::Rewrite;
 use crate::secret::TokenHeader;
 use crate::upstream::{Connector, Pool};
@@ -16,6 +18,10 @@ pub struct Proxy {
     pub creds: Arc<Credentials>,
     pub connector: Connector,
     pub pool: Pool,
+    /// This proxy's counters, gauges and histograms (what `/metrics` renders).
+    pub metrics: Arc<Metrics>,
+    /// This proxy's log lines.
+    pub log: Arc<Log>,
 }
 
 impl Proxy {

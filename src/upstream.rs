@@ -23,6 +23,7 @@ use crate::config::{Config, ConfigError};
 use crate::egress::{parse_connect_reply, ConnectReply, EgressProxy};
 use crate::error::Problem;
 use crate::limits::Timeouts;
+use crate::log::Log;
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::target::{Scheme, Target};
 
@@ -144,12 +145,14 @@ pub struct Connector {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     timeouts: Timeouts,
     egress: Option<EgressProxy>,
+    /// Where a failed tunnel is reported (with the egress proxy's host and port).
+    log: Arc<Log>,
 }
 
 impl Connector {
     /// Builds the TLS client once. Errors name `TARGET`, `TARGET_CA_FILE` or
     /// `TARGET_EXTRA_CA_FILE`.
-    pub fn new(cfg: &Config) -> Result<Connector, ConfigError> {
+    pub fn new(cfg: &Config, log: Arc<Log>) -> Result<Connector, ConfigError> {
         let tls = match cfg.target.scheme {
             Scheme::Http => None,
             Scheme::Https => Some(tls_client(cfg)?),
@@ -159,6 +162,7 @@ impl Connector {
             tls,
             timeouts: cfg.timeouts.clone(),
             egress: cfg.egress.as_ref().map(|(p, _)| p.clone()),
+            log,
         })
     }
 
@@ -173,7 +177,7 @@ impl Connector {
             .await
             .map_err(|_| Problem::UpstreamConnectTimeout)??,
             Some(egress) => self.tunnel(egress).await.inspect_err(|p| {
-                crate::log!("egress proxy {egress}: {p}");
+                crate::log!(self.log, "egress proxy {egress}: {p}");
             })?,
         };
         let Some((connector, name)) = &self.tls else {

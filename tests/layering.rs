@@ -9,6 +9,7 @@ use std::path::Path;
 
 /// The modules top-down, as src/lib.rs lists them, with their layer.
 const ORDER: &[(&str, Layer)] = &[
+    ("run", Layer::Io),
     ("scrape", Layer::Io),
     ("server", Layer::Io),
     ("connection", Layer::Io),

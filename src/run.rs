@@ -1,0 +1,302 @@
+//! Starting and stopping one proxy: the library's entry point.
+//!
+//! Two steps, so that everything that can fail on the configuration alone fails before a
+//! token exists: [`bind`] builds the upstream connector (CA files) and binds the listeners;
+//! [`Bound::start`] takes the first token and its source of replacements and serves. [`run`]
+//! does both. The [`Running`] handle names the bound addresses, starts the drain, and waits
+//! for it. Nothing here touches the process (signals, stdin, exit codes): that is `main.rs`,
+//! and a test can run several proxies in one process.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::credential::Credentials;
+use crate::intake::{self, Swapper, Updates};
+use crate::limits;
+use crate::log::{Log, Value};
+use crate::metrics::Metrics;
+use crate::scrape;
+use crate::secret::Token;
+use crate::server;
+use crate::state::Proxy;
+use crate::sys;
+use crate::upstream::{Connector, Pool};
+
+/// A failure to start: one `proxy: ` line, never a token or a setting's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<crate::config::ConfigError> for StartError {
+    fn from(e: crate::config::ConfigError) -> StartError {
+        StartError(e.to_string())
+    }
+}
+
+/// A proxy whose configuration was checked and whose listeners are bound, waiting for its
+/// first token.
+pub struct Bound {
+    cfg: Config,
+    log: Arc<Log>,
+    connector: Connector,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+/// Builds what the configuration alone decides (the TLS client, from the CA files) and binds
+/// the listeners. No token is needed yet, and none is read.
+pub fn bind(cfg: Config, log: Arc<Log>) -> Result<Bound, StartError> {
+    let connector = Connector::new(&cfg, log.clone())?;
+    let listener = TcpListener::bind(cfg.listen).map_err(|_| {
+        StartError(
+            "proxy: LISTEN_PORT: cannot listen on LISTEN_ADDR:LISTEN_PORT (in use or not permitted)"
+                .into(),
+        )
+    })?;
+    if !sys::set_listen_backlog(listener.as_fd(), limits::LISTEN_BACKLOG) {
+        crate::log!(log, "warning: could not raise the listen backlog");
+    }
+    let metrics = cfg
+        .metrics
+        .map(TcpListener::bind)
+        .transpose()
+        .map_err(|_| {
+            StartError("proxy: METRICS_ADDR: cannot listen there (in use or not permitted)".into())
+        })?;
+    Ok(Bound {
+        cfg,
+        log,
+        connector,
+        listener,
+        metrics,
+    })
+}
+
+impl Bound {
+    /// The configuration, as parsed.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The address the sandbox's listener is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        local_addr(&self.listener)
+    }
+
+    /// Reads the first token as the configuration says, from `stdin` (`TOKEN_UPDATES` unset or
+    /// `stdin`) or `TOKEN_FILE`; returns it with the source of its replacements.
+    pub fn first_token(
+        &self,
+        stdin: impl Read + Send + 'static,
+    ) -> Result<(Token, Updates), StartError> {
+        intake::first_token(&self.cfg, stdin).map_err(StartError)
+    }
+
+    /// Serves with `token` (and its replacements from `updates`) until [`Running::shutdown`].
+    /// Must be called within a tokio runtime.
+    pub fn start(self, token: Token, updates: Updates) -> Result<Running, StartError> {
+        let started = SystemTime::now();
+        let Bound {
+            cfg,
+            log,
+            connector,
+            listener,
+            metrics: metrics_listener,
+        } = self;
+        let metrics = Arc::new(Metrics::new());
+        let beta = cfg.beta_rule();
+        let oauth_beta = beta.applies(token.as_bytes());
+        let creds = Arc::new(Credentials::new(token, oauth_beta));
+        let swapper = Swapper {
+            creds: creds.clone(),
+            beta,
+            metrics: metrics.clone(),
+            log: log.clone(),
+        };
+        intake::spawn_updates(updates, swapper);
+        let listener = register(listener, "the listener")?;
+        let addr = local_addr_tokio(&listener);
+        let metrics_addr = match metrics_listener {
+            None => None,
+            Some(m) => {
+                let m = register(m, "the metrics listener")?;
+                let at = local_addr_tokio(&m);
+                tokio::spawn(scrape::serve(m, metrics.clone(), started));
+                Some(at)
+            }
+        };
+        let pool = Pool::new(cfg.pool_max_idle, cfg.timeouts.pool_idle);
+        let proxy = Arc::new(Proxy {
+            cfg,
+            creds,
+            connector,
+            pool,
+            metrics,
+            log: log.clone(),
+        });
+        announce(&proxy, addr, metrics_addr);
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(drain_when_told(proxy, listener, rx.clone()));
+        Ok(Running {
+            addr,
+            metrics_addr,
+            shutdown: tx,
+            task,
+            log,
+        })
+    }
+}
+
+/// Binds and starts: [`bind`] then [`Bound::start`]. Must be called within a tokio runtime.
+pub fn run(
+    cfg: Config,
+    log: Arc<Log>,
+    token: Token,
+    updates: Updates,
+) -> Result<Running, StartError> {
+    bind(cfg, log)?.start(token, updates)
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection finished within the grace period.
+    Clean,
+    /// The grace period ran out; what was left is closed.
+    GraceOver,
+}
+
+/// A serving proxy.
+pub struct Running {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Drained>,
+    log: Arc<Log>,
+}
+
+impl Running {
+    /// The sandbox's listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metrics listener, when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// This proxy's log.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// Begins the drain: the listener closes, idle connections close, exchanges in flight
+    /// finish within `SHUTDOWN_GRACE`.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for the drain that [`Running::shutdown`] began.
+    pub async fn join(self) -> Drained {
+        self.task.await.unwrap_or(Drained::GraceOver)
+    }
+}
+
+/// The startup lines: warnings, the egress proxy and the metrics listener, then (last, so a
+/// reader that waits for it has seen the others) where the proxy listens and its target.
+fn announce(proxy: &Proxy, addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
+    let log = &proxy.log;
+    let (addr, target) = (addr.to_string(), proxy.cfg.target.to_string());
+    if let Some((egress, setting)) = &proxy.cfg.egress {
+        // Host and port only: the URL may carry credentials.
+        crate::log!(log, "egress proxy {egress} (from {setting})");
+    }
+    if proxy.cfg.phantom.is_none() {
+        crate::log!(
+            log,
+            "warning: PHANTOM_TOKEN unset; any process that reaches the port can use the token"
+        );
+    }
+    if !proxy.creds.current().token.is_locked() {
+        crate::log!(
+            log,
+            "warning: could not lock the token in memory (mlock); it may be swapped"
+        );
+    }
+    if let Some(at) = metrics_addr.map(|a| a.to_string()) {
+        log.event(
+            "metrics",
+            format_args!("metrics on {at}"),
+            &[("listen", Value::Str(&at))],
+        );
+    }
+    log.event(
+        "startup",
+        format_args!("listening on {addr}, target {target}"),
+        &[
+            ("listen", Value::Str(&addr)),
+            ("target", Value::Str(&target)),
+        ],
+    );
+}
+
+/// Serves until told to stop, then drains within the grace period.
+async fn drain_when_told(
+    proxy: Arc<Proxy>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Drained {
+    let grace = proxy.cfg.timeouts.shutdown_grace;
+    let mut server = tokio::spawn(server::serve(listener, proxy.clone(), stop.clone()));
+    // A dropped handle stops the proxy too.
+    let _ = stop.wait_for(|&s| s).await;
+    let grace_ms = grace.as_millis() as u64;
+    proxy.log.event(
+        "shutdown",
+        format_args!("shutting down; draining for up to {grace_ms}ms"),
+        &[("grace_ms", Value::Num(grace_ms))],
+    );
+    proxy.pool.clear();
+    tokio::select! {
+        _ = &mut server => {
+            crate::log!(proxy.log, "drained; exiting");
+            Drained::Clean
+        }
+        _ = tokio::time::sleep(grace) => {
+            crate::log!(proxy.log, "grace period over; closing what is left");
+            server.abort();
+            Drained::GraceOver
+        }
+    }
+}
+
+fn register(l: TcpListener, what: &str) -> Result<tokio::net::TcpListener, StartError> {
+    l.set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(l))
+        .map_err(|_| StartError(format!("proxy: cannot register {what}")))
+}
+
+fn local_addr(l: &TcpListener) -> SocketAddr {
+    l.local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn local_addr_tokio(l: &tokio::net::TcpListener) -> SocketAddr {
+    l.local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
