@@ -37,13 +37,16 @@ pub fn batch_this_thread() {
     BATCHED.with(|b| b.set(true));
 }
 
+/// A function that takes finished lines (see [`Sink::Capture`]).
+pub type CaptureFn = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Where finished lines go.
 pub enum Sink {
     /// The process's stderr, one `write` per line or batch.
     Stderr,
     /// A function that takes each finished line or batch (whole lines, newlines included):
     /// a proxy run in a test process, whose lines the test reads.
-    Capture(Arc<dyn Fn(&[u8]) + Send + Sync>),
+    Capture(CaptureFn),
 }
 
 /// One proxy's log: its format, its sink, and the lines waiting in a batch. Owned by the
