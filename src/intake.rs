@@ -140,6 +140,7 @@ pub fn spawn_updates(updates: Updates, to: Swapper) {
 impl Swapper {
     fn swap(&self, token: Token) {
         let oauth = self.beta.applies(token.as_bytes());
+        let locked = token.is_locked();
         let generation = self.creds.swap(token, oauth);
         self.metrics
             .token_generation
@@ -149,6 +150,12 @@ impl Swapper {
             format_args!("token updated (generation {generation})"),
             &[("token_generation", Value::Num(generation))],
         );
+        if !locked {
+            crate::log!(
+                self.log,
+                "warning: could not lock token generation {generation} in memory (mlock); it may be swapped"
+            );
+        }
     }
 }
 

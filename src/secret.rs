@@ -90,11 +90,11 @@ impl std::error::Error for TokenError {}
 
 /// The real credential and its rendered upstream header line.
 pub struct Token {
-    /// `<Name>: <prefix><token>\r\n`; locked and zeroized with the token.
-    line: Zeroizing<Vec<u8>>,
+    /// `<Name>: <prefix><token>\r\n`, in pages of its own: locked while the token lives,
+    /// then wiped, unlocked and freed ([`sys::SecretPages`]).
+    line: sys::SecretPages,
     /// Where the raw token sits inside `line`.
     start: usize,
-    locked: bool,
 }
 
 impl Token {
@@ -114,18 +114,16 @@ impl Token {
         }
         let (name, value_prefix) = (header.name().as_bytes(), header.value_prefix().as_bytes());
         let prefix_len = name.len() + 2 + value_prefix.len();
-        // Allocate once at the final size: a growing Vec would leave copies behind.
-        let mut line = Zeroizing::new(Vec::with_capacity(prefix_len + raw.len() + 2));
-        line.extend_from_slice(name);
-        line.extend_from_slice(b": ");
-        line.extend_from_slice(value_prefix);
-        line.extend_from_slice(raw);
-        line.extend_from_slice(b"\r\n");
-        let locked = sys::lock_memory(&line);
+        // Written once into its final place: nothing is copied or reallocated on the way.
+        let mut line = sys::SecretPages::new(prefix_len + raw.len() + 2);
+        let mut at = 0;
+        for part in [name, b": ", value_prefix, raw, b"\r\n"] {
+            line.as_mut_slice()[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
         Ok(Token {
             start: prefix_len,
             line,
-            locked,
         })
     }
 
@@ -141,17 +139,18 @@ impl Token {
 
     /// The raw token, for the response scrubber.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.line[self.start..self.line.len() - 2]
+        let line = self.line.as_slice();
+        &line[self.start..line.len() - 2]
     }
 
     /// The complete upstream header line, CRLF included.
     pub fn header_line(&self) -> &[u8] {
-        &self.line
+        self.line.as_slice()
     }
 
     /// Whether the OS agreed to keep the token out of swap.
     pub fn is_locked(&self) -> bool {
-        self.locked
+        self.line.is_locked()
     }
 }
 
@@ -234,16 +233,6 @@ impl<R: Read> TokenLines<R> {
 pub fn could_be_chunk_size(raw: &[u8]) -> bool {
     let digits = raw.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     digits <= 16 && (digits == raw.len() || raw[digits] == b';')
-}
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        // `Zeroizing` wipes `line` after this; unlock only once it is wiped... so wipe first.
-        zeroize::Zeroize::zeroize(&mut *self.line);
-        if self.locked {
-            sys::unlock_memory(&self.line);
-        }
-    }
 }
 
 impl fmt::Debug for Token {
@@ -335,6 +324,26 @@ mod tests {
         assert_eq!(lines.next_line().unwrap().unwrap().as_bytes(), b"sk-three");
         assert_eq!(lines.next_line().unwrap().unwrap().as_bytes(), b"sk-last");
         assert!(lines.next_line().is_none());
+    }
+
+    /// Each token has pages of its own (so unlocking it cannot unlock another's), holding
+    /// the line from their start.
+    #[test]
+    fn each_token_has_pages_of_its_own() {
+        let page = sys::page_size();
+        let tokens: Vec<Token> = (0..8)
+            .map(|i| Token::new(format!("sk-ant-{i}-x").as_bytes(), &TokenHeader::XApiKey))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut pages: Vec<usize> = tokens.iter().map(|t| t.line.addr()).collect();
+        assert!(pages.iter().all(|a| a % page == 0));
+        pages.sort_unstable();
+        pages.dedup();
+        assert_eq!(pages.len(), tokens.len(), "two tokens share a page");
+        assert_eq!(tokens[3].header_line(), b"x-api-key: sk-ant-3-x\r\n");
+        let long = vec![b'k'; MAX_TOKEN_LEN];
+        let t = Token::new(&long, &TokenHeader::Authorization).unwrap();
+        assert_eq!(t.as_bytes(), &long[..]);
     }
 
     #[test]

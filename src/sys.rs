@@ -24,21 +24,99 @@ pub fn is_dumpable() -> bool {
     unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 }
 }
 
-/// Best-effort `mlock` of a buffer's pages so the token is never swapped out.
-pub fn lock_memory(buf: &[u8]) -> bool {
-    if buf.is_empty() {
-        return false;
-    }
-    // SAFETY: the range is a live allocation we borrow for the duration of the call.
-    unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) == 0 }
+/// A secret's own memory: a zeroed, page-aligned allocation of whole pages, locked in RAM
+/// when created (best effort), and on drop wiped, unlocked and freed, in that order.
+///
+/// Its pages hold nothing else. `mlock` does not count nested locks per page, so a secret
+/// that shared a page with another would unlock it when dropped, or stay locked with it;
+/// with pages of its own, each lock is undone exactly once, and a replaced token gives its
+/// pages (and its share of `RLIMIT_MEMLOCK`) back.
+pub struct SecretPages {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+    /// The bytes in use, from the start; the rest of the pages stay zero.
+    len: usize,
+    locked: bool,
 }
 
-/// Undoes [`lock_memory`].
-pub fn unlock_memory(buf: &[u8]) {
-    if !buf.is_empty() {
-        // SAFETY: as for lock_memory.
-        unsafe { libc::munlock(buf.as_ptr().cast(), buf.len()) };
+// SAFETY: the allocation is owned exclusively by this value (no aliasing, no interior
+// mutability); moving it to or sharing `&` with another thread is as safe as for a Vec<u8>.
+unsafe impl Send for SecretPages {}
+// SAFETY: as above; `&SecretPages` only reads.
+unsafe impl Sync for SecretPages {}
+
+impl SecretPages {
+    /// `len` zero bytes in pages of their own (at least one page), locked if the OS agrees.
+    pub fn new(len: usize) -> SecretPages {
+        let page = page_size();
+        let size = len.max(1).div_ceil(page) * page;
+        let layout = std::alloc::Layout::from_size_align(size, page)
+            .unwrap_or_else(|_| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>()));
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: the range is the allocation just made, owned by us.
+        let locked = unsafe { libc::mlock(ptr.as_ptr().cast(), size) } == 0;
+        SecretPages {
+            ptr,
+            layout,
+            len,
+            locked,
+        }
     }
+
+    /// The bytes in use.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len <= size`, the memory is initialised (zeroed at allocation) and lives
+        // as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes in use, to write the secret in once.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as for as_slice, and `&mut self` is the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Whether the OS agreed to keep these pages out of swap.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// The start of the pages (tests check the alignment).
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+}
+
+impl Drop for SecretPages {
+    fn drop(&mut self) {
+        let size = self.layout.size();
+        // SAFETY: the whole allocation, owned by us until the dealloc below.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), size) };
+        zeroize::Zeroize::zeroize(all);
+        if self.locked {
+            // SAFETY: the range we locked in `new`.
+            unsafe { libc::munlock(self.ptr.as_ptr().cast(), size) };
+        }
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// The OS's page size (4096 where it cannot be read).
+pub fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf takes an integer argument only.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n.is_power_of_two())
+            .unwrap_or(4096)
+    })
 }
 
 /// Raises a listening socket's accept queue to `backlog` (std listens with 128, which a burst
