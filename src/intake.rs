@@ -6,7 +6,7 @@
 //!   the last token keeps serving.
 //! - `TOKEN_FILE=path`: the file's first line, and again whenever the file changes: written
 //!   in place, replaced, or swapped behind a symlink (Kubernetes secret volumes), checked
-//!   every [`TOKEN_FILE_POLL`].
+//!   every [`TOKEN_FILE_POLL`] and read once a new version has settled ([`FileWatch`]).
 //!
 //! Every token passes the same checks ([`Token::new`]); a refused one is logged with its
 //! static reason only, and the current token stays.
@@ -17,10 +17,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{BetaRule, Config, TokenSource};
 use crate::credential::Credentials;
-use crate::limits::TOKEN_FILE_POLL;
+use crate::limits::{TOKEN_FILE_POLL, TOKEN_FILE_SETTLE};
 use crate::log::{Log, Value};
 use crate::metrics::Metrics;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
@@ -182,15 +183,21 @@ fn from_stdin(mut lines: TokenLines<Box<dyn Read + Send>>, to: &Swapper) {
     }
 }
 
-fn watch_file(path: &Path, header: &TokenHeader, mut seen: Option<Fingerprint>, to: &Swapper) {
+fn watch_file(path: &Path, header: &TokenHeader, seen: Option<Fingerprint>, to: &Swapper) {
+    let mut watch = FileWatch::new(seen);
     loop {
         std::thread::sleep(TOKEN_FILE_POLL);
         let now = fingerprint(path);
-        if now == seen {
+        if !watch.settled(now, Instant::now()) {
             continue;
         }
-        seen = now;
-        match read_file(path, header) {
+        let read = read_file(path, header);
+        // A write that began during the read makes it a torn one: wait for that version to
+        // settle instead (the token read is dropped, and wiped, unused).
+        if !watch.read_done(now, fingerprint(path), Instant::now()) {
+            continue;
+        }
+        match read {
             Ok(token) => to.swap(token),
             Err(e) => {
                 let g = to.creds.current().number;
@@ -201,5 +208,120 @@ fn watch_file(path: &Path, header: &TokenHeader, mut seen: Option<Fingerprint>, 
                 );
             }
         }
+    }
+}
+
+/// When a version of `TOKEN_FILE` may be read: once it differs from the last one read and its
+/// fingerprint has stayed the same for [`TOKEN_FILE_SETTLE`], and only if the fingerprint after
+/// the read is still that one. A writer that truncates the file, writes part of a token and
+/// pauses leaves a version that changes again before it settles, so the part never becomes
+/// the token; no trailing LF is needed to tell (mounted secrets usually have none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileWatch {
+    /// The version last read (or refused).
+    seen: Option<Fingerprint>,
+    /// A newer version, and when it was first seen.
+    settling: Option<(Option<Fingerprint>, Instant)>,
+}
+
+impl FileWatch {
+    fn new(seen: Option<Fingerprint>) -> FileWatch {
+        FileWatch {
+            seen,
+            settling: None,
+        }
+    }
+
+    /// Whether the version polled `at` should be read now.
+    fn settled(&mut self, now: Option<Fingerprint>, at: Instant) -> bool {
+        if now == self.seen {
+            self.settling = None;
+            return false;
+        }
+        match self.settling {
+            Some((version, since)) if version == now => {
+                at.duration_since(since) >= TOKEN_FILE_SETTLE
+            }
+            _ => {
+                self.settling = Some((now, at));
+                false
+            }
+        }
+    }
+
+    /// After reading version `before`: whether the read counts (the file did not change
+    /// during it). Either way, what is seen now is remembered.
+    fn read_done(
+        &mut self,
+        before: Option<Fingerprint>,
+        after: Option<Fingerprint>,
+        at: Instant,
+    ) -> bool {
+        if before != after {
+            self.settling = Some((after, at));
+            return false;
+        }
+        self.seen = before;
+        self.settling = None;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn version(size: u64) -> Option<Fingerprint> {
+        Some(Fingerprint {
+            dev: 1,
+            ino: 2,
+            size,
+            mtime: (size as i64, 0),
+            ctime: (size as i64, 0),
+        })
+    }
+
+    /// A version is read only after it stayed the same for the settle time; a torn write
+    /// (a prefix, then the rest before the prefix settled) reads only the whole token.
+    #[test]
+    fn only_a_version_that_stayed_the_same_for_the_settle_time_is_read() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = FileWatch::new(version(40));
+        assert!(!w.settled(version(40), at(250)), "unchanged");
+        assert!(!w.settled(version(20), at(500)), "the prefix, just seen");
+        assert!(!w.settled(version(20), at(750)), "the prefix, not settled");
+        assert!(!w.settled(version(41), at(1000)), "the rest: a new version");
+        assert!(!w.settled(version(41), at(1750)));
+        assert!(w.settled(version(41), at(2000)), "settled");
+        assert!(w.read_done(version(41), version(41), at(2001)));
+        assert!(!w.settled(version(41), at(2250)), "read already");
+    }
+
+    /// A change during the read makes the read not count; the new version settles anew.
+    #[test]
+    fn a_change_during_the_read_discards_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = FileWatch::new(None);
+        assert!(!w.settled(version(10), at(0)));
+        assert!(w.settled(version(10), at(1000)));
+        assert!(!w.read_done(version(10), version(11), at(1001)));
+        assert!(!w.settled(version(11), at(1250)));
+        assert!(w.settled(version(11), at(2001)));
+        assert!(w.read_done(version(11), version(11), at(2002)));
+    }
+
+    /// A file that disappears is a version too: it is reported once, after settling.
+    #[test]
+    fn a_missing_file_settles_like_any_version() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = FileWatch::new(version(10));
+        assert!(!w.settled(None, at(0)));
+        assert!(w.settled(None, at(1000)));
+        assert!(w.read_done(None, None, at(1000)));
+        assert!(!w.settled(None, at(1250)));
     }
 }

@@ -118,9 +118,12 @@ pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_SCRAPES: usize = 8;
 /// Most entries in `ALLOW_REQUESTS`.
 pub const MAX_ALLOW_ENTRIES: usize = 64;
-/// How often `TOKEN_FILE` is checked for a change (the issue asks for "within a couple of
-/// seconds"; a stat per second costs nothing).
-pub const TOKEN_FILE_POLL: Duration = Duration::from_secs(1);
+/// How often `TOKEN_FILE` is checked for a change (a stat costs next to nothing).
+pub const TOKEN_FILE_POLL: Duration = Duration::from_millis(250);
+/// How long a new version of `TOKEN_FILE` must stay unchanged before it is read: a writer that
+/// truncates, writes part of the token and pauses must not have the part taken for a token.
+/// A change is picked up within about `TOKEN_FILE_SETTLE + 2 * TOKEN_FILE_POLL`.
+pub const TOKEN_FILE_SETTLE: Duration = Duration::from_secs(1);
 /// Longest path written to the log.
 pub const LOG_PATH_MAX: usize = 256;
 
