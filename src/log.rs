@@ -119,6 +119,16 @@ impl Log {
         }
     }
 
+    /// Writes the line that ends the process: `msg` as it is (it starts with `proxy: `), or
+    /// in JSON an `event: "fatal"` whose message is `msg` without that prefix; after the lines
+    /// batched before it, and at once.
+    pub fn fatal(&self, msg: &str) {
+        self.flush();
+        let text = msg.strip_prefix("proxy: ").unwrap_or(msg);
+        self.event("fatal", format_args!("{text}"), &[]);
+        self.flush();
+    }
+
     /// Writes `proxy: <args>` as one line (an `event: "log"` in JSON).
     pub fn line(&self, args: fmt::Arguments<'_>) {
         self.event("log", args, &[]);

@@ -60,7 +60,11 @@ fn main() -> ExitCode {
     }
     let cfg = match Config::from_env() {
         Ok(c) => c,
-        Err(e) => return fail(&Log::stderr(), &e.to_string()),
+        // Another setting is wrong, but the format asked for may still be known.
+        Err(e) => {
+            let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
+            return fail(&Log::new(json, Sink::Stderr), &e.to_string());
+        }
     };
     let log = Arc::new(Log::new(cfg.log_json, Sink::Stderr));
     match serve(cfg, &log) {
@@ -124,13 +128,9 @@ fn runtime(log: &Arc<Log>) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Writes `msg` (it starts with `proxy: `) after the lines batched before it; exit code 1.
+/// Writes `msg` (it starts with `proxy: `) as the last line, in the log's format; exit code 1.
 fn fail(log: &Log, msg: &str) -> ExitCode {
-    log.flush();
-    // One write, as for every log line.
-    let _ = std::io::stderr()
-        .lock()
-        .write_all(format!("{msg}\n").as_bytes());
+    log.fatal(msg);
     ExitCode::from(1)
 }
 

@@ -172,3 +172,49 @@ fn a_token_file_written_in_two_steps_never_sends_the_torn_prefix() {
     assert!(!proxy.stderr_so_far().contains("generation 6"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Finding 9: under LOG_FORMAT=json every line is one JSON object, the fatal one included,
+/// whatever stops the proxy before it serves.
+#[test]
+fn under_json_logs_the_fatal_line_is_json_too() {
+    let dir = std::env::temp_dir().join(format!("alp-fatal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let no_cert = dir.join("empty.pem");
+    std::fs::write(&no_cert, "not a certificate\n").unwrap();
+    let no_cert = no_cert.to_str().unwrap().to_string();
+    let missing = dir.join("absent").to_str().unwrap().to_string();
+    let token_line = format!("{TOKEN}\n");
+    let cases: Vec<(Vec<(&str, &str)>, &[u8])> = vec![
+        (vec![], b""),
+        (vec![], b"sk ant with spaces\n"),
+        (vec![("TOKEN_FILE", missing.as_str())], b""),
+        (
+            vec![
+                ("TARGET", "https://127.0.0.1:9"),
+                ("TARGET_CA_FILE", no_cert.as_str()),
+            ],
+            token_line.as_bytes(),
+        ),
+        (vec![("LISTEN_PORT", "not-a-port")], b""),
+    ];
+    for (mut envs, stdin) in cases {
+        envs.push(("LOG_FORMAT", "json"));
+        let out = support::run(&[], &envs, Some(stdin), true, IO_TIMEOUT);
+        assert_eq!(out.code(), Some(1), "{envs:?}: {}", out.stderr);
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert!(!lines.is_empty(), "{envs:?}: no line");
+        for line in &lines {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|_| panic!("{envs:?}: not a JSON line: {line}"));
+            assert!(v["ts"].is_string() && v["event"].is_string(), "{line}");
+        }
+        let last: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+        assert_eq!(last["event"], "fatal", "{envs:?}");
+        assert!(
+            !out.stderr.contains("sk ant"),
+            "the refused token was echoed"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
