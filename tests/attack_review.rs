@@ -185,7 +185,8 @@ fn under_json_logs_the_fatal_line_is_json_too() {
     let no_cert = no_cert.to_str().unwrap().to_string();
     let missing = dir.join("absent").to_str().unwrap().to_string();
     let token_line = format!("{TOKEN}\n");
-    let cases: Vec<(Vec<(&str, &str)>, &[u8])> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [u8]);
+    let cases: Vec<Case> = vec![
         (vec![], b""),
         (vec![], b"sk ant with spaces\n"),
         (vec![("TOKEN_FILE", missing.as_str())], b""),
