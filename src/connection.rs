@@ -321,7 +321,7 @@ impl Client {
 
     /// The proxy's own answer to a request it refused before routing; then it closes.
     async fn reject(&mut self, proxy: &Proxy, p: Problem, out: &mut Vec<u8>) -> ClientFate {
-        proxy.metrics.answered_by_proxy(Reason::of(p));
+        proxy.metrics.answered_by_proxy(p.reason());
         log_error(&proxy.log, p);
         if p == Problem::ClientAborted {
             return ClientFate::Close;
@@ -423,7 +423,7 @@ fn record(
     if o.upstream_answered {
         m.answered_by_upstream(o.status);
     } else {
-        m.answered_by_proxy(o.failure.map_or(Reason::Health, Reason::of));
+        m.answered_by_proxy(o.failure.map_or(Reason::Health, Problem::reason));
     }
     m.bytes_down.fetch_add(o.bytes, Relaxed);
     m.bytes_up.fetch_add(o.bytes_up, Relaxed);

@@ -1,7 +1,11 @@
-//! Every way an exchange can fail, who is at fault, and what the client is told.
+//! Every way an exchange can fail, who is at fault, and what the client and the operator are
+//! told.
 //!
-//! This is the one place where a failure becomes a status code (STYLE habit 7). Messages are
-//! static text: no peer bytes, header values, or secrets can reach them.
+//! This is the one place where a failure becomes a status code (STYLE habit 7), and the one
+//! table (`Problem::attrs`) that gives each failure all of its attributes at once: side,
+//! status, metric reason, connect step and message. One exhaustive `match`, no catch-all arm,
+//! so a new variant cannot compile until every attribute is chosen for it. Messages are static
+//! text: no peer bytes, header values, or secrets can reach them.
 
 use std::fmt;
 
@@ -10,10 +14,9 @@ use std::fmt;
 pub enum Side {
     /// The sandbox sent something we refuse, or stopped sending.
     Client,
-    /// TARGET was unreachable, too slow, or sent something we cannot frame.
+    /// TARGET (or the egress proxy on the way) was unreachable, too slow, or sent something
+    /// we cannot frame.
     Upstream,
-    /// Our own limits (shutdown, concurrency).
-    Proxy,
 }
 
 impl fmt::Display for Side {
@@ -21,8 +24,75 @@ impl fmt::Display for Side {
         f.write_str(match self {
             Side::Client => "client",
             Side::Upstream => "upstream",
-            Side::Proxy => "proxy",
         })
+    }
+}
+
+/// A closed set of metric label values, written once: the enum, every member in declaration
+/// order (`ALL`, its length `COUNT`) and each member's label come from the same list, so an
+/// array indexed by a member can be neither too short nor miss one.
+macro_rules! labelled {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $label:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// How many members: the length of every array indexed by one.
+            pub const COUNT: usize = [$($label),+].len();
+
+            /// Every member, in declaration order: `ALL[m.index()] == m`.
+            pub const ALL: [$name; $name::COUNT] = [$($name::$variant),+];
+
+            /// The member's position in `ALL`, and in every array sized by `COUNT`.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+
+            /// The label value in the exposition.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+labelled! {
+    /// Why the proxy answered a request itself (the `reason` label of the requests counter).
+    pub enum Reason {
+        /// The `/health` answer: not a failure, so no [`Problem`] has it.
+        Health = "health",
+        PhantomRefused = "phantom_refused",
+        PolicyRefused = "policy_refused",
+        Malformed = "malformed",
+        TooLarge = "too_large",
+        MethodRefused = "method_refused",
+        Timeout = "timeout",
+        UpstreamUnreachable = "upstream_unreachable",
+        TlsFailure = "tls_failure",
+        UpstreamMalformed = "upstream_malformed",
+        ClientGone = "client_gone",
+    }
+}
+
+labelled! {
+    /// Which step of opening a new upstream connection failed (the `step` label).
+    pub enum ConnectStep {
+        /// DNS and TCP to TARGET.
+        Connect = "connect",
+        /// The TLS handshake with TARGET.
+        Tls = "tls",
+        /// TCP to the egress proxy and its CONNECT tunnel.
+        Egress = "egress",
     }
 }
 
@@ -75,17 +145,21 @@ pub enum Problem {
     NotAllowed,
     /// The client stopped reading the response.
     ClientWriteStalled,
-    // --- the upstream ---
+    // --- opening a new upstream connection ---
     /// TARGET's name did not resolve.
     UpstreamNameResolution,
     /// TARGET refused the TCP connection.
     UpstreamRefused,
     /// TCP connect failed otherwise (no route, unreachable network, ...).
     UpstreamUnreachable,
+    /// TCP connect (with DNS) took too long.
+    UpstreamConnectTimeout,
     /// TARGET's certificate was not trusted (or not for TARGET's name).
     UpstreamCertificate,
     /// The TLS handshake failed otherwise (protocol, ALPN).
     UpstreamTls,
+    /// The TLS handshake took too long.
+    UpstreamTlsTimeout,
     /// The egress proxy could not be reached.
     EgressUnreachable,
     /// The egress proxy answered CONNECT with this status (407: credentials).
@@ -94,10 +168,7 @@ pub enum Problem {
     EgressTimeout,
     /// The egress proxy's answer to CONNECT is not HTTP.
     EgressMalformed,
-    /// TCP connect (with DNS) took too long.
-    UpstreamConnectTimeout,
-    /// The TLS handshake took too long.
-    UpstreamTlsTimeout,
+    // --- the upstream's response ---
     /// No response head within the response timeout.
     UpstreamResponseTimeout,
     /// The response body stalled.
@@ -114,79 +185,143 @@ pub enum Problem {
     /// A possible token prefix was held while the upstream's framing after it outgrew
     /// `RELAY_HOLD_MAX`: the response is cut rather than the prefix released unmasked.
     UpstreamHoldOverflow,
-    // --- the proxy itself ---
-    /// The proxy is draining for shutdown.
-    ShuttingDown,
+}
+
+/// Everything said about one problem, chosen together in [`Problem::attrs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attrs {
+    side: Side,
+    /// The status the client receives when nothing of a response was sent yet.
+    status: u16,
+    /// The `reason` label it counts under.
+    reason: Reason,
+    /// The `step` label, for a problem met while opening a new upstream connection.
+    step: Option<ConnectStep>,
+    /// Static text for the client and the log.
+    message: &'static str,
+}
+
+/// A problem with the client's request: never a connect step.
+const fn client(status: u16, reason: Reason, message: &'static str) -> Attrs {
+    Attrs {
+        side: Side::Client,
+        status,
+        reason,
+        step: None,
+        message,
+    }
+}
+
+/// A problem with the upstream once connected.
+const fn upstream(status: u16, reason: Reason, message: &'static str) -> Attrs {
+    Attrs {
+        side: Side::Upstream,
+        status,
+        reason,
+        step: None,
+        message,
+    }
+}
+
+/// A problem opening a new upstream connection, at `step`.
+const fn connecting(
+    step: ConnectStep,
+    status: u16,
+    reason: Reason,
+    message: &'static str,
+) -> Attrs {
+    Attrs {
+        side: Side::Upstream,
+        status,
+        reason,
+        step: Some(step),
+        message,
+    }
 }
 
 impl Problem {
-    /// Who is at fault.
-    pub fn side(self) -> Side {
+    /// The one table: who is at fault, the status, the metric reason, the connect step and
+    /// the message of every problem. ClientAborted and ClientWriteStalled have a status no one
+    /// hears (the connection just closes); 400 is what the log records.
+    #[rustfmt::skip]
+    const fn attrs(self) -> Attrs {
+        use ConnectStep::{Connect, Egress, Tls};
         use Problem::*;
+        use Reason as R;
         match self {
-            UpstreamNameResolution
-            | UpstreamRefused
-            | UpstreamUnreachable
-            | UpstreamCertificate
-            | UpstreamTls
-            | EgressUnreachable
-            | EgressRefused(_)
-            | EgressTimeout
-            | EgressMalformed
-            | UpstreamConnectTimeout
-            | UpstreamTlsTimeout
-            | UpstreamResponseTimeout
-            | UpstreamIdleTimeout
-            | UpstreamMalformed
-            | UpstreamSwitchedProtocols
-            | UpstreamEncoded
-            | UpstreamClosed
-            | UpstreamHoldOverflow => Side::Upstream,
-            ShuttingDown => Side::Proxy,
-            _ => Side::Client,
+            // --- the client's request ---
+            MalformedHead => client(400, R::Malformed, "malformed request head"),
+            BadTarget => client(400, R::Malformed, "unsupported request-target"),
+            BadHost => client(400, R::Malformed, "missing, repeated or invalid Host"),
+            BadFraming => client(400, R::Malformed, "ambiguous or invalid message framing"),
+            UnsupportedCoding => client(501, R::Malformed, "unsupported transfer coding"),
+            BadChunk => client(400, R::Malformed, "malformed chunked body"),
+            AmbiguousName => client(400, R::Malformed, "header name with underscore shadows a protected field"),
+            BadConnectionOption => client(400, R::Malformed, "Connection names a protected field"),
+            UriTooLong => client(414, R::TooLarge, "request line too long"),
+            HeadTooLarge => client(431, R::TooLarge, "request head too large"),
+            TrailersTooLarge => client(431, R::TooLarge, "request trailers too large"),
+            BodyTooLarge => client(413, R::TooLarge, "request body too large"),
+            HeadTimeout => client(408, R::Timeout, "request head not received in time"),
+            BodyTimeout => client(408, R::Timeout, "request body stalled"),
+            ClientAborted => client(400, R::ClientGone, "client closed before the request was complete"),
+            MethodNotAllowed => client(405, R::MethodRefused, "method not allowed"),
+            MethodNotImplemented => client(501, R::MethodRefused, "method not implemented"),
+            UpgradeRefused => client(501, R::MethodRefused, "protocol upgrade not supported"),
+            ExpectationFailed => client(417, R::MethodRefused, "unsupported expectation"),
+            Unauthorized => client(401, R::PhantomRefused, "missing or wrong proxy token"),
+            NotAllowed => client(403, R::PolicyRefused, "request not allowed by ALLOW_REQUESTS"),
+            ClientWriteStalled => client(400, R::ClientGone, "client stopped reading"),
+            // --- opening a new upstream connection ---
+            UpstreamNameResolution => connecting(Connect, 502, R::UpstreamUnreachable, "upstream unreachable: name resolution failed"),
+            UpstreamRefused => connecting(Connect, 502, R::UpstreamUnreachable, "upstream unreachable: connection refused"),
+            UpstreamUnreachable => connecting(Connect, 502, R::UpstreamUnreachable, "upstream unreachable"),
+            UpstreamConnectTimeout => connecting(Connect, 504, R::Timeout, "upstream connect timed out"),
+            UpstreamCertificate => connecting(Tls, 502, R::TlsFailure, "upstream TLS failure: certificate not trusted"),
+            UpstreamTls => connecting(Tls, 502, R::TlsFailure, "upstream TLS failure"),
+            UpstreamTlsTimeout => connecting(Tls, 504, R::Timeout, "upstream TLS handshake timed out"),
+            EgressUnreachable => connecting(Egress, 502, R::UpstreamUnreachable, "egress proxy unreachable"),
+            EgressRefused(_) => connecting(Egress, 502, R::UpstreamUnreachable, "egress proxy refused CONNECT"),
+            EgressTimeout => connecting(Egress, 504, R::Timeout, "egress proxy tunnel timed out"),
+            EgressMalformed => connecting(Egress, 502, R::UpstreamUnreachable, "egress proxy sent a malformed answer"),
+            // --- the upstream's response ---
+            UpstreamResponseTimeout => upstream(504, R::Timeout, "upstream response timed out"),
+            UpstreamIdleTimeout => upstream(504, R::Timeout, "upstream stalled mid-response"),
+            UpstreamMalformed => upstream(502, R::UpstreamMalformed, "malformed upstream response"),
+            UpstreamSwitchedProtocols => upstream(502, R::UpstreamMalformed, "upstream attempted a protocol switch"),
+            UpstreamEncoded => upstream(502, R::UpstreamMalformed, "upstream response is content-encoded"),
+            UpstreamClosed => upstream(502, R::UpstreamMalformed, "upstream closed mid-response"),
+            UpstreamHoldOverflow => upstream(502, R::UpstreamMalformed, "upstream framing outgrew the token-masking hold"),
         }
+    }
+
+    /// Who is at fault.
+    pub const fn side(self) -> Side {
+        self.attrs().side
     }
 
     /// The status the client receives when nothing of a response was sent yet.
-    pub fn status(self) -> u16 {
-        use Problem::*;
-        match self {
-            MalformedHead | BadTarget | BadHost | BadFraming | BadChunk | AmbiguousName
-            | BadConnectionOption => 400,
-            Unauthorized => 401,
-            NotAllowed => 403,
-            MethodNotAllowed => 405,
-            HeadTimeout | BodyTimeout => 408,
-            BodyTooLarge => 413,
-            UriTooLong => 414,
-            ExpectationFailed => 417,
-            HeadTooLarge | TrailersTooLarge => 431,
-            UnsupportedCoding | MethodNotImplemented | UpgradeRefused => 501,
-            UpstreamNameResolution
-            | UpstreamRefused
-            | UpstreamUnreachable
-            | UpstreamCertificate
-            | UpstreamTls
-            | EgressUnreachable
-            | EgressRefused(_)
-            | EgressMalformed
-            | UpstreamMalformed
-            | UpstreamSwitchedProtocols
-            | UpstreamEncoded
-            | UpstreamClosed
-            | UpstreamHoldOverflow => 502,
-            ShuttingDown => 503,
-            UpstreamConnectTimeout
-            | EgressTimeout
-            | UpstreamTlsTimeout
-            | UpstreamResponseTimeout
-            | UpstreamIdleTimeout => 504,
-            // Nobody is listening for these; the connection just closes.
-            ClientAborted | ClientWriteStalled => 400,
-        }
+    pub const fn status(self) -> u16 {
+        self.attrs().status
     }
 
-    /// The Anthropic error `type` for the JSON body.
+    /// Static text for the client and the log. Never peer bytes.
+    pub const fn message(self) -> &'static str {
+        self.attrs().message
+    }
+
+    /// The reason a problem answered by the proxy counts under in the metrics.
+    pub const fn reason(self) -> Reason {
+        self.attrs().reason
+    }
+
+    /// The step of opening a new upstream connection this problem belongs to; `None` for
+    /// every problem met elsewhere.
+    pub const fn connect_step(self) -> Option<ConnectStep> {
+        self.attrs().step
+    }
+
+    /// The Anthropic error `type` for the JSON body, a function of the status alone.
     pub fn error_type(self) -> &'static str {
         match self.status() {
             401 => "authentication_error",
@@ -198,56 +333,6 @@ impl Problem {
         }
     }
 
-    /// Static text for the client and the log. Never peer bytes.
-    pub fn message(self) -> &'static str {
-        use Problem::*;
-        match self {
-            MalformedHead => "malformed request head",
-            BadTarget => "unsupported request-target",
-            BadHost => "missing, repeated or invalid Host",
-            BadFraming => "ambiguous or invalid message framing",
-            UnsupportedCoding => "unsupported transfer coding",
-            BadChunk => "malformed chunked body",
-            AmbiguousName => "header name with underscore shadows a protected field",
-            BadConnectionOption => "Connection names a protected field",
-            UriTooLong => "request line too long",
-            HeadTooLarge => "request head too large",
-            TrailersTooLarge => "request trailers too large",
-            BodyTooLarge => "request body too large",
-            HeadTimeout => "request head not received in time",
-            BodyTimeout => "request body stalled",
-            ClientAborted => "client closed before the request was complete",
-            MethodNotAllowed => "method not allowed",
-            MethodNotImplemented => "method not implemented",
-            UpgradeRefused => "protocol upgrade not supported",
-            ExpectationFailed => "unsupported expectation",
-            Unauthorized => "missing or wrong proxy token",
-            NotAllowed => "request not allowed by ALLOW_REQUESTS",
-            ClientWriteStalled => "client stopped reading",
-            UpstreamNameResolution => "upstream unreachable: name resolution failed",
-            UpstreamRefused => "upstream unreachable: connection refused",
-            UpstreamUnreachable => "upstream unreachable",
-            UpstreamCertificate => "upstream TLS failure: certificate not trusted",
-            UpstreamTls => "upstream TLS failure",
-            EgressUnreachable => "egress proxy unreachable",
-            EgressRefused(_) => "egress proxy refused CONNECT",
-            EgressTimeout => "egress proxy tunnel timed out",
-            EgressMalformed => "egress proxy sent a malformed answer",
-            UpstreamConnectTimeout => "upstream connect timed out",
-            UpstreamTlsTimeout => "upstream TLS handshake timed out",
-            UpstreamResponseTimeout => "upstream response timed out",
-            UpstreamIdleTimeout => "upstream stalled mid-response",
-            UpstreamMalformed => "malformed upstream response",
-            UpstreamSwitchedProtocols => "upstream attempted a protocol switch",
-            UpstreamEncoded => "upstream response is content-encoded",
-            UpstreamClosed => "upstream closed mid-response",
-            UpstreamHoldOverflow => "upstream framing outgrew the token-masking hold",
-            ShuttingDown => "shutting down",
-        }
-    }
-}
-
-impl Problem {
     /// A status that belongs in the message (the egress proxy's answer to CONNECT).
     pub fn detail(self) -> Option<u16> {
         match self {
@@ -268,3 +353,6 @@ impl fmt::Display for Problem {
 }
 
 impl std::error::Error for Problem {}
+
+#[cfg(test)]
+mod tests;

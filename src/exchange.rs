@@ -41,7 +41,7 @@ use crate::error::Problem;
 use crate::framing::{Framed, RequestBody};
 use crate::head::{Method, Request, Version};
 use crate::limits::{self, Timeouts};
-use crate::metrics::{ConnectStep, Metrics};
+use crate::metrics::Metrics;
 use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
 use crate::relaybuf::RelayBuf;
 use crate::response::{self, RequestId, ResponseBody, ResponseContext};
@@ -155,7 +155,9 @@ pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<
             None => match x.proxy.connector.connect().await {
                 Ok(s) => (s, false),
                 Err(problem) => {
-                    metrics.connect_failed(ConnectStep::of(problem));
+                    if let Some(step) = problem.connect_step() {
+                        metrics.connect_failed(step);
+                    }
                     let in_sync = !x.req.body.has_bytes();
                     return Forwarded::Answer { problem, in_sync };
                 }

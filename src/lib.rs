@@ -43,8 +43,9 @@
 //!    - [`scrub`]: masks the real token wherever it appears in a response.
 //!    - [`egress`]: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
 //! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
-//!    bound), [`syntax`] (small grammar helpers), [`error`] (every failure, its side, status
-//!    and static message), [`target`] (TARGET's parsed form).
+//!    bound), [`syntax`] (small grammar helpers), [`error`] (every failure and, in one table,
+//!    its side, status, metric reason, connect step and static message), [`target`]
+//!    (TARGET's parsed form).
 //!
 //! # The journey of one request
 //!

@@ -9,115 +9,11 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::error::Problem;
+/// The label sets are defined with the problems they classify, so the two cannot disagree.
+pub use crate::error::{ConnectStep, Reason};
 
-/// Why the proxy answered a request itself (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Health,
-    PhantomRefused,
-    PolicyRefused,
-    Malformed,
-    TooLarge,
-    MethodRefused,
-    Timeout,
-    UpstreamUnreachable,
-    TlsFailure,
-    UpstreamMalformed,
-    ClientGone,
-    ShuttingDown,
-}
-
-impl Reason {
-    const ALL: [Reason; 12] = [
-        Reason::Health,
-        Reason::PhantomRefused,
-        Reason::PolicyRefused,
-        Reason::Malformed,
-        Reason::TooLarge,
-        Reason::MethodRefused,
-        Reason::Timeout,
-        Reason::UpstreamUnreachable,
-        Reason::TlsFailure,
-        Reason::UpstreamMalformed,
-        Reason::ClientGone,
-        Reason::ShuttingDown,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Reason::Health => "health",
-            Reason::PhantomRefused => "phantom_refused",
-            Reason::PolicyRefused => "policy_refused",
-            Reason::Malformed => "malformed",
-            Reason::TooLarge => "too_large",
-            Reason::MethodRefused => "method_refused",
-            Reason::Timeout => "timeout",
-            Reason::UpstreamUnreachable => "upstream_unreachable",
-            Reason::TlsFailure => "tls_failure",
-            Reason::UpstreamMalformed => "upstream_malformed",
-            Reason::ClientGone => "client_gone",
-            Reason::ShuttingDown => "shutting_down",
-        }
-    }
-
-    /// The reason a problem answered by the proxy counts under.
-    pub fn of(p: Problem) -> Reason {
-        use Problem::*;
-        match p {
-            Unauthorized => Reason::PhantomRefused,
-            NotAllowed => Reason::PolicyRefused,
-            UriTooLong | HeadTooLarge | TrailersTooLarge | BodyTooLarge => Reason::TooLarge,
-            MethodNotAllowed | MethodNotImplemented | UpgradeRefused | ExpectationFailed => {
-                Reason::MethodRefused
-            }
-            HeadTimeout
-            | BodyTimeout
-            | UpstreamConnectTimeout
-            | UpstreamTlsTimeout
-            | UpstreamResponseTimeout
-            | UpstreamIdleTimeout
-            | EgressTimeout => Reason::Timeout,
-            UpstreamNameResolution
-            | UpstreamRefused
-            | UpstreamUnreachable
-            | EgressUnreachable
-            | EgressRefused(_)
-            | EgressMalformed => Reason::UpstreamUnreachable,
-            UpstreamCertificate | UpstreamTls => Reason::TlsFailure,
-            UpstreamMalformed
-            | UpstreamSwitchedProtocols
-            | UpstreamEncoded
-            | UpstreamClosed
-            | UpstreamHoldOverflow => Reason::UpstreamMalformed,
-            ClientAborted | ClientWriteStalled => Reason::ClientGone,
-            ShuttingDown => Reason::ShuttingDown,
-            MalformedHead | BadTarget | BadHost | BadFraming | UnsupportedCoding | BadChunk
-            | AmbiguousName | BadConnectionOption => Reason::Malformed,
-        }
-    }
-}
-
-/// Why a new upstream connection failed (the `step` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectStep {
-    Connect,
-    Tls,
-    Egress,
-}
-
-impl ConnectStep {
-    pub fn of(p: Problem) -> ConnectStep {
-        use Problem::*;
-        match p {
-            UpstreamCertificate | UpstreamTls | UpstreamTlsTimeout => ConnectStep::Tls,
-            EgressUnreachable | EgressRefused(_) | EgressTimeout | EgressMalformed => {
-                ConnectStep::Egress
-            }
-            _ => ConnectStep::Connect,
-        }
-    }
-}
+/// The status classes of RFC 9110 §15 (1xx-5xx), the `class` label of upstream answers.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Bucket bounds, in seconds: milliseconds to ten minutes (a long non-streaming call).
 const BUCKETS: [f64; 16] = [
@@ -166,14 +62,15 @@ impl Histogram {
 /// Every signal of the process.
 pub struct Metrics {
     /// Answered by the upstream, by status class (1xx-5xx: index 0-4).
-    upstream_class: [AtomicU64; 5],
+    upstream_class: [AtomicU64; STATUS_CLASSES.len()],
     /// Answered by the proxy itself, by [`Reason`].
-    proxy_reason: [AtomicU64; 12],
+    proxy_reason: [AtomicU64; Reason::COUNT],
     pub credential_rejected: AtomicU64,
     pub tokens_masked: AtomicU64,
     pub upstream_opened: AtomicU64,
     pub upstream_reused: AtomicU64,
-    upstream_failed: [AtomicU64; 3],
+    /// New upstream connections that failed, by [`ConnectStep`].
+    upstream_failed: [AtomicU64; ConnectStep::COUNT],
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub client_connections: AtomicI64,
@@ -193,13 +90,13 @@ impl Metrics {
     /// All zero, token generation 1.
     pub const fn new() -> Metrics {
         Metrics {
-            upstream_class: [const { AtomicU64::new(0) }; 5],
-            proxy_reason: [const { AtomicU64::new(0) }; 12],
+            upstream_class: [const { AtomicU64::new(0) }; STATUS_CLASSES.len()],
+            proxy_reason: [const { AtomicU64::new(0) }; Reason::COUNT],
             credential_rejected: AtomicU64::new(0),
             tokens_masked: AtomicU64::new(0),
             upstream_opened: AtomicU64::new(0),
             upstream_reused: AtomicU64::new(0),
-            upstream_failed: [const { AtomicU64::new(0) }; 3],
+            upstream_failed: [const { AtomicU64::new(0) }; ConnectStep::COUNT],
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             client_connections: AtomicI64::new(0),
@@ -212,18 +109,18 @@ impl Metrics {
 
     /// A request the upstream answered with `status`.
     pub fn answered_by_upstream(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        let class = usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1;
         self.upstream_class[class].fetch_add(1, Relaxed);
     }
 
     /// A request the proxy answered itself (or could not answer).
     pub fn answered_by_proxy(&self, reason: Reason) {
-        let i = Reason::ALL.iter().position(|&r| r == reason).unwrap_or(0);
-        self.proxy_reason[i].fetch_add(1, Relaxed);
+        self.proxy_reason[reason.index()].fetch_add(1, Relaxed);
     }
 
+    /// A new upstream connection that failed at `step`.
     pub fn connect_failed(&self, step: ConnectStep) {
-        self.upstream_failed[step as usize].fetch_add(1, Relaxed);
+        self.upstream_failed[step.index()].fetch_add(1, Relaxed);
     }
 
     /// The exposition, with `process` (read from /proc by the caller) appended.
@@ -250,12 +147,11 @@ impl Metrics {
         let name = format!("{PREFIX}_requests_total");
         let help = "Requests, by who answered: the upstream (by status class) or the proxy itself (by reason).";
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (i, c) in self.upstream_class.iter().enumerate() {
-            let class = i + 1;
+        for (class, c) in STATUS_CLASSES.iter().zip(&self.upstream_class) {
             let v = c.load(Relaxed);
             let _ = writeln!(
                 out,
-                "{name}{{answered_by=\"upstream\",class=\"{class}xx\"}} {v}"
+                "{name}{{answered_by=\"upstream\",class=\"{class}\"}} {v}"
             );
         }
         for (r, c) in Reason::ALL.iter().zip(&self.proxy_reason) {
@@ -307,11 +203,9 @@ impl Metrics {
         let name = format!("{PREFIX}_upstream_connect_failures_total");
         let help = "New upstream connections that failed, by step.";
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (step, c) in ["connect", "tls", "egress"]
-            .iter()
-            .zip(&self.upstream_failed)
-        {
-            let _ = writeln!(out, "{name}{{step=\"{step}\"}} {}", c.load(Relaxed));
+        for (step, c) in ConnectStep::ALL.iter().zip(&self.upstream_failed) {
+            let (step, v) = (step.label(), c.load(Relaxed));
+            let _ = writeln!(out, "{name}{{step=\"{step}\"}} {v}");
         }
     }
 
