@@ -167,8 +167,9 @@ enum NoProxyEntry {
     /// name under it. With a port (an extension of curl's rules, where such an entry never
     /// matches): only TARGET on that port.
     Name(String, Option<u16>),
-    /// An IP address, or a network in CIDR notation (`10.0.0.0/8`).
-    Ip(IpAddr, u8),
+    /// An IP address, or a network in CIDR notation (`10.0.0.0/8`). An address with a port
+    /// (`127.0.0.1:8443`, `[::1]:8443`): only TARGET at that address on that port.
+    Ip(IpAddr, u8, Option<u16>),
 }
 
 impl NoProxy {
@@ -194,7 +195,9 @@ impl NoProxy {
         let ip = host.parse::<IpAddr>().ok();
         let name = host.trim_end_matches('.').to_ascii_lowercase();
         self.entries.iter().any(|e| match (e, ip) {
-            (NoProxyEntry::Ip(net, bits), Some(ip)) => in_network(ip, *net, *bits),
+            (NoProxyEntry::Ip(net, bits, p), Some(ip)) => {
+                in_network(ip, *net, *bits) && p.is_none_or(|p| p == port)
+            }
             (NoProxyEntry::Name(n, p), None) => {
                 let host_ok = name == *n
                     || (name.len() > n.len()
@@ -217,7 +220,7 @@ impl NoProxyEntry {
         if let Ok(ip) = unbracketed.unwrap_or(addr).parse::<IpAddr>() {
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let bits = bits.unwrap_or(max);
-            return (bits <= max).then_some(NoProxyEntry::Ip(ip, bits));
+            return (bits <= max).then_some(NoProxyEntry::Ip(ip, bits, None));
         }
         if bits.is_some() {
             return None;
@@ -226,6 +229,16 @@ impl NoProxyEntry {
             Some((n, p)) => (n, Some(p.parse::<u16>().ok()?)),
             None => (e, None),
         };
+        // `IPv4:port` and `[IPv6]:port` are an address on a port, not a name.
+        let unbracketed = name.strip_prefix('[').and_then(|a| a.strip_suffix(']'));
+        let literal = match unbracketed {
+            Some(v6) => Some(v6.parse::<std::net::Ipv6Addr>().ok()?.into()),
+            None => name.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::from),
+        };
+        if let Some(ip) = literal {
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            return Some(NoProxyEntry::Ip(ip, bits, port));
+        }
         let name = name.trim_matches('.').to_ascii_lowercase();
         (!name.is_empty()).then_some(NoProxyEntry::Name(name, port))
     }
@@ -275,6 +288,14 @@ mod tests {
             ("10.0.0.0/8", "ten.example", 443, false),
             ("localhost", "127.0.0.1", 443, false),
             ("0.0.0.0/0", "8.8.8.8", 443, true),
+            // An address with a port matches that address on that port only.
+            ("127.0.0.1:8443", "127.0.0.1", 8443, true),
+            ("127.0.0.1:8443", "127.0.0.1", 443, false),
+            ("127.0.0.1:8443", "127.0.0.2", 8443, false),
+            ("[::1]:8443", "::1", 8443, true),
+            ("[::1]:8443", "::1", 443, false),
+            ("[::1]:8443", "::2", 8443, false),
+            ("[::1", "::1", 443, false),
             ("10.0.0.0/33", "10.0.0.1", 443, false),
         ];
         for &(list, host, port, want) in cases {
