@@ -66,7 +66,7 @@ async fn serve_requests(
         log_path: String::new(),
         served: 0,
         shutdown,
-        accepted: TokioInstant::now(),
+        idle_since: TokioInstant::now(),
     };
     let mut rotations = proxy.creds.changed();
     // A head read while the token changed, to serve with the new one.
@@ -124,9 +124,10 @@ struct Session {
     log_path: String,
     served: u32,
     shutdown: watch::Receiver<bool>,
-    /// When the connection was accepted: the first head's deadline runs from here, however
-    /// often a token rotation wakes the idle read.
-    accepted: TokioInstant,
+    /// When the connection was accepted, then when its last exchange ended: the first head's
+    /// deadline and the keep-alive idle deadline run from here, however often a token
+    /// rotation wakes the idle read.
+    idle_since: TokioInstant,
 }
 
 impl Session {
@@ -136,10 +137,10 @@ impl Session {
         client: &mut Client,
         rotations: &mut watch::Receiver<u64>,
     ) -> Result<Head, Problem> {
-        let first = (self.served == 0).then_some(self.accepted);
         let t = &proxy.cfg.timeouts;
         let wait = Wait {
-            first,
+            first: self.served == 0,
+            idle_since: self.idle_since,
             shutdown: &self.shutdown,
             rotations,
         };
@@ -223,14 +224,18 @@ impl Session {
             started,
             g.number,
         );
+        self.idle_since = TokioInstant::now();
         outcome.client
     }
 }
 
 /// What a head read waits on besides the client's bytes.
 struct Wait<'a> {
-    /// No request was served yet: the head deadline runs from this (accept).
-    first: Option<TokioInstant>,
+    /// No request was served yet: the head deadline runs from `idle_since` (accept).
+    first: bool,
+    /// Accept, or the end of the last exchange: fixed while the connection waits, so a wake-up
+    /// (a token rotation) never restarts a deadline.
+    idle_since: TokioInstant,
     shutdown: &'a watch::Receiver<bool>,
     rotations: &'a mut watch::Receiver<u64>,
 }
@@ -264,8 +269,9 @@ impl Client {
         let mut shutdown = wait.shutdown.clone();
         let rotations = wait.rotations;
         // The first request's head deadline runs from accept; later ones from their first
-        // byte, after a keep-alive idle wait.
-        let mut deadline = wait.first.map(|accepted| accepted + t.header);
+        // byte, after a keep-alive idle wait that runs from the end of the last exchange.
+        let mut deadline = wait.first.then(|| wait.idle_since + t.header);
+        let idle_until = wait.idle_since + t.keepalive;
         loop {
             if let Some(n) = scanner.scan(&self.buf, limits)? {
                 return Ok(Head::Ready(n));
@@ -274,7 +280,7 @@ impl Client {
                 deadline = Some(TokioInstant::now() + t.header);
             }
             let idle = self.buf.is_empty();
-            let until = deadline.unwrap_or_else(|| TokioInstant::now() + t.keepalive);
+            let until = deadline.unwrap_or(idle_until);
             if idle {
                 // An idle connection waits for its next request without a buffer: it gives
                 // its buffer back if the request is not here yet.

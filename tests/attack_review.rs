@@ -219,3 +219,32 @@ fn under_json_logs_the_fatal_line_is_json_too() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Finding 6: a rotation wakes idle connections (to drop the old token); it must not restart
+/// the keep-alive idle timer of a connection that has served a request, or rotations more
+/// frequent than KEEPALIVE_TIMEOUT would keep an idle connection open forever.
+#[test]
+fn rotations_do_not_extend_the_keep_alive_idle_timeout() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let envs = [
+        ("TARGET", up.target_url()),
+        ("TOKEN_UPDATES", "stdin".into()),
+        ("KEEPALIVE_TIMEOUT", "1s".into()),
+    ];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut proxy = Proxy::spawn_with_stdin(&envs, format!("{TOKEN}\n").as_bytes(), false)
+        .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+    let mut idle = Client::connect(proxy.addr());
+    idle.send(&get("/v1/models"));
+    assert_eq!(idle.read_response_to("GET").unwrap().status(), 200);
+    for n in 0..8 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        proxy.write_stdin(format!("sk-ant-test-rot-{n:04}-abcdefgh\n").as_bytes());
+    }
+    assert!(proxy.wait_for_stderr("token updated (generation 9)", IO_TIMEOUT));
+    // 2.4 s after the response, 1.4 s past the idle timeout: closed.
+    assert!(
+        idle.is_closed(std::time::Duration::from_millis(200)),
+        "still open past KEEPALIVE_TIMEOUT"
+    );
+}
