@@ -235,7 +235,7 @@ fn rotations_do_not_extend_the_keep_alive_idle_timeout() {
     let mut proxy = Proxy::spawn_with_stdin(&envs, format!("{TOKEN}\n").as_bytes(), false)
         .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
     let mut idle = Client::connect(proxy.addr());
-    idle.send(&get("/v1/models"));
+    idle.send(get("/v1/models"));
     assert_eq!(idle.read_response_to("GET").unwrap().status(), 200);
     for n in 0..8 {
         std::thread::sleep(std::time::Duration::from_millis(300));
