@@ -1,6 +1,6 @@
 //! Every way an exchange can fail, who is at fault, and what the client is told.
 //!
-//! This is the one place where a failure becomes a status code (STYLE habit 7). Messages are
+//! The one place where a failure becomes a status code (docs/http-rules.md §10.1). Messages are
 //! static text: no peer bytes, header values, or secrets can reach them.
 
 use std::fmt;

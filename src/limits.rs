@@ -1,7 +1,7 @@
 //! Every limit, default and bound of the proxy, in one place. Imports nothing of the crate.
 //!
 //! Each constant says what it bounds and, where a setting mirrors it, the environment variable
-//! of the same name. Defaults follow HARDENING.md §5 (the limits trusted proxies use). Help and
+//! of the same name. Defaults follow docs/http-rules.md §8.2 (what trusted proxies use). Help and
 //! error texts are built from these constants, never from numbers repeated by hand.
 
 use std::time::Duration;
@@ -118,8 +118,8 @@ pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_SCRAPES: usize = 8;
 /// Most entries in `ALLOW_REQUESTS`.
 pub const MAX_ALLOW_ENTRIES: usize = 64;
-/// How often `TOKEN_FILE` is checked for a change (the issue asks for "within a couple of
-/// seconds"; a stat per second costs nothing).
+/// How often `TOKEN_FILE` is checked for a change (a replaced file is picked up within
+/// a couple of seconds; a stat per second costs nothing).
 pub const TOKEN_FILE_POLL: Duration = Duration::from_secs(1);
 /// Longest path written to the log.
 pub const LOG_PATH_MAX: usize = 256;
