@@ -98,7 +98,7 @@ RUN . /usr/local/etc/target.env \
 # Mozilla roots are compiled in; TARGET_CA_FILE can point at a mounted bundle).
 FROM scratch
 
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 ARG SOURCE_URL=https://github.com/OWNER/agent-loop-proxy
 LABEL org.opencontainers.image.title="agent-loop-proxy" \
       org.opencontainers.image.description="Credential-injection reverse proxy for sandboxed AI coding agents" \

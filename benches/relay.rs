@@ -63,8 +63,8 @@ use upstream::{Fixture, Shared};
 static FIXTURE: &[u8] = include_bytes!("fixtures/anthropic-stream.sse");
 /// Size of the upload and download bodies: the proxy's default MAX_BODY_BYTES.
 const PAYLOAD_LEN: usize = 32 * 1024 * 1024;
-/// Held streams in a full run (issue 6 stated its memory target at this count; issue 14 judges
-/// memory per stream there too).
+/// Held streams in a full run (the memory target is stated at this count, and memory per
+/// stream is judged there too).
 const FULL_STREAMS: usize = 5000;
 /// Held streams in a quick run.
 const QUICK_STREAMS: usize = 200;

@@ -1,4 +1,4 @@
-//! Pure: the answers the proxy gives itself (DESIGN: "Answers the proxy gives itself"): the
+//! Pure: the answers the proxy gives itself (docs/http-rules.md §10.2): the
 //! interim 100 Continue, `/health`, and errors as a status with a JSON body in the Anthropic
 //! error shape, so agents display them well. Static text only, never peer bytes.
 

@@ -411,7 +411,7 @@ fn set_log_path(log_path: &mut String, path: &[u8]) {
     crate::log::escape_into(log_path, path, limits::LOG_PATH_MAX);
 }
 
-/// Counts the request in the metrics and writes its log line (DESIGN: Logs): method, path
+/// Counts the request in metrics, writes its log line (docs/http-rules.md §10.3): method, path
 /// without query, status, bytes, duration, the upstream's request id; plus a failure line
 /// with its static reason and side. Nothing else from a request.
 fn record(

@@ -1,7 +1,7 @@
 //! Every way an exchange can fail, who is at fault, and what the client and the operator are
 //! told.
 //!
-//! This is the one place where a failure becomes a status code (STYLE habit 7), and the one
+//! This is the one place where a failure becomes a status code (docs/http-rules.md §10.1), and the one
 //! table (`Problem::attrs`) that gives each failure all of its attributes at once: side,
 //! status, metric reason, connect step and message. One exhaustive `match`, no catch-all arm,
 //! so a new variant cannot compile until every attribute is chosen for it. Messages are static

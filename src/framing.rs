@@ -3,7 +3,7 @@
 //! encoder, and the request-body framer that uses them.
 //!
 //! httparse's `parse_chunk_size` accepts an empty size line as size 0, LF and NUL inside
-//! extensions, and a bare `;` (HARDENING.md §4). This decoder refuses all of them: it is a
+//! extensions, and a bare `;` (docs/http-rules.md §1.5). This decoder refuses all of them: it is a
 //! state machine with one variant per expected token, fed any split of the input, that reports
 //! which bytes are payload and which are framing. Nothing is buffered: it holds counters only.
 
@@ -167,7 +167,7 @@ pub enum ChunkError {
     TrailersTooLarge,
 }
 
-/// One expected token per state (STYLE: hyper's decoder).
+/// One expected token per state, as in hyper's chunked decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// The first hex digit of a chunk size: at least one is required.
@@ -340,7 +340,7 @@ impl ChunkedDecoder {
             (Size | SizeWs, b';') => ExtStart,
             (Size | SizeWs, b'\r') => SizeLf,
             (ExtStart, b' ' | b'\t') => self.ext_byte(ExtStart)?,
-            // chunk-ext-name is a token: a bare `;` is refused (HARDENING §4).
+            // chunk-ext-name is a token: a bare `;` is refused (docs/http-rules.md §1.5).
             (ExtStart, _) if is_tchar(b) => self.ext_byte(Ext)?,
             (Ext, b'\r') => SizeLf,
             // LF, NUL and other controls inside an extension: the TERM.EXT smuggling vector
@@ -400,11 +400,11 @@ pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// How a request body is framed upstream, as bytes arrive: Content-Length bodies as they
-/// are, chunked bodies decoded and re-encoded canonically (HARDENING invariant 1).
+/// are, chunked bodies decoded and re-encoded canonically (docs/http-rules.md §1.7).
 pub enum RequestBody {
     /// `remaining` bytes of a Content-Length body: forwarded as they are.
     Length { remaining: u64 },
-    /// A chunked body: decoded, and re-encoded canonically (HARDENING invariant 1).
+    /// A chunked body: decoded, and re-encoded canonically (docs/http-rules.md §1.7).
     Chunked(ChunkedDecoder),
     /// The body was sent whole.
     Done,

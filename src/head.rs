@@ -2,7 +2,7 @@
 //! strictly, decide the body framing (RFC 9112 §6.3) and route, then have [`crate::rewrite`]
 //! write the canonical head for the upstream. Bytes in, decisions out; no I/O.
 //!
-//! httparse is the lexer. It is not a framing validator (HARDENING.md §4), so this module adds
+//! httparse is the lexer, not a framing validator (docs/http-rules.md §2.5), so this module adds
 //! what it lets through: bare LF, fragments and absolute/authority forms in the target,
 //! lower-case methods, obs-text in fields we interpret, and every framing rule of RFC 9112 §6.
 //! Every client byte that reaches the upstream head has passed the checks below.
@@ -103,7 +103,7 @@ pub struct Request {
     pub allowed: bool,
 }
 
-/// Fields whose value we interpret: obs-text is refused in them (HARDENING.md §4).
+/// Fields whose value we interpret: obs-text is refused in them (docs/http-rules.md §2.3).
 const INTERPRETED: &[&[u8]] = &[
     b"host",
     b"content-length",
@@ -114,7 +114,7 @@ const INTERPRETED: &[&[u8]] = &[
     b"te",
 ];
 
-/// Names a `Connection` header may not list: we frame and route with them (HARDENING §1.4).
+/// Names `Connection` may not list: we frame and route with them (docs/http-rules.md §4.2).
 const NOT_HOP_BY_HOP: &[&[u8]] = &[b"host", b"content-length", b"transfer-encoding"];
 
 /// Parses a head that [`crate::scan::HeadScanner`] found complete (`head` ends with the blank
@@ -268,7 +268,7 @@ impl<'h> Fields<'h> {
         } else if name.eq_ignore_ascii_case(b"connection") {
             self.connection(value)?;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            // Invariant 7: no protocol switching through the proxy.
+            // No protocol switching through the proxy (docs/http-rules.md §3.5).
             return Err(Problem::UpgradeRefused);
         } else if name.eq_ignore_ascii_case(b"expect") {
             // R26: only 100-continue exists; HTTP/1.0 clients' expectation is ignored.
@@ -292,7 +292,7 @@ impl<'h> Fields<'h> {
     }
 
     /// `Connection` (RFC 9110 §7.6.1): `close`, and the fields it makes hop-by-hop. It may
-    /// not name a field we frame or route with (HARDENING §1.4), nor more than we track.
+    /// not name a field we frame or route with (docs/http-rules.md §4.2), nor more than we track.
     fn connection(&mut self, value: &'h [u8]) -> Result<(), Problem> {
         for option in connection_options(value) {
             match option {
@@ -338,7 +338,7 @@ impl<'h> Fields<'h> {
 /// The origin-form part of a request-target: `(needs a leading '/', path-and-query)`.
 ///
 /// RFC 9112 §3.2: origin-form is forwarded; absolute-form must be accepted (R21) but only its
-/// path and query are used, never its authority (invariant 6); asterisk-form and
+/// path and query are used, never its authority (docs/http-rules.md §3.1); asterisk-form and
 /// authority-form are refused (R22). A fragment is never part of a request-target (HAProxy
 /// CVE-2023-45539).
 fn origin_form(target: &[u8]) -> Result<(bool, &[u8]), Problem> {

@@ -1,7 +1,7 @@
 //! Every limit, default and bound of the proxy, in one place. Imports nothing of the crate.
 //!
 //! Each constant says what it bounds and, where a setting mirrors it, the environment variable
-//! of the same name. Defaults follow HARDENING.md §5 (the limits trusted proxies use). Help and
+//! of the same name. Defaults follow docs/http-rules.md §8.2 (what trusted proxies use). Help and
 //! error texts are built from these constants, never from numbers repeated by hand.
 
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! parks), the batch would pass [`BATCH_MAX`], or a line comes when its first is
 //! [`BATCH_AGE`] old, and then
 //! leave in one `write`: a busy proxy writes a batch per syscall instead of a line per request
-//! (issue 14's profile: the per-request line was one of five syscalls of a small POST). A
+//! (profiled: the per-request line was one of five syscalls of a small POST). A
 //! batch holds whole lines and stays under PIPE_BUF, so lines are still never split or
 //! interleaved; [`flush`] runs when a worker parks or stops and before the process exits.
 //!

@@ -51,7 +51,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         (Some("-V" | "--version"), None) => {
-            println!("agent-loop-proxy {}", env!("CARGO_PKG_VERSION"));
+            match agent_loop_proxy::COMMIT {
+                Some(c) => println!(
+                    "agent-loop-proxy {} (commit {c})",
+                    agent_loop_proxy::VERSION
+                ),
+                None => println!("agent-loop-proxy {}", agent_loop_proxy::VERSION),
+            }
             return ExitCode::SUCCESS;
         }
         (Some("healthcheck"), None) => return healthcheck(),

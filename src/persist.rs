@@ -1,6 +1,6 @@
 //! Pure: whether each connection outlives an exchange. Every keep-alive decision in the crate
-//! is made here, from named facts (RFC 9112 §9.3 persistence, §9.6 tear-down; HARDENING
-//! invariant 3: close when in doubt).
+//! is made here, from named facts (RFC 9112 §9.3 persistence, §9.6 tear-down;
+//! docs/http-rules.md §7.1: close when in doubt).
 //!
 //! Two moments decide. When a response head is written, [`client_may_persist`] says whether
 //! it carries `Connection: close`. When the exchange has ended, [`settle`] takes its final

@@ -115,7 +115,7 @@ pub fn parse_response(
     if !(100..=599).contains(&status) {
         return Err(Problem::UpstreamMalformed);
     }
-    // Invariant 7: no protocol switching (we never asked for one).
+    // No protocol switching (docs/http-rules.md §3.5): we never asked for one.
     if status == 101 {
         return Err(Problem::UpstreamSwitchedProtocols);
     }

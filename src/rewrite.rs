@@ -1,4 +1,4 @@
-//! Pure: the upstream request head, written fresh (invariant 1 of HARDENING.md §1) from a head
+//! Pure: the upstream request head, written fresh (docs/http-rules.md §1.7) from a head
 //! that `head.rs` has validated: a rebuilt request line, `Host` from TARGET, the client's
 //! remaining fields as `name: value\r\n` in their order, then ours: the OAuth beta flag when
 //! added, `Accept-Encoding: identity`, one canonical framing field, and our credential last.
@@ -18,7 +18,7 @@ pub const DROPPED: &[&[u8]] = &[
     b"host",
     b"content-length",
     b"transfer-encoding",
-    // Hop-by-hop (RFC 9110 §7.6.1, R23) and protocol switching (R-invariant 7).
+    // Hop-by-hop (RFC 9110 §7.6.1, R23) and protocol switching (docs/http-rules.md §3.5).
     b"connection",
     b"keep-alive",
     b"proxy-connection",
@@ -34,7 +34,7 @@ pub const DROPPED: &[&[u8]] = &[
     b"accept-encoding",
     b"range",
     b"if-range",
-    // The sandbox's credentials (invariant 5, R24).
+    // The sandbox's credentials (docs/http-rules.md §5.1, R24).
     b"authorization",
     b"proxy-authorization",
     b"x-api-key",

@@ -322,7 +322,7 @@ async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, Problem> {
     for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(s) => {
-                // Invariant 9: every relayed write goes out at once.
+                // docs/http-rules.md §6.6: every relayed write goes out at once.
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }

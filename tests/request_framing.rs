@@ -1,6 +1,6 @@
 //! Requests the proxy cannot frame with certainty are rejected (400/501) and the connection is
-//! closed; nothing of them, and nothing after them, reaches the upstream (RFC 9112 §6, HARDENING
-//! R1-R20).
+//! closed; nothing of them, and nothing after them, reaches the upstream (RFC 9112 §6,
+//! docs/http-rules.md §1-§2, SECURITY.md R1-R20).
 
 mod support;
 

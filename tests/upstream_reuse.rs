@@ -1,5 +1,5 @@
 //! Upstream connections are reused only when the previous exchange ended cleanly: never after
-//! excess bytes, a close, or a framing doubt (HARDENING invariant 3, R30).
+//! excess bytes, a close, or a framing doubt (docs/http-rules.md §7.1, R30).
 
 mod support;
 

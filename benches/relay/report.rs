@@ -1,5 +1,5 @@
-//! The results tables (medians over rounds, ratios against the better anchor), the issue 14
-//! target check, and benches/RESULTS.md.
+//! The results tables (medians over rounds, ratios against the better anchor), the
+//! performance targets' check, and benches/RESULTS.md.
 //!
 //! RESULTS.md has two parts: the relay scenarios' (header, table, targets, method) and, after
 //! [`ENDURANCE_MARK`], the soak and reset section. A run rewrites only the parts it measured
@@ -253,8 +253,8 @@ pub fn endurance_table(outcomes: &[Outcome]) -> String {
     out
 }
 
-/// Checks the issue 14 targets that this run measured: the proxy against the better of the two
-/// anchors, by the medians of this run.
+/// Checks the performance targets that this run measured: the proxy against the better of the
+/// two anchors, by the medians of this run.
 pub fn targets(outcomes: &[Outcome], streams: usize) -> String {
     // (what, scenario, transport, metric, bound on proxy/best); above or below by the metric.
     let rows: [(&str, Scenario, Transport, &str, f64); 5] = [
@@ -295,7 +295,7 @@ pub fn targets(outcomes: &[Outcome], streams: usize) -> String {
         ),
     ];
     let mut out = String::from(
-        "| target (issue 14) | bound | proxy/best | better anchor | rounds (min–max) | result |\n\
+        "| target | bound | proxy/best | better anchor | rounds (min–max) | result |\n\
          |---|---|---:|---|---|---|\n",
     );
     for (label, scenario, transport, metric, limit) in rows {
@@ -455,7 +455,7 @@ than edit.
 ## Results
 
 {table}
-## Issue 14 targets
+## Performance targets
 
 The proxy against the better of the two anchors for each metric, by this run's medians.
 

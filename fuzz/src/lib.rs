@@ -4,7 +4,7 @@
 //!
 //! Every check is an `assert!`: a violated property is a crash that libFuzzer saves to
 //! `fuzz/artifacts/<target>/`. The oracles here are written from the specifications (RFC 9112,
-//! HARDENING.md, the doc comments of the library), not copied from the code under test.
+//! docs/http-rules.md, the doc comments of the library), not copied from the code under test.
 //!
 //! Split points are derived from the input itself (its first bytes and an FNV hash), so every
 //! crash reproduces from its artifact alone.
@@ -34,7 +34,7 @@ pub const PHANTOM: &[u8] = b"PHANTOM";
 const OAUTH_BETA: &[u8] = b"oauth-2025-04-20";
 
 /// Fields that must never reach the upstream (credentials, hop-by-hop, rebuilt framing,
-/// `Expect`), HARDENING.md invariant 5 / R23 / R24 / R26. Host, Content-Length and
+/// `Expect`), docs/http-rules.md §5.1 / R23 / R24 / R26. Host, Content-Length and
 /// Transfer-Encoding are checked separately (they are rebuilt, not absent).
 const NEVER_UPSTREAM: &[&[u8]] = &[
     b"x-api-key",
@@ -50,7 +50,7 @@ const NEVER_UPSTREAM: &[&[u8]] = &[
     b"upgrade",
     b"http2-settings",
     b"expect",
-    // Where the request came from or goes (DESIGN header rules; Traefik CVE-2024-45410).
+    // Where the request came from or goes (docs/http-rules.md §4.3; Traefik CVE-2024-45410).
     b"forwarded",
     b"x-real-ip",
     b"x-original-url",
@@ -58,7 +58,7 @@ const NEVER_UPSTREAM: &[&[u8]] = &[
 ];
 
 /// Whether a client field of this name is removed by the rewrite: the fixed list, every
-/// `X-Forwarded-*`, and any name with `_` (DESIGN: header rules).
+/// `X-Forwarded-*`, and any name with `_` (docs/http-rules.md §4).
 fn removed_from_client(name: &[u8]) -> bool {
     name_in(name, REMOVED_FROM_CLIENT) || is_x_forwarded(name) || name.contains(&b'_')
 }
@@ -517,7 +517,7 @@ fn check_request(h: &[u8], req: &Request, cfg: &Config, limits: &Limits) {
         hosts == 1 || (req.version == Version::Http10 && hosts == 0),
         "Host count {hosts}"
     );
-    // Invariant 7.
+    // No protocol switching (docs/http-rules.md §3.5).
     assert_eq!(
         fields_named(&p.fields, b"upgrade").count(),
         0,
@@ -637,7 +637,7 @@ fn check_upstream_head(h: &[u8], req: &Request, cfg: &Config, out: &[u8]) {
     assert!(out[..line_end].ends_with(b" HTTP/1.1"), "request line");
 
     // The target: TARGET's base path, then the client's origin-form path and query; never the
-    // client's authority (invariant 6), never a fragment or dot-segment.
+    // client's authority (docs/http-rules.md §3.1), never a fragment or dot-segment.
     let base = cfg.target.base_path.as_bytes();
     let t = &up.target;
     assert!(
@@ -696,7 +696,7 @@ fn check_upstream_head(h: &[u8], req: &Request, cfg: &Config, out: &[u8]) {
         fields[0].is(b"host") && fields[0].value == cfg.target.authority.as_bytes(),
         "Host"
     );
-    // Our credential: exactly one Authorization, last, the real token (invariant 5).
+    // Our credential: exactly one Authorization, last, the real token (docs/http-rules.md §5.2).
     let auth: Vec<&Field> = fields_named(fields, b"authorization").collect();
     assert_eq!(auth.len(), 1, "Authorization count upstream");
     assert_eq!(auth[0].value, b"Bearer REALTOKEN", "Authorization value");

@@ -61,7 +61,7 @@ fn decodes_valid_bodies() {
     }
 }
 
-/// HARDENING.md §4: what httparse's chunk-size parser accepts and we must not.
+/// docs/http-rules.md §1.5: what httparse's chunk-size parser accepts and we must not.
 #[test]
 fn refuses_what_httparse_would_accept() {
     use ChunkError::*;

@@ -65,7 +65,7 @@ fn tracks_body_ends_and_excess() {
     assert_eq!((sent.as_slice(), done), (&b"all of it"[..], false));
 }
 
-/// Issue: the token is masked in Content-Length, chunked (split across chunks) and SSE bodies,
+/// The token is masked in Content-Length, chunked (split across chunks) and SSE bodies,
 /// wherever the reads split it, and the framing is untouched.
 #[test]
 fn masks_the_token_in_bodies_at_every_split() {
