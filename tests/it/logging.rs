@@ -1,11 +1,9 @@
 //! stderr: one line per request (method, path without query, status, bytes, ms), failure lines
 //! with a side and a static reason, and never the token or request contents.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const LOG_BOUND: Duration = Duration::from_secs(5);
 

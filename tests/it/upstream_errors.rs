@@ -2,9 +2,7 @@
 //! upstream becomes the proxy's own 502/504 JSON error; a response cut short is never made to
 //! look whole.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn json_response(status: &str, extra: &str, body: &str) -> Vec<u8> {
     format!(

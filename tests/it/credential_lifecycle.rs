@@ -2,15 +2,13 @@
 //! flight keeping the token it started with, every token in use masked, any agent's header,
 //! and an allow-list that forwards nothing it does not allow.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::wire::Framing;
-use support::*;
+use crate::support::wire::Framing;
+use crate::support::*;
 
 /// How long a token file change may take to be picked up (it is checked every second).
 const FILE_BOUND: Duration = Duration::from_secs(8);

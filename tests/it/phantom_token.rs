@@ -1,9 +1,7 @@
 //! PHANTOM_TOKEN: when set, only requests carrying it are forwarded (401 otherwise), and it is
 //! replaced by the real token. TOKEN_HEADER=x-api-key sends the real token raw in x-api-key.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 const PHANTOM: &str = "sk-ant-phantom-PLACEHOLDER-77";
 
@@ -53,7 +51,7 @@ fn the_phantom_token_as_bearer_is_replaced_by_the_real_token() {
         got.all("authorization"),
         vec![format!("Bearer {TOKEN}").as_bytes()]
     );
-    assert!(!support::wire::contains(
+    assert!(!crate::support::wire::contains(
         &up.received_all(),
         PHANTOM.as_bytes()
     ));
@@ -70,7 +68,7 @@ fn the_phantom_token_as_x_api_key_is_accepted_and_removed() {
     assert_eq!(r.status(), 200);
     let got = up.only_request();
     assert!(!got.has("x-api-key"));
-    assert!(!support::wire::contains(
+    assert!(!crate::support::wire::contains(
         &up.received_all(),
         PHANTOM.as_bytes()
     ));

@@ -3,16 +3,14 @@
 //! And the proxy says so when the upstream rejects it. Also the credential's shape upstream:
 //! the OAuth beta flag, and `x-api-key` injection behind a phantom token.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::wire::{chunked, contains};
-use support::*;
+use crate::support::wire::{chunked, contains};
+use crate::support::*;
 
 const PHANTOM: &str = "sk-ant-phantom-CONFINED-42";
 const LOG_BOUND: Duration = Duration::from_secs(5);

@@ -4,9 +4,7 @@
 //! partial body look complete. A TLS close with close_notify, or a plain TCP FIN, ends the body
 //! cleanly.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n";
 const PART: &[u8] = b"the first part of a close-delimited body;";
@@ -15,7 +13,7 @@ const REST: &[u8] = b" and the rest of it.";
 /// An upstream that answers with a close-delimited body: `HEAD` + `PART`, then (once the test
 /// has seen `PART` at the client) `REST` if `send_rest`, then closes gracefully or abruptly.
 fn close_delimited(
-    up: fn() -> support::upstream::UpstreamBuilder,
+    up: fn() -> crate::support::upstream::UpstreamBuilder,
     send_rest: bool,
     graceful: bool,
 ) -> (Upstream, Steps) {

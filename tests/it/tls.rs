@@ -1,9 +1,7 @@
 //! HTTPS targets: certificates verified against TARGET_CA_FILE (or the built-in roots), SNI and
 //! ALPN sent for the target; any verification failure is a 502 and no plaintext is sent.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[test]
 fn a_tls_upstream_trusted_through_target_ca_file_gets_the_request() {
@@ -49,7 +47,7 @@ fn a_tls_upstream_not_trusted_by_the_built_in_roots_gives_502_and_sees_no_plaint
 #[test]
 fn a_tls_upstream_signed_by_another_ca_gives_502() {
     let up = Upstream::tls().serve(handlers::echo_head());
-    let other = support::tls::TestCa::new("someone else").pem_file();
+    let other = crate::support::tls::TestCa::new("someone else").pem_file();
     let proxy = Proxy::spawn(
         &[
             ("TARGET", &up.target_url()),
@@ -95,7 +93,7 @@ fn an_upstream_that_never_completes_the_tls_handshake_gives_504_after_tls_timeou
     let up = Upstream::plain().serve(|c: &mut UpConn| {
         c.wait_peer_close(IO_TIMEOUT);
     });
-    let ca = support::tls::TestCa::new("unused").pem_file();
+    let ca = crate::support::tls::TestCa::new("unused").pem_file();
     let target = format!("https://localhost:{}", up.port());
     let proxy = Proxy::spawn(
         &[
@@ -109,7 +107,7 @@ fn an_upstream_that_never_completes_the_tls_handshake_gives_504_after_tls_timeou
     let r = roundtrip(proxy.addr(), get("/v1/models"));
     r.assert_proxy_error(504, "timeout_error");
     assert!(t.elapsed() < std::time::Duration::from_secs(5));
-    assert!(!support::wire::contains(
+    assert!(!crate::support::wire::contains(
         &up.received_all(),
         TOKEN.as_bytes()
     ));
@@ -123,7 +121,7 @@ fn a_plain_http_upstream_behind_an_https_target_gives_502() {
             c.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         c.close();
     });
-    let ca = support::tls::TestCa::new("unused").pem_file();
+    let ca = crate::support::tls::TestCa::new("unused").pem_file();
     let target = format!("https://localhost:{}", up.port());
     let proxy = Proxy::spawn(
         &[("TARGET", &target), ("TARGET_CA_FILE", &ca.path_str())],

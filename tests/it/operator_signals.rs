@@ -2,14 +2,12 @@
 //! with each outcome class, and a JSON log a parser accepts; neither ever holds the token,
 //! the phantom or a header value. A real Prometheus scrapes it (Debian's package).
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const PHANTOM: &str = "phantom-for-signals";
 const HEADER_SECRET: &str = "header-value-never-logged";

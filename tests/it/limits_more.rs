@@ -2,12 +2,10 @@
 //! and body limits crossed mid-stream (after the head went upstream), MAX_CONNECTIONS,
 //! CLIENT_WRITE_TIMEOUT, unknown expectations and `_` look-alikes of Content-Length.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::wire::{chunked, contains};
-use support::*;
+use crate::support::wire::{chunked, contains};
+use crate::support::*;
 
 const LOG_BOUND: Duration = Duration::from_secs(10);
 

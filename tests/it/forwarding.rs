@@ -2,9 +2,7 @@
 //! fields gone, everything else byte for byte and in order, path and query under TARGET's base
 //! path; and what comes back: the response relayed as received.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[test]
 fn the_upstream_head_is_rebuilt_canonically_with_the_token_last() {
@@ -111,7 +109,7 @@ fn underscore_look_alikes_of_credentials_never_reach_the_upstream() {
     let raw = up.received_all();
     for s in ["us-LEAK-1", "us-LEAK-3"] {
         assert!(
-            !support::wire::contains(&raw, s.as_bytes()),
+            !crate::support::wire::contains(&raw, s.as_bytes()),
             "{s} reached the upstream"
         );
     }

@@ -2,12 +2,10 @@
 //! (head or body, whole or split across reads and chunks), the client sees as many `*`
 //! instead, with framing and lengths intact.
 
-mod support;
-
 use std::time::Duration;
 
-use support::wire::chunked;
-use support::*;
+use crate::support::wire::chunked;
+use crate::support::*;
 
 fn stars() -> String {
     "*".repeat(TOKEN.len())
@@ -177,10 +175,10 @@ fn a_token_spread_over_chunks_with_long_extensions_is_masked_even_past_a_full_bu
         r.body().to_vec()
     };
     assert!(
-        support::wire::find(&raw, token).is_none(),
+        crate::support::wire::find(&raw, token).is_none(),
         "the token reached the client in clear"
     );
-    assert!(support::wire::find(&payload, token).is_none());
+    assert!(crate::support::wire::find(&payload, token).is_none());
     assert_eq!(
         payload,
         stars().as_bytes(),

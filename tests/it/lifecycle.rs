@@ -3,16 +3,14 @@
 //! stream that never ends is cut at SHUTDOWN_GRACE, without a fake ending, and the exit is
 //! still 0.
 
-mod support;
-
 use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::client::BodyState;
-use support::wire::response_framing;
-use support::*;
+use crate::support::client::BodyState;
+use crate::support::wire::response_framing;
+use crate::support::*;
 
 const EXIT_BOUND: Duration = Duration::from_secs(10);
 
@@ -59,7 +57,7 @@ fn assert_new_connections_refused(addr: std::net::SocketAddr) {
             }
             Ok(s) => {
                 let mut c = Client {
-                    wire: support::wire::Wire::new(s),
+                    wire: crate::support::wire::Wire::new(s),
                 };
                 c.set_read_timeout(Duration::from_secs(2));
                 let _ = c.try_send(get("/health"));
@@ -147,7 +145,7 @@ fn a_stream_that_never_ends_is_cut_at_shutdown_grace_without_a_fake_ending_and_t
             return;
         }
         let ping = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
-        let chunk = support::wire::chunked(ping, &[ping.len()]);
+        let chunk = crate::support::wire::chunked(ping, &[ping.len()]);
         let chunk = &chunk[..chunk.len() - 5];
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -197,5 +195,5 @@ fn a_stream_that_never_ends_is_cut_at_shutdown_grace_without_a_fake_ending_and_t
 }
 
 fn contains_ping(data: &[u8]) -> bool {
-    support::wire::contains(data, b"event: ping")
+    crate::support::wire::contains(data, b"event: ping")
 }

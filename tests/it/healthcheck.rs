@@ -1,11 +1,9 @@
 //! `agent-loop-proxy healthcheck`: GET /health on 127.0.0.1:$LISTEN_PORT; exit 0 on 200, else 1.
 //! Reads no stdin and needs no token.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const EXIT_BOUND: Duration = Duration::from_secs(10);
 

@@ -1,9 +1,7 @@
 //! Responses end where RFC 9112 §6.3 says: no body for HEAD, 1xx, 204, 304 whatever their
 //! fields claim; interim 1xx are relayed before the final answer; the connection stays usable.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[test]
 fn a_head_response_with_content_length_is_relayed_without_waiting_for_a_body() {

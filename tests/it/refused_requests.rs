@@ -1,9 +1,7 @@
 //! Requests the proxy refuses itself: CONNECT, protocol upgrades, the HTTP/2 preface, TRACE.
 //! Each gets the proxy's own error and nothing of it reaches the upstream.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// Send `req` on a fresh connection; return the response, or None if the proxy just closed.
 fn answer(proxy: &Proxy, req: &[u8]) -> Option<Response> {

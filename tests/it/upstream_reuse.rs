@@ -1,10 +1,8 @@
 //! Upstream connections are reused only when the previous exchange ended cleanly: never after
 //! excess bytes, a close, or a framing doubt (HARDENING invariant 3, R30).
 
-mod support;
-
-use support::wire::request_framing;
-use support::*;
+use crate::support::wire::request_framing;
+use crate::support::*;
 
 /// Wait until the proxy has logged the exchange for `path`: by then it has returned (or not)
 /// the upstream connection to its pool.

@@ -1,14 +1,12 @@
 //! Request bodies arrive at the upstream intact: 32 MiB with Content-Length and chunked (sent
 //! in random-size pieces, re-chunked canonically), compared by SHA-256 of the decoded body.
 
-mod support;
-
 use std::thread;
 
+use crate::support::client::write_in_pieces;
+use crate::support::wire::{chunked, find};
+use crate::support::*;
 use sha2::{Digest, Sha256};
-use support::client::write_in_pieces;
-use support::wire::{chunked, find};
-use support::*;
 
 const BIG: usize = 32 * 1024 * 1024;
 

@@ -2,11 +2,9 @@
 //! send a head, the gaps in a body. Breaches get the proxy's own error (or a close) and nothing
 //! incomplete reaches the upstream.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn a_request_line_over_max_request_line_gets_414() {

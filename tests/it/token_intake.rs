@@ -1,11 +1,9 @@
 //! The token comes from stdin: one line, trailing CR/LF stripped, and is used upstream.
 //! A missing or invalid token stops the process with one `proxy: ` line that does not echo it.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const EXIT_BOUND: Duration = Duration::from_secs(10);
 

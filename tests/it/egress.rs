@@ -4,8 +4,6 @@
 //! which step failed. A real tinyproxy (Debian's package) and small in-test proxies that do
 //! what a real one will not do on demand.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -15,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// What the in-test egress proxy does with a CONNECT.
 #[derive(Clone, Copy)]
@@ -193,7 +191,7 @@ fn through_a_connect_tunnel_target_is_verified_and_the_egress_proxy_sees_only_ci
     );
     for clear in [TOKEN.as_bytes(), b"Authorization", b"/v1/models"] {
         assert!(
-            support::wire::find(tunnelled, clear).is_none(),
+            crate::support::wire::find(tunnelled, clear).is_none(),
             "{:?} in clear",
             String::from_utf8_lossy(clear)
         );

@@ -1,11 +1,9 @@
 //! Self-tests of the harness: the fixture upstreams and the raw client, without the proxy.
 
-mod support;
-
 use std::io::Write;
 
-use support::wire::{chunked, Wire};
-use support::*;
+use crate::support::wire::{chunked, Wire};
+use crate::support::*;
 
 #[test]
 fn plain_upstream_records_raw_bytes_and_answers_the_raw_client() {
@@ -83,15 +81,16 @@ fn client_decodes_chunked_responses_and_flags_truncation() {
 fn tls_upstream_serves_a_client_trusting_its_ca_and_records_sni_and_alpn() {
     let up = Upstream::tls().serve(handlers::echo_head());
     let cfg = up.ca().client_config(&[b"http/1.1"]);
-    let s = support::tls::connect(cfg, "localhost", up.addr()).unwrap();
+    let s = crate::support::tls::connect(cfg, "localhost", up.addr()).unwrap();
     let mut w = Wire::new(s);
     let req = b"GET /tls HTTP/1.1\r\nHost: localhost\r\n\r\n";
     w.stream.write_all(req).unwrap();
     w.stream.flush().unwrap();
-    let head = support::wire::ResponseHead::parse(&w.read_head_bytes().unwrap().unwrap()).unwrap();
+    let head =
+        crate::support::wire::ResponseHead::parse(&w.read_head_bytes().unwrap().unwrap()).unwrap();
     assert_eq!(head.status, 200);
     let body = w
-        .read_body(support::wire::response_framing(&head, "GET").unwrap())
+        .read_body(crate::support::wire::response_framing(&head, "GET").unwrap())
         .unwrap();
     assert_eq!(body.data, req);
     let info = &up.conn_info()[0];
@@ -107,8 +106,8 @@ fn tls_upstream_serves_a_client_trusting_its_ca_and_records_sni_and_alpn() {
 #[test]
 fn tls_upstream_is_rejected_by_a_client_with_another_ca() {
     let up = Upstream::tls().serve(handlers::echo_head());
-    let other = support::tls::TestCa::new("other");
-    let s = support::tls::connect(other.client_config(&[]), "localhost", up.addr()).unwrap();
+    let other = crate::support::tls::TestCa::new("other");
+    let s = crate::support::tls::connect(other.client_config(&[]), "localhost", up.addr()).unwrap();
     let mut w = Wire::new(s);
     assert!(w.stream.write_all(b"GET / HTTP/1.1\r\n\r\n").is_err() || w.fill().is_err());
     assert!(up.received_all().is_empty());
@@ -128,9 +127,9 @@ fn lockstep_sse_handler_waits_for_each_step() {
     let mut c = Client::connect(up.addr());
     c.send(get("/sse"));
     let head = c.read_head().unwrap();
-    let framing = support::wire::response_framing(&head, "GET").unwrap();
+    let framing = crate::support::wire::response_framing(&head, "GET").unwrap();
     let mut acc = Vec::new();
-    let mut st = support::client::BodyState::default();
+    let mut st = crate::support::client::BodyState::default();
     for (i, ev) in events[..3].iter().enumerate() {
         let mut want = events[..i].concat();
         want.extend_from_slice(ev);

@@ -1,11 +1,9 @@
 //! Persistent connections: several requests on one client connection, pipelining answered in
 //! order, and the cases where the proxy must close (HTTP/1.0, `Connection: close`).
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn two_requests_on_one_client_connection_both_reach_the_upstream() {

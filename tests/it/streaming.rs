@@ -2,11 +2,9 @@
 //! until the test has seen it at the client before sending the next. A proxy that buffered
 //! would deadlock here and the test would fail at its bound.
 
-mod support;
-
-use support::client::BodyState;
-use support::wire::response_framing;
-use support::*;
+use crate::support::client::BodyState;
+use crate::support::wire::response_framing;
+use crate::support::*;
 
 /// Read `events` one at a time through `c` (response head already read), advancing `steps`
 /// after each; then the body must end.

@@ -1,8 +1,6 @@
 //! `GET /health` and `HEAD /health` are answered by the proxy itself and never forwarded.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 const OK_BODY: &str = "agent-loop-proxy ok";
 

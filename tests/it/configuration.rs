@@ -1,11 +1,9 @@
 //! Settings come from the environment; a bad one is one `proxy: <SETTING>: ...` line and exit 1,
 //! before stdin is read. `--help` and `--version` need no stdin.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const EXIT_BOUND: Duration = Duration::from_secs(10);
 
@@ -103,7 +101,7 @@ fn a_missing_target_ca_file_is_rejected_for_an_https_target() {
 
 #[test]
 fn a_target_ca_file_without_certificates_is_rejected() {
-    let f = support::tls::TempFile::new("empty.pem", b"not a certificate\n");
+    let f = crate::support::tls::TempFile::new("empty.pem", b"not a certificate\n");
     expect_setting_error(
         "TARGET_CA_FILE",
         &[

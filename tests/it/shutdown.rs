@@ -1,11 +1,9 @@
 //! SIGTERM / SIGINT: stop accepting, let in-flight requests finish within SHUTDOWN_GRACE, exit 0.
 
-mod support;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const EXIT_BOUND: Duration = Duration::from_secs(10);
 

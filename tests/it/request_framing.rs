@@ -2,9 +2,7 @@
 //! closed; nothing of them, and nothing after them, reaches the upstream (RFC 9112 §6, HARDENING
 //! R1-R20).
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// Send `req` followed by a smuggling probe; expect `status` with a proxy error, a closed
 /// connection, and an untouched upstream.
@@ -135,7 +133,10 @@ fn a_malformed_chunk_size_is_rejected_before_the_upstream_sees_a_complete_reques
     }
     assert!(c.is_closed(CLOSE_BOUND));
     assert!(up.requests().is_empty(), "a request was completed upstream");
-    assert!(!support::wire::contains(&up.received_all(), b"smuggled"));
+    assert!(!crate::support::wire::contains(
+        &up.received_all(),
+        b"smuggled"
+    ));
 }
 
 #[test]
