@@ -195,33 +195,6 @@ fn a_token_file_behind_a_swapped_symlink_is_picked_up_as_kubernetes_updates_secr
 }
 
 #[test]
-fn a_missing_or_unusable_token_file_at_start_is_an_error() {
-    let dir = scratch_dir("missing");
-    let empty = dir.join("empty");
-    fs::write(&empty, "").unwrap();
-    let cases = [
-        (dir.join("absent"), "proxy: TOKEN_FILE: cannot be read"),
-        (dir.clone(), "proxy: TOKEN_FILE: cannot be read"),
-        (empty, "proxy: TOKEN_FILE: holds no token"),
-    ];
-    for (path, want) in cases {
-        let envs = [("TOKEN_FILE", path.to_str().unwrap())];
-        let out = run(&[], &envs, Some(OLD.as_bytes()), true, IO_TIMEOUT);
-        assert_eq!(out.code(), Some(1), "{path:?}: {out:?}");
-        assert!(out.stderr.starts_with(want), "{path:?}: {:?}", out.stderr);
-    }
-    let envs = [("TOKEN_FILE", "/run/secrets/t"), ("TOKEN_UPDATES", "stdin")];
-    let out = run(&[], &envs, Some(OLD.as_bytes()), true, IO_TIMEOUT);
-    assert_eq!(out.code(), Some(1));
-    assert!(
-        out.stderr
-            .starts_with("proxy: TOKEN_FILE: cannot be combined"),
-        "{out:?}"
-    );
-    let _ = fs::remove_dir_all(&dir);
-}
-
-#[test]
 fn a_custom_token_header_carries_the_raw_token_and_the_sandbox_cannot_set_it() {
     let up = Upstream::plain().serve(handlers::echo_head());
     let envs = [

@@ -292,31 +292,6 @@ fn no_proxy_reaches_target_directly() {
 }
 
 #[test]
-fn a_proxy_url_the_proxy_cannot_use_is_a_startup_error_that_does_not_echo_it() {
-    for url in [
-        "https://proxy.corp:3128",
-        "socks5://proxy.corp:1080",
-        "http://secretuser@proxy.corp:3128",
-        "http://proxy.corp:3128/secret-path",
-        "http://proxy corp",
-    ] {
-        let envs = [("TARGET", "https://api.example.test"), ("https_proxy", url)];
-        let out = run(&[], &envs, Some(b"sk-ant-x\n"), true, IO_TIMEOUT);
-        assert_eq!(out.code(), Some(1), "{url}: {out:?}");
-        assert!(
-            out.stderr.starts_with("proxy: https_proxy: "),
-            "{url}: {:?}",
-            out.stderr
-        );
-        assert!(
-            !out.stderr.contains("secret") && !out.stderr.contains("proxy.corp"),
-            "{:?}",
-            out.stderr
-        );
-    }
-}
-
-#[test]
 fn the_log_says_which_step_failed_when_target_cannot_be_reached() {
     let refused = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -453,15 +428,4 @@ fn an_extra_ca_is_trusted_beside_the_built_in_roots() {
     let (target, ca) = (up.target_url(), up.ca_file());
     let proxy = Proxy::spawn(&[("TARGET", &target), ("TARGET_EXTRA_CA_FILE", &ca)], TOKEN);
     assert_eq!(roundtrip(proxy.addr(), get("/v1/models")).status(), 200);
-    let envs = [
-        ("TARGET", target.as_str()),
-        ("TARGET_EXTRA_CA_FILE", "/nonexistent.pem"),
-    ];
-    let out = run(&[], &envs, Some(b"sk-ant-x\n"), true, IO_TIMEOUT);
-    assert_eq!(out.code(), Some(1));
-    assert!(
-        out.stderr.starts_with("proxy: TARGET_EXTRA_CA_FILE: "),
-        "{:?}",
-        out.stderr
-    );
 }

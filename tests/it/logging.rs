@@ -72,9 +72,8 @@ fn request_header_values_and_bodies_are_never_logged() {
     let mut c = Client::connect(proxy.addr());
     let _ = c.try_send("GET /x HTTP/1.1\r\nHost: x\r\nBad Header-LEAK-6: v\r\n\r\n");
     let _ = c.read_response_to("GET");
-    // Stop the proxy so that everything it would log is written.
-    proxy.signal("TERM");
-    proxy.wait_exit(Duration::from_secs(10));
+    // Stop the proxy (drain and all) so that everything it would log is written.
+    assert!(proxy.stop(Duration::from_secs(10)), "the drain did not end");
     let stderr = proxy.stderr_so_far();
     for s in [
         "hdr-LEAK-2",
@@ -141,8 +140,7 @@ fn the_token_never_appears_in_stderr() {
 
     // Stop them so that everything they would log is written.
     for p in [&mut proxy, &mut proxy2, &mut proxy3, &mut proxy4] {
-        p.signal("TERM");
-        p.wait_exit(Duration::from_secs(10));
+        assert!(p.stop(Duration::from_secs(10)), "the drain did not end");
     }
     for p in [&proxy, &proxy2, &proxy3, &proxy4] {
         let stderr = p.stderr_so_far();

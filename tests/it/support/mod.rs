@@ -1,7 +1,11 @@
-//! Test harness for the process-level integration tests.
+//! Test harness for the integration tests (`tests/it`, and `tests/process`, which includes it).
 //!
-//! - [`proxy`]: the real binary as a child process (clean env, token on stdin, stderr captured,
-//!   listen address from the startup line), plus one-shot process runs for exit-code tests.
+//! - [`proxy`]: a proxy run in the test process through the library (settings from a map,
+//!   token through the stdin intake, log captured): what most tests use.
+//! - [`process`]: the real binary as a child process (clean env, token on stdin, stderr
+//!   captured, listen address from the startup line), plus one-shot process runs for
+//!   exit-code tests: for what only a process shows.
+//! - [`lines`]: a log or output stream collected as it comes, with bounded waits for lines.
 //! - [`upstream`]: recording fixture upstreams, plain and TLS (CA made by rcgen at test time),
 //!   with scripted handlers and canned ones.
 //! - [`client`]: a raw HTTP/1.1 client speaking exact bytes, with keep-alive and pipelining helpers.
@@ -16,6 +20,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod lines;
+pub mod process;
 pub mod proxy;
 pub mod tls;
 pub mod upstream;
@@ -25,7 +31,8 @@ use std::time::Duration;
 
 pub use client::Ending;
 pub use client::{get, pipeline, post, roundtrip, Client, Response, Rng};
-pub use proxy::{run, Outcome, Proxy};
+pub use process::{run, Outcome, ProcessProxy};
+pub use proxy::Proxy;
 pub use upstream::{handlers, Gate, Steps, UpConn, UpRequest, Upstream};
 pub use wire::{Fields, Framing};
 
@@ -38,17 +45,30 @@ pub const CLOSE_BOUND: Duration = Duration::from_secs(3);
 /// The token most tests give the proxy. Distinctive so leaks are easy to find.
 pub const TOKEN: &str = "sk-ant-test-REALTOKEN-0123456789abcdef";
 
-/// Start a proxy whose TARGET is `up` (with its CA file if TLS), plus `extra` settings.
+/// Start an in-process proxy whose TARGET is `up` (with its CA file if TLS), plus `extra`
+/// settings.
 pub fn proxy_for(up: &Upstream, extra: &[(&str, &str)]) -> Proxy {
-    let target = up.target_url();
-    let ca;
-    let mut envs: Vec<(&str, &str)> = vec![("TARGET", target.as_str())];
-    if up.target_url().starts_with("https") {
-        ca = up.ca_file();
-        envs.push(("TARGET_CA_FILE", ca.as_str()));
-    }
-    envs.extend_from_slice(extra);
+    let envs = envs_for(up, extra);
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Proxy::spawn(&envs, TOKEN)
+}
+
+/// [`proxy_for`] as a child process.
+pub fn process_proxy_for(up: &Upstream, extra: &[(&str, &str)]) -> ProcessProxy {
+    let envs = envs_for(up, extra);
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ProcessProxy::spawn(&envs, TOKEN)
+}
+
+/// TARGET for `up` (with its CA file if TLS), then `extra`.
+fn envs_for<'a>(up: &Upstream, extra: &[(&'a str, &str)]) -> Vec<(&'a str, String)> {
+    let target = up.target_url();
+    let mut envs = vec![("TARGET", target.clone())];
+    if target.starts_with("https") {
+        envs.push(("TARGET_CA_FILE", up.ca_file()));
+    }
+    envs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    envs
 }
 
 /// An `http://127.0.0.1:PORT` URL where nothing listens (a port the OS just gave and took back).

@@ -1,195 +1,104 @@
-//! The real proxy binary as a child process: environment cleared (PATH only), token on stdin,
-//! stderr collected by a background thread, the listen address parsed from the startup line.
+//! A proxy run in the test process through the library, with the settings, token and log a
+//! process would have: the configuration from a map (what the process harness's cleared
+//! environment holds), the token through the same intake as stdin, the log captured line by
+//! line where the process's stderr was read. No binary is spawned and no startup line is
+//! waited for: the addresses come from the handle.
+//!
+//! Outside a tokio runtime (a plain `#[test]`), the proxy runs on one runtime shared by the
+//! whole test binary; inside one (`#[tokio::test(start_paused = true)]`), on that runtime, so
+//! its timeouts follow the test's paused clock.
 
-use std::io::{Read, Write};
+use std::collections::HashMap;
+use std::io::{Cursor, Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-/// How long the proxy gets to print its startup line.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+use agent_loop_proxy::config::Config;
+use agent_loop_proxy::log::{Log, Sink};
+use agent_loop_proxy::run::{self, Running};
 
-/// Path of the binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_agent-loop-proxy");
+use super::lines::{complete_lines, Collected, UNUSED_TARGET};
 
-/// A target that is never contacted in tests that do not set one (nothing listens on port 9 of
-/// loopback, and it keeps the built-in default, api.anthropic.com, out of reach).
-pub const UNUSED_TARGET: &str = "http://127.0.0.1:9";
-
-/// Bytes of a child's output stream, collected by a thread; waiters are woken on every read.
-#[derive(Default)]
-pub struct Collected {
-    state: Mutex<(Vec<u8>, bool)>,
-    cv: Condvar,
+/// The runtime that serves every in-process proxy started outside a runtime of its own.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("proxy-under-test")
+            .enable_all()
+            .build()
+            .expect("the test runtime")
+    })
 }
 
-impl Collected {
-    /// Start a thread copying `src` into a new buffer until end of stream.
-    pub fn spawn<R: Read + Send + 'static>(mut src: R) -> Arc<Collected> {
-        let out = Arc::new(Collected::default());
-        let sink = out.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            loop {
-                let n = src.read(&mut buf).unwrap_or(0);
-                let mut st = sink.state.lock().unwrap();
-                if n == 0 {
-                    st.1 = true;
-                    sink.cv.notify_all();
-                    return;
-                }
-                st.0.extend_from_slice(&buf[..n]);
-                sink.cv.notify_all();
-            }
-        });
-        out
-    }
-
-    pub fn bytes(&self) -> Vec<u8> {
-        self.state.lock().unwrap().0.clone()
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes()).into_owned()
-    }
-
-    /// Wait until `pred(text so far)` holds or the stream ends or `timeout` passes.
-    pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.state.lock().unwrap();
-        loop {
-            if pred(&String::from_utf8_lossy(&st.0)) {
-                return true;
-            }
-            let now = Instant::now();
-            if st.1 || now >= deadline {
-                return false;
-            }
-            st = self.cv.wait_timeout(st, deadline - now).unwrap().0;
-        }
-    }
-
-    /// Wait until the stream ends; false on timeout.
-    pub fn wait_eof(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.state.lock().unwrap();
-        while !st.1 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = self.cv.wait_timeout(st, deadline - now).unwrap().0;
-        }
-        true
-    }
-}
-
-/// Wait (bounded) for a child to exit. Polls `try_wait` at a short interval: this bounds a
-/// wait, it does not stand in for synchronisation.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Send a signal by name (`TERM`, `INT`, ...) with the `kill` command.
-pub fn send_signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{sig} {pid} failed");
-}
-
-/// A running proxy. Dropping it kills the process.
+/// A running in-process proxy. Dropping it begins the drain (which finishes in the
+/// background, as a process's would after SIGTERM).
 pub struct Proxy {
-    child: Child,
+    running: Option<Running>,
     addr: SocketAddr,
     stderr: Arc<Collected>,
-    stdin: Option<ChildStdin>,
+    /// The test's end of the proxy's stdin, when kept open (`TOKEN_UPDATES=stdin`).
+    stdin: Option<UnixStream>,
 }
 
 impl Proxy {
-    /// A command for the binary with a clean environment: PATH, `LISTEN_PORT=0`, a harmless
-    /// TARGET, then `envs` (which override those). All three standard streams piped.
-    pub fn command(envs: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear();
-        if let Some(path) = std::env::var_os("PATH") {
-            cmd.env("PATH", path);
-        }
-        cmd.env("LISTEN_PORT", "0");
-        cmd.env("TARGET", UNUSED_TARGET);
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    /// Start the proxy with `envs`, give it `token\n` on stdin, close stdin, and wait for the
-    /// startup line. Panics (with stderr) if it does not come within the bound.
+    /// Start the proxy with `envs` over the defaults (`LISTEN_PORT=0`, a TARGET never
+    /// contacted), give it `token\n` on stdin, then end stdin. Panics with the log if it does
+    /// not start.
     pub fn spawn(envs: &[(&str, &str)], token: &str) -> Proxy {
         let stdin = format!("{token}\n");
         Proxy::spawn_with_stdin(envs, stdin.as_bytes(), true)
             .unwrap_or_else(|stderr| panic!("proxy did not start; stderr:\n{stderr}"))
     }
 
-    /// Start with raw `stdin` bytes; `close_stdin` false keeps the pipe open. Err(stderr) if the
-    /// startup line did not appear.
+    /// Start with raw `stdin` bytes; `close_stdin` false keeps stdin open for
+    /// [`Proxy::write_stdin`] (a socket pair: the proxy reads one end, the test holds the
+    /// other). Err(the log, ending with the `proxy: ` error line) if it does not start.
     pub fn spawn_with_stdin(
         envs: &[(&str, &str)],
         stdin: &[u8],
         close_stdin: bool,
     ) -> Result<Proxy, String> {
-        Proxy::spawn_command(Proxy::command(envs), stdin, close_stdin)
-    }
-
-    /// Like [`Proxy::spawn_with_stdin`], for a command the caller adjusted (another uid, a
-    /// resource limit): usually one from [`Proxy::command`]. stdout is discarded.
-    pub fn spawn_command(
-        mut cmd: Command,
-        stdin: &[u8],
-        close_stdin: bool,
-    ) -> Result<Proxy, String> {
-        let mut child = cmd.stdout(Stdio::null()).spawn().expect("spawn proxy");
-        let stderr = Collected::spawn(child.stderr.take().expect("stderr"));
-        let mut pipe = child.stdin.take().expect("stdin");
-        let _ = pipe.write_all(stdin);
-        let _ = pipe.flush();
-        let stdin = if close_stdin {
-            drop(pipe);
-            None
-        } else {
-            Some(pipe)
-        };
-        let found = stderr.wait_until(STARTUP_TIMEOUT, |s| parse_listen_line(s).is_some());
-        if !found {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(stderr.text());
+        let mut vars: HashMap<String, String> = HashMap::new();
+        vars.insert("LISTEN_PORT".into(), "0".into());
+        vars.insert("TARGET".into(), UNUSED_TARGET.into());
+        for (k, v) in envs {
+            vars.insert((*k).into(), (*v).into());
         }
-        let addr = parse_listen_line(&stderr.text()).expect("listen line");
+        let stderr = Arc::new(Collected::default());
+        let failed = |line: &str| {
+            stderr.push(format!("{line}\n").as_bytes());
+            stderr.text()
+        };
+        let cfg =
+            Config::from_vars(|k| vars.get(k).cloned()).map_err(|e| failed(&e.to_string()))?;
+        let sink = stderr.clone();
+        let log = Log::new(cfg.log_json, Sink::Capture(Arc::new(move |b| sink.push(b))));
+        let bound = run::bind(cfg, Arc::new(log)).map_err(|e| failed(&e.0))?;
+        let (reader, kept): (Box<dyn Read + Send>, Option<UnixStream>) = if close_stdin {
+            (Box::new(Cursor::new(stdin.to_vec())), None)
+        } else {
+            let (theirs, mut ours) = UnixStream::pair().expect("a socket pair for stdin");
+            ours.write_all(stdin).expect("write the proxy's stdin");
+            (Box::new(theirs), Some(ours))
+        };
+        let (token, updates) = bound.first_token(reader).map_err(|e| failed(&e.0))?;
+        let running = match tokio::runtime::Handle::try_current() {
+            Ok(_) => bound.start(token, updates),
+            Err(_) => {
+                let _entered = runtime().enter();
+                bound.start(token, updates)
+            }
+        }
+        .map_err(|e| failed(&e.0))?;
         Ok(Proxy {
-            child,
-            addr,
+            addr: running.addr(),
+            running: Some(running),
             stderr,
-            stdin,
+            stdin: kept,
         })
     }
 
@@ -201,150 +110,74 @@ impl Proxy {
         self.addr.port()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The metrics listener, when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::metrics_addr)
     }
 
     pub fn stderr_so_far(&self) -> String {
         self.stderr.text()
     }
 
-    /// Write more to the proxy's stdin (started with it kept open).
-    pub fn write_stdin(&mut self, bytes: &[u8]) {
-        let pipe = self.stdin.as_mut().expect("stdin was kept open");
-        pipe.write_all(bytes).expect("write to the proxy's stdin");
-        pipe.flush().expect("flush the proxy's stdin");
-    }
-
-    /// stderr so far, byte for byte (not decoded: to check what bytes were written).
+    /// The log so far, byte for byte (not decoded: to check what bytes were written).
     pub fn stderr_bytes(&self) -> Vec<u8> {
         self.stderr.bytes()
     }
 
-    /// Wait (bounded) until a complete stderr line contains `needle`.
+    /// Write more to the proxy's stdin (started with it kept open).
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        let pipe = self.stdin.as_mut().expect("stdin was kept open");
+        pipe.write_all(bytes).expect("write to the proxy's stdin");
+    }
+
+    /// End stdin if `spawn_with_stdin` kept it open.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Wait (bounded) until a complete log line contains `needle`.
     pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> bool {
         self.wait_for_stderr_count(needle, 1, timeout)
     }
 
-    /// Wait (bounded) until stderr holds at least `n` complete lines containing `needle`.
+    /// Wait (bounded) until the log holds at least `n` complete lines containing `needle`.
     pub fn wait_for_stderr_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
         self.stderr.wait_until(timeout, |s| {
             complete_lines(s).filter(|l| l.contains(needle)).count() >= n
         })
     }
 
-    /// The complete lines of stderr so far.
+    /// The complete lines of the log so far.
     pub fn stderr_lines(&self) -> Vec<String> {
         complete_lines(&self.stderr.text())
             .map(str::to_string)
             .collect()
     }
 
-    /// Send a signal by name (`TERM`, `INT`).
-    pub fn signal(&self, sig: &str) {
-        send_signal(self.child.id(), sig);
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-    }
-
-    /// Wait (bounded) for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let status = wait_child(&mut self.child, timeout);
-        if status.is_some() {
-            // Let the stderr thread drain what the process wrote last.
-            self.stderr.wait_eof(Duration::from_secs(2));
-        }
-        status
-    }
-
-    /// Close stdin if `spawn_with_stdin` kept it open.
-    pub fn close_stdin(&mut self) {
-        self.stdin = None;
+    /// Begin the drain (what SIGTERM does) and wait (bounded) for it to end; true if it
+    /// ended. Everything the proxy logs is in the log afterwards.
+    pub fn stop(&mut self, timeout: Duration) -> bool {
+        let Some(running) = self.running.take() else {
+            return true;
+        };
+        running.shutdown();
+        std::thread::scope(|s| {
+            // A thread of its own: the caller may be on a runtime's thread.
+            s.spawn(|| {
+                runtime()
+                    .block_on(async { tokio::time::timeout(timeout, running.join()).await })
+                    .is_ok()
+            })
+            .join()
+            .expect("the drain's waiter")
+        })
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The lines of `s` that ended with a newline.
-pub fn complete_lines(s: &str) -> impl Iterator<Item = &str> {
-    s.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n'))
-}
-
-/// Parse `proxy: listening on <ip>:<port>, target ...` out of stderr text (complete lines only:
-/// stderr is unbuffered, so a line may arrive in several writes).
-pub fn parse_listen_line(stderr: &str) -> Option<SocketAddr> {
-    complete_lines(stderr).find_map(|line| {
-        // LOG_FORMAT=json: {"ts":..,"event":"startup","listen":"ADDR",...}
-        if line.starts_with('{') && line.contains("\"event\":\"startup\"") {
-            let rest = line.split("\"listen\":\"").nth(1)?;
-            return rest.split('"').next()?.parse().ok();
+        if let Some(running) = &self.running {
+            running.shutdown();
         }
-        let rest = line.strip_prefix("proxy: listening on ")?;
-        let (addr, _target) = rest.split_once(", target ")?;
-        addr.parse().ok()
-    })
-}
-
-/// What a process run to completion left behind.
-#[derive(Debug)]
-pub struct Outcome {
-    /// None if it did not exit within the bound (it was then killed).
-    pub status: Option<ExitStatus>,
-    pub stdout: String,
-    pub stderr: String,
-    pub stderr_bytes: Vec<u8>,
-}
-
-impl Outcome {
-    pub fn code(&self) -> Option<i32> {
-        self.status.and_then(|s| s.code())
-    }
-}
-
-/// Run the binary with `args` and `envs` (see [`Proxy::command`]), writing `stdin` bytes if
-/// given; `close_stdin` false keeps the pipe open for the whole run (to prove the process does
-/// not read it). Waits up to `timeout` for the exit.
-pub fn run(
-    args: &[&str],
-    envs: &[(&str, &str)],
-    stdin: Option<&[u8]>,
-    close_stdin: bool,
-    timeout: Duration,
-) -> Outcome {
-    let mut child = Proxy::command(envs).args(args).spawn().expect("spawn");
-    let out = Collected::spawn(child.stdout.take().expect("stdout"));
-    let err = Collected::spawn(child.stderr.take().expect("stderr"));
-    let mut pipe = child.stdin.take().expect("stdin");
-    if let Some(bytes) = stdin {
-        let _ = pipe.write_all(bytes);
-        let _ = pipe.flush();
-    }
-    let held = if close_stdin {
-        drop(pipe);
-        None
-    } else {
-        Some(pipe)
-    };
-    let status = wait_child(&mut child, timeout);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    drop(held);
-    out.wait_eof(Duration::from_secs(2));
-    err.wait_eof(Duration::from_secs(2));
-    Outcome {
-        status,
-        stdout: out.text(),
-        stderr: err.text(),
-        stderr_bytes: err.bytes(),
     }
 }

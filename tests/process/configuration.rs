@@ -119,7 +119,7 @@ fn a_bad_duration_is_rejected_with_its_setting_name() {
 #[test]
 fn the_startup_line_names_the_listen_address_and_the_target() {
     let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = proxy_for(&up, &[]);
+    let proxy = process_proxy_for(&up, &[]);
     let line = proxy
         .stderr_so_far()
         .lines()

@@ -86,7 +86,7 @@ fn an_sse_stream_in_flight_at_sigterm_finishes_with_every_event_and_the_proxy_ex
     assert!(events.len() > 10);
     let steps = Steps::new();
     let up = Upstream::plain().serve(handlers::sse_lockstep(events.clone(), steps.clone(), true));
-    let mut proxy = proxy_for(&up, &[("SHUTDOWN_GRACE", "30s")]);
+    let mut proxy = process_proxy_for(&up, &[("SHUTDOWN_GRACE", "30s")]);
     let mut c = Client::connect(proxy.addr());
     c.send(post("/v1/messages", r#"{"stream":true}"#));
     let head = c.read_head().expect("response head");
@@ -156,7 +156,7 @@ fn a_stream_that_never_ends_is_cut_at_shutdown_grace_without_a_fake_ending_and_t
             thread::sleep(Duration::from_millis(20));
         }
     });
-    let mut proxy = proxy_for(&up, &[("SHUTDOWN_GRACE", "500ms")]);
+    let mut proxy = process_proxy_for(&up, &[("SHUTDOWN_GRACE", "500ms")]);
     let mut c = Client::connect(proxy.addr());
     c.send(post("/v1/messages", r#"{"stream":true}"#));
     let head = c.read_head().expect("response head");

@@ -9,7 +9,7 @@ const EXIT_BOUND: Duration = Duration::from_secs(10);
 
 #[test]
 fn an_idle_proxy_exits_0_promptly_on_sigterm() {
-    let mut proxy = Proxy::spawn(&[], TOKEN);
+    let mut proxy = ProcessProxy::spawn(&[], TOKEN);
     let t = Instant::now();
     proxy.signal("TERM");
     let status = proxy.wait_exit(EXIT_BOUND).expect("exit after SIGTERM");
@@ -23,7 +23,7 @@ fn an_idle_proxy_exits_0_promptly_on_sigterm() {
 
 #[test]
 fn an_idle_proxy_exits_0_promptly_on_sigint() {
-    let mut proxy = Proxy::spawn(&[], TOKEN);
+    let mut proxy = ProcessProxy::spawn(&[], TOKEN);
     proxy.signal("INT");
     let status = proxy.wait_exit(EXIT_BOUND).expect("exit after SIGINT");
     assert_eq!(status.code(), Some(0), "{}", proxy.stderr_so_far());
@@ -43,7 +43,7 @@ fn an_in_flight_request_completes_after_sigterm_then_the_proxy_exits_0() {
             let _ = c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nfinished");
         }
     });
-    let mut proxy = proxy_for(&up, &[("SHUTDOWN_GRACE", "8s")]);
+    let mut proxy = process_proxy_for(&up, &[("SHUTDOWN_GRACE", "8s")]);
     let addr = proxy.addr();
     let client = thread::spawn(move || {
         let mut c = Client::connect(addr);
@@ -91,7 +91,7 @@ fn a_request_still_running_at_the_end_of_the_grace_period_does_not_keep_the_prox
         s.open();
         g.wait(IO_TIMEOUT);
     });
-    let mut proxy = proxy_for(&up, &[("SHUTDOWN_GRACE", "300ms")]);
+    let mut proxy = process_proxy_for(&up, &[("SHUTDOWN_GRACE", "300ms")]);
     let mut c = Client::connect(proxy.addr());
     c.send(post("/v1/messages", "{}"));
     assert!(started.wait(IO_TIMEOUT));
@@ -119,7 +119,7 @@ fn a_second_signal_exits_at_once() {
         s.open();
         g.wait(IO_TIMEOUT);
     });
-    let mut proxy = proxy_for(&up, &[("SHUTDOWN_GRACE", "60s")]);
+    let mut proxy = process_proxy_for(&up, &[("SHUTDOWN_GRACE", "60s")]);
     let mut c = Client::connect(proxy.addr());
     c.send(post("/v1/messages", "{}"));
     assert!(started.wait(IO_TIMEOUT));

@@ -38,7 +38,7 @@ fn expect_rejected(stdin: &[u8], must_not_contain: &[&str]) {
 #[test]
 fn the_token_read_from_stdin_is_sent_upstream_as_a_bearer_token() {
     let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = Proxy::spawn(&[("TARGET", &up.target_url())], "sk-ant-from-stdin-42");
+    let proxy = ProcessProxy::spawn(&[("TARGET", &up.target_url())], "sk-ant-from-stdin-42");
     roundtrip(proxy.addr(), get("/v1/models"));
     assert_eq!(
         up.only_request().all("authorization"),
@@ -49,8 +49,9 @@ fn the_token_read_from_stdin_is_sent_upstream_as_a_bearer_token() {
 #[test]
 fn a_crlf_terminated_token_is_used_without_the_cr() {
     let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = Proxy::spawn_with_stdin(&[("TARGET", &up.target_url())], b"sk-ant-crlf\r\n", true)
-        .expect("proxy started");
+    let proxy =
+        ProcessProxy::spawn_with_stdin(&[("TARGET", &up.target_url())], b"sk-ant-crlf\r\n", true)
+            .expect("proxy started");
     roundtrip(proxy.addr(), get("/v1/models"));
     assert_eq!(
         up.only_request().all("authorization"),
@@ -61,8 +62,9 @@ fn a_crlf_terminated_token_is_used_without_the_cr() {
 #[test]
 fn a_token_without_a_trailing_newline_is_accepted() {
     let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = Proxy::spawn_with_stdin(&[("TARGET", &up.target_url())], b"sk-ant-no-nl", true)
-        .expect("proxy started");
+    let proxy =
+        ProcessProxy::spawn_with_stdin(&[("TARGET", &up.target_url())], b"sk-ant-no-nl", true)
+            .expect("proxy started");
     roundtrip(proxy.addr(), get("/v1/models"));
     assert_eq!(
         up.only_request().all("authorization"),
@@ -73,8 +75,9 @@ fn a_token_without_a_trailing_newline_is_accepted() {
 #[test]
 fn the_proxy_starts_after_one_line_even_if_stdin_stays_open() {
     let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = Proxy::spawn_with_stdin(&[("TARGET", &up.target_url())], b"sk-ant-open\n", false)
-        .expect("proxy should start once the line is read, without waiting for EOF");
+    let proxy =
+        ProcessProxy::spawn_with_stdin(&[("TARGET", &up.target_url())], b"sk-ant-open\n", false)
+            .expect("proxy should start once the line is read, without waiting for EOF");
     roundtrip(proxy.addr(), get("/v1/models"));
     assert_eq!(
         up.only_request().all("authorization"),
@@ -142,6 +145,6 @@ fn a_token_that_could_pass_as_a_chunk_size_is_refused() {
     }
     // Seventeen hex digits cannot be a chunk size (the decoder refuses more than 16).
     let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = Proxy::spawn(&[("TARGET", &up.target_url())], "0123456789abcdef0");
+    let proxy = ProcessProxy::spawn(&[("TARGET", &up.target_url())], "0123456789abcdef0");
     assert_eq!(roundtrip(proxy.addr(), get("/v1/models")).status(), 200);
 }
