@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::paused::{echo_target_upstream, AsyncClient};
 use crate::support::*;
 
 #[test]
@@ -123,16 +124,30 @@ fn a_request_pipelined_after_connection_close_is_not_forwarded() {
     assert_eq!(reqs.len(), 1, "second request forwarded after close");
 }
 
-#[test]
-fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
-    let up = Upstream::plain().serve(handlers::echo_target());
-    let proxy = proxy_for(&up, &[("KEEPALIVE_TIMEOUT", "300ms")]);
-    let mut c = Client::connect(proxy.addr());
-    c.send(get("/v1/one"));
-    assert_eq!(c.read_response().status(), 200);
+/// On tokio's paused clock, with an upstream on the test's runtime (see `support::paused`).
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
+    let target = echo_target_upstream().await;
+    let proxy = Proxy::spawn(&[("TARGET", &target), ("KEEPALIVE_TIMEOUT", "30s")], TOKEN);
+    let mut c = AsyncClient::connect(proxy.addr()).await;
+    c.send(get("/v1/one")).await;
+    let r = c.read_response().await;
+    assert_eq!((r.status(), r.body_str().as_str()), (200, "/v1/one"));
+    let idle = tokio::time::Instant::now();
+    // Kept through most of the timeout...
     assert!(
-        c.is_closed(Duration::from_secs(5)),
+        !c.is_closed(Duration::from_secs(29)).await,
+        "idle connection closed before KEEPALIVE_TIMEOUT"
+    );
+    // ...and closed at it.
+    assert!(
+        c.is_closed(Duration::from_secs(5)).await,
         "idle connection kept past KEEPALIVE_TIMEOUT"
+    );
+    let took = idle.elapsed();
+    assert!(
+        took >= Duration::from_secs(30) && took < Duration::from_secs(31),
+        "closed after {took:?}"
     );
 }
 

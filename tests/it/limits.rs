@@ -2,8 +2,9 @@
 //! send a head, the gaps in a body. Breaches get the proxy's own error (or a close) and nothing
 //! incomplete reaches the upstream.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::paused::AsyncClient;
 use crate::support::*;
 
 #[test]
@@ -58,42 +59,49 @@ fn a_head_over_max_head_bytes_gets_431() {
     );
 }
 
-#[test]
-fn a_head_not_finished_within_header_timeout_gets_408() {
+/// On tokio's paused clock: the proxy's deadline passes in its own time, in milliseconds.
+#[tokio::test(start_paused = true)]
+async fn a_head_not_finished_within_header_timeout_gets_408() {
     let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = proxy_for(&up, &[("HEADER_TIMEOUT", "300ms")]);
-    let mut c = Client::connect(proxy.addr());
-    let t = Instant::now();
-    c.send("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
-    let r = c.read_response_to("GET").expect("408 response");
+    let proxy = proxy_for(&up, &[("HEADER_TIMEOUT", "10s")]);
+    let mut c = AsyncClient::connect(proxy.addr()).await;
+    let t = tokio::time::Instant::now();
+    c.send("GET /v1/models HTTP/1.1\r\nHost: x\r\n").await;
+    let r = c.read_response_to("GET").await.expect("408 response");
     r.assert_proxy_error(408, "invalid_request_error");
+    // At the deadline, not before it and not long after.
+    let took = t.elapsed();
     assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        t.elapsed()
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "took {took:?}"
     );
-    assert!(c.is_closed(CLOSE_BOUND));
+    assert!(c.is_closed(CLOSE_BOUND).await);
     up.assert_untouched();
 }
 
-#[test]
-fn a_head_trickled_byte_by_byte_is_still_cut_off_at_header_timeout() {
+/// On tokio's paused clock, one byte every 10 ms of it: the deadline, 10 s after accept,
+/// comes while the head is still trickling in (4000 bytes would take 40 s).
+#[tokio::test(start_paused = true)]
+async fn a_head_trickled_byte_by_byte_is_still_cut_off_at_header_timeout() {
     let up = Upstream::plain().serve(handlers::echo_head());
-    let proxy = proxy_for(&up, &[("HEADER_TIMEOUT", "500ms")]);
-    let mut c = Client::connect(proxy.addr());
-    let t = Instant::now();
+    let proxy = proxy_for(&up, &[("HEADER_TIMEOUT", "10s")]);
+    let mut c = AsyncClient::connect(proxy.addr()).await;
+    let t = tokio::time::Instant::now();
     // Keep sending one byte at a time: the deadline is absolute, not reset by each byte.
     let filler = "X-Slow: ".to_string() + &"s".repeat(4000);
-    c.send("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
+    c.send("GET /v1/models HTTP/1.1\r\nHost: x\r\n").await;
     for b in filler.bytes() {
-        if c.try_send([b]).is_err() || t.elapsed() > Duration::from_secs(4) {
+        // Cut off: the proxy answered or closed (its lingering close still reads for a
+        // moment, so a write need not fail at once).
+        if c.try_send([b]).await.is_err() || c.answered_or_closed() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let took = t.elapsed();
     assert!(
-        t.elapsed() < Duration::from_secs(4),
-        "the proxy kept reading a trickled head past HEADER_TIMEOUT"
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "the proxy kept reading a trickled head past HEADER_TIMEOUT (cut off after {took:?})"
     );
     up.assert_untouched();
 }

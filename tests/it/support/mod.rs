@@ -5,6 +5,7 @@
 //! - [`process`]: the real binary as a child process (clean env, token on stdin, stderr
 //!   captured, listen address from the startup line), plus one-shot process runs for
 //!   exit-code tests: for what only a process shows.
+//! - [`paused`]: an async client and upstream for tests on tokio's paused clock.
 //! - [`lines`]: a log or output stream collected as it comes, with bounded waits for lines.
 //! - [`upstream`]: recording fixture upstreams, plain and TLS (CA made by rcgen at test time),
 //!   with scripted handlers and canned ones.
@@ -21,6 +22,7 @@
 
 pub mod client;
 pub mod lines;
+pub mod paused;
 pub mod process;
 pub mod proxy;
 pub mod tls;
