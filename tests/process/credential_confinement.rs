@@ -94,13 +94,12 @@ fn the_token_is_not_in_the_proxys_environment_or_command_line() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_proxy_is_non_dumpable_so_its_proc_files_belong_to_root_and_its_own_uid_cannot_read_them() {
-    if !running_as_root() {
-        eprintln!(
-            "note: skipped: needs root to start the proxy under another uid (CI runs as root)"
-        );
-        return;
-    }
+    assert!(
+        running_as_root(),
+        "needs root to start the proxy under another uid (.ci/run runs as root)"
+    );
     let mut cmd = ProcessProxy::command(&[("UNRELATED_CANARY", "nobody-run")]);
     cmd.uid(NOBODY).gid(NOBODY);
     let proxy = ProcessProxy::spawn_command(cmd, format!("{TOKEN}\n").as_bytes(), true)
