@@ -1,0 +1,19 @@
+//! The integration tests for what only a process shows: stdin and its closing, exit codes,
+//! signals, the `healthcheck` subcommand, `--help` and `--version`, configuration errors
+//! before stdin is read, /proc (non-dumpable, the token never in argv or the environment),
+//! uids and resource limits. Everything else runs in process, in `tests/it`, whose harness
+//! this binary shares.
+
+#[path = "../it/support/mod.rs"]
+mod support;
+
+mod attack_review;
+mod configuration;
+mod credential_confinement;
+mod credential_lifecycle;
+mod egress;
+mod healthcheck;
+mod lifecycle;
+mod operator_signals;
+mod shutdown;
+mod token_intake;
