@@ -57,6 +57,56 @@ pub fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// One unit of a percent-encoded string (RFC 3986 §2.1), as [`percent_decoded`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Percent<'a> {
+    /// A byte other than `%`, as it stands.
+    Byte(u8),
+    /// `%` and two hex digits: the octet they encode, and the three bytes as written.
+    Escape { octet: u8, raw: &'a [u8] },
+    /// A `%` not followed by two hex digits; the bytes after it come next, as themselves.
+    Invalid,
+}
+
+impl Percent<'_> {
+    /// The octet this unit stands for; `None` for an invalid escape.
+    pub fn octet(self) -> Option<u8> {
+        match self {
+            Percent::Byte(b) | Percent::Escape { octet: b, .. } => Some(b),
+            Percent::Invalid => None,
+        }
+    }
+}
+
+/// Reads `s` unit by unit, decoding each `%XX` once. The one percent-decoder: what an
+/// invalid escape or a decoded octet means (refused, kept, re-encoded) is the caller's.
+pub fn percent_decoded(s: &[u8]) -> impl Iterator<Item = Percent<'_>> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *s.get(i)?;
+        if b != b'%' {
+            i += 1;
+            return Some(Percent::Byte(b));
+        }
+        let octet = s
+            .get(i + 1..i + 3)
+            .and_then(|h| Some(hex(h[0])? << 4 | hex(h[1])?));
+        Some(match octet {
+            Some(octet) => {
+                i += 3;
+                Percent::Escape {
+                    octet,
+                    raw: &s[i - 3..i],
+                }
+            }
+            None => {
+                i += 1;
+                Percent::Invalid
+            }
+        })
+    })
+}
+
 /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), at most 19 digits so it fits in u64.
 pub fn parse_content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -186,6 +236,40 @@ mod tests {
             push_base64(&mut out, plain.as_bytes());
             assert_eq!(out, encoded.as_bytes(), "{plain}");
         }
+    }
+
+    #[test]
+    fn percent_escapes_decode_once() {
+        use Percent::*;
+        let got: Vec<_> = percent_decoded(b"a%2F%2e%zz%4").collect();
+        assert_eq!(
+            got,
+            [
+                Byte(b'a'),
+                Escape {
+                    octet: b'/',
+                    raw: b"%2F"
+                },
+                Escape {
+                    octet: b'.',
+                    raw: b"%2e"
+                },
+                Invalid,
+                Byte(b'z'),
+                Byte(b'z'),
+                Invalid,
+                Byte(b'4'),
+            ]
+        );
+        // Decoded once: `%2541` is `%41`, not `A`.
+        let once: Vec<_> = percent_decoded(b"%2541")
+            .filter_map(Percent::octet)
+            .collect();
+        assert_eq!(once, b"%41");
+        assert_eq!(percent_decoded(b"").count(), 0);
+        assert_eq!(percent_decoded(b"%").collect::<Vec<_>>(), [Invalid]);
+        // Non-ASCII bytes are not hex digits.
+        assert_eq!(percent_decoded(b"%\xc3\xa9").next(), Some(Invalid));
     }
 
     #[test]
