@@ -132,14 +132,16 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// The hex digits by value, lower-case (chunk sizes, `\xHH` in the log).
+pub const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// Appends `n` in lower-case hex without leading zeros (chunk sizes).
 pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {
         i -= 1;
-        digits[i] = HEX[(n & 0xf) as usize];
+        digits[i] = HEX_DIGITS[(n & 0xf) as usize];
         n >>= 4;
         if n == 0 {
             break;
