@@ -159,7 +159,8 @@ impl ChunkLimits {
 pub enum ChunkError {
     /// Not the chunked grammar (size line, CRLF after data, trailer line).
     Malformed,
-    /// Total payload over [`ChunkLimits::max_body`], or a size over 16 hex digits' worth.
+    /// Total payload over [`ChunkLimits::max_body`], or a size of more than
+    /// [`limits::MAX_CHUNK_SIZE_DIGITS`] hex digits.
     TooLarge,
     /// Extensions over their limits.
     ExtensionTooLong,
@@ -221,7 +222,7 @@ pub struct ChunkedDecoder {
     limits: ChunkLimits,
     /// The size being read, then the payload left in the current chunk.
     size: u64,
-    /// Hex digits read for the current size (at most 16 fit in u64).
+    /// Hex digits read for the current size (at most [`limits::MAX_CHUNK_SIZE_DIGITS`]).
     digits: u8,
     /// Extension bytes on the current line.
     ext_line: usize,
@@ -327,7 +328,7 @@ impl ChunkedDecoder {
             }
             (Size, _) if hex(b).is_some() => {
                 // 16 hex digits fill u64 exactly; a 17th would overflow (R8).
-                if self.digits == 16 {
+                if usize::from(self.digits) == limits::MAX_CHUNK_SIZE_DIGITS {
                     return Err(ChunkError::TooLarge);
                 }
                 self.digits += 1;
@@ -518,7 +519,7 @@ pub fn decode_naive(
         {
             return Err(ChunkError::Malformed);
         }
-        if digits.len() > 16 {
+        if digits.len() > limits::MAX_CHUNK_SIZE_DIGITS {
             return Err(ChunkError::TooLarge);
         }
         if let Some(ext) = ext {
