@@ -8,7 +8,9 @@ use crate::framing::{FieldFraming, FramingFields};
 use crate::limits::MAX_RESPONSE_HEADERS;
 use crate::persist;
 use crate::scrub::{self, TokenFinder};
-use crate::syntax::{connection_options, list_items, push_decimal, push_field, ConnectionOption};
+use crate::syntax::{
+    connection_options, list_items, push_decimal, push_field, ConnectionOption, HOP_BY_HOP,
+};
 
 /// How the response body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +86,6 @@ pub struct ResponseContext<'a> {
     /// one a running request still uses.
     pub tokens: &'a [&'a TokenFinder<'a>],
 }
-
-/// Upstream hop-by-hop fields (RFC 9110 §7.6.1) not relayed to the client.
-const HOP_BY_HOP: &[&[u8]] = &[
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"upgrade",
-];
 
 /// Parses a complete response head (ending with the blank line) and writes the head for the
 /// client into `out` (cleared first), with the token masked.

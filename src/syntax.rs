@@ -19,6 +19,17 @@ pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|s| !s.is_empty())
 }
 
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded,
+/// in either direction. Lower-case. `Transfer-Encoding`, hop-by-hop too, is framing and each
+/// side handles it on its own; a request drops a few more (see `rewrite::DROPPED`).
+pub const HOP_BY_HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"upgrade",
+];
+
 /// One element of a `Connection` field (RFC 9110 §7.6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionOption<'a> {
