@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::config::{BetaRule, Config, TokenSource};
+use crate::config::{Config, TokenSource};
 use crate::credential::Credentials;
 use crate::limits::TOKEN_FILE_POLL;
 use crate::log::{Log, Value};
@@ -110,7 +110,6 @@ fn file_reason(e: TokenError) -> &'static str {
 /// What the update thread swaps tokens into and reports to.
 pub struct Swapper {
     pub creds: Arc<Credentials>,
-    pub beta: BetaRule,
     pub metrics: Arc<Metrics>,
     pub log: Arc<Log>,
 }
@@ -139,8 +138,7 @@ pub fn spawn_updates(updates: Updates, to: Swapper) {
 
 impl Swapper {
     fn swap(&self, token: Token) {
-        let oauth = self.beta.applies(token.as_bytes());
-        let generation = self.creds.swap(token, oauth);
+        let generation = self.creds.swap(token);
         self.metrics
             .token_generation
             .store(generation, Ordering::Relaxed);
