@@ -9,7 +9,7 @@ use crate::limits::MAX_RESPONSE_HEADERS;
 use crate::persist;
 use crate::scrub::{self, TokenFinder};
 use crate::syntax::{
-    connection_options, list_items, push_decimal, push_field, ConnectionOption, HOP_BY_HOP,
+    connection_options, list_items, push_field, push_status_line, ConnectionOption, HOP_BY_HOP,
 };
 
 /// How the response body ends (RFC 9112 §6.3).
@@ -127,11 +127,7 @@ pub fn parse_response(
 
     out.clear();
     // Our own version (RFC 9110 §6.2), the upstream's status and reason.
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status, res.reason.unwrap_or("").as_bytes());
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         let hop = HOP_BY_HOP

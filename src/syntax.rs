@@ -181,6 +181,16 @@ pub fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// Appends a status line, `HTTP/1.1 <status> <reason>\r\n` (RFC 9112 §4): always our own
+/// version (RFC 9110 §6.2), whatever the upstream spoke. `reason` was checked by the caller.
+pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends one field line, `name: value\r\n`. Both were checked by the caller.
 pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
