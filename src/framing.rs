@@ -9,7 +9,7 @@
 
 use crate::error::Problem;
 use crate::limits;
-use crate::syntax::{hex, is_tchar, parse_content_length, push_hex};
+use crate::syntax::{hex, is_tchar, is_text_byte, parse_content_length, push_hex};
 
 /// How a request body is framed (RFC 9112 §6.3), decided once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,7 +346,7 @@ impl ChunkedDecoder {
             (Ext, b'\r') => SizeLf,
             // LF, NUL and other controls inside an extension: the TERM.EXT smuggling vector
             // (CVE-2025-55315 class) is refused, not skipped.
-            (Ext, _) if b == b'\t' || (b >= 0x20 && b != 0x7f) => self.ext_byte(Ext)?,
+            (Ext, _) if is_text_byte(b) => self.ext_byte(Ext)?,
             (SizeLf, b'\n') => {
                 self.ext_line = 0;
                 if self.size == 0 {
@@ -366,7 +366,7 @@ impl ChunkedDecoder {
             // A trailer line starts with a field name; whitespace here would be obs-fold.
             (TrailerStart, _) if is_tchar(b) => self.trailer_byte(Trailer)?,
             (Trailer, b'\r') => self.trailer_byte(TrailerLf)?,
-            (Trailer, _) if b == b'\t' || (b >= 0x20 && b != 0x7f) => self.trailer_byte(Trailer)?,
+            (Trailer, _) if is_text_byte(b) => self.trailer_byte(Trailer)?,
             (TrailerLf, b'\n') => self.trailer_byte(TrailerStart)?,
             (EndLf, b'\n') => Done,
             _ => return Err(ChunkError::Malformed),
@@ -498,7 +498,6 @@ pub fn decode_naive(
     input: &[u8],
     limits: ChunkLimits,
 ) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
-    let visible = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
     let (mut pos, mut total, mut ext_total) = (0usize, 0u64, 0usize);
     let mut payload = Vec::new();
     loop {
@@ -524,7 +523,7 @@ pub fn decode_naive(
         }
         if let Some(ext) = ext {
             let ext = &ext[ext.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
-            if ext.first().is_none_or(|&b| !is_tchar(b)) || !ext.iter().all(visible) {
+            if ext.first().is_none_or(|&b| !is_tchar(b)) || !ext.iter().all(|&b| is_text_byte(b)) {
                 return Err(ChunkError::Malformed);
             }
         }
@@ -568,7 +567,6 @@ fn naive_trailers(
     mut pos: usize,
     limits: ChunkLimits,
 ) -> Result<Option<usize>, ChunkError> {
-    let visible = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
     let mut trailers = 0usize;
     loop {
         let Some((field, next)) = naive_line(input, pos) else {
@@ -577,7 +575,7 @@ fn naive_trailers(
         if field.is_empty() {
             return Ok(Some(next));
         }
-        if !is_tchar(field[0]) || !field.iter().all(visible) {
+        if !is_tchar(field[0]) || !field.iter().all(|&b| is_text_byte(b)) {
             return Err(ChunkError::Malformed);
         }
         trailers += field.len() + 2;

@@ -6,6 +6,12 @@ pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// HTAB, SP, VCHAR or obs-text: a byte of a field value (RFC 9110 §5.5), and all a chunk
+/// extension or trailer line may hold. Every other control (CR, LF, NUL...) is refused.
+pub fn is_text_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
 /// Whether `name` equals one of `list`, ignoring ASCII case (field names, RFC 9110 §5.1).
 pub fn name_is(name: &[u8], list: &[&[u8]]) -> bool {
     list.iter().any(|n| name.eq_ignore_ascii_case(n))
@@ -220,6 +226,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_bytes_are_all_but_the_controls() {
+        for b in [b'\t', b' ', b'a', b'~', 0x80, 0xff] {
+            assert!(is_text_byte(b), "{b:#x}");
+        }
+        for b in [0, b'\r', b'\n', 0x1f, 0x7f] {
+            assert!(!is_text_byte(b), "{b:#x}");
+        }
+    }
 
     #[test]
     fn connection_options_are_classified() {
