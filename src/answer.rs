@@ -3,7 +3,7 @@
 //! error shape, so agents display them well. Static text only, never peer bytes.
 
 use crate::error::Problem;
-use crate::syntax::{push_decimal, push_field, push_status_line};
+use crate::syntax::{push_content_length, push_field, push_status_line};
 
 /// The interim response the proxy sends itself for `Expect: 100-continue` (R26).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -46,9 +46,7 @@ pub fn error(problem: Problem, head_only: bool, close: bool, out: &mut Vec<u8>) 
 
 /// `Content-Length`, `Connection: close` when the connection ends here, the blank line.
 fn end_head(out: &mut Vec<u8>, body_len: usize, close: bool) {
-    out.extend_from_slice(b"Content-Length: ");
-    push_decimal(out, body_len as u64);
-    out.extend_from_slice(b"\r\n");
+    push_content_length(out, body_len as u64);
     if close {
         push_field(out, b"Connection", b"close");
     }

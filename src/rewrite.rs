@@ -5,7 +5,7 @@
 
 use crate::framing::BodyKind;
 use crate::policy::AllowList;
-use crate::syntax::{list_items, name_is, push_decimal, push_field, HOP_BY_HOP};
+use crate::syntax::{list_items, name_is, push_content_length, push_field, HOP_BY_HOP};
 use crate::target::Target;
 
 /// The beta flag OAuth tokens need on api.anthropic.com.
@@ -210,11 +210,7 @@ pub fn write_upstream_head(
     push_field(out, b"Accept-Encoding", b"identity");
     match up.body {
         BodyKind::Empty => {}
-        BodyKind::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        BodyKind::Length(n) => push_content_length(out, n),
         BodyKind::Chunked => push_field(out, b"Transfer-Encoding", b"chunked"),
     }
     out.extend_from_slice(rw.credential_line);

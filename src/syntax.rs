@@ -187,6 +187,14 @@ pub fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// Appends `Content-Length: <n>\r\n` (RFC 9110 §8.6), the one framing field written in
+/// decimal.
+pub fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends a status line, `HTTP/1.1 <status> <reason>\r\n` (RFC 9112 §4): always our own
 /// version (RFC 9110 §6.2), whatever the upstream spoke. `reason` was checked by the caller.
 pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
