@@ -25,7 +25,7 @@ use crate::secret::Token;
 pub struct BetaRule {
     /// `on` / `off`; `None` is `auto`.
     pub setting: Option<bool>,
-    /// TARGET is https://api.anthropic.com, where `auto` merges it for OAuth tokens.
+    /// TARGET is `https://api.anthropic.com`, where `auto` merges it for OAuth tokens.
     pub anthropic: bool,
 }
 
