@@ -3,7 +3,7 @@
 //! error shape, so agents display them well. Static text only, never peer bytes.
 
 use crate::error::Problem;
-use crate::syntax::{push_decimal, push_field};
+use crate::syntax::{push_content_length, push_field, push_status_line};
 
 /// The interim response the proxy sends itself for `Expect: 100-continue` (R26).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -14,7 +14,7 @@ pub const HEALTH_BODY: &[u8] = b"agent-loop-proxy ok";
 /// Renders `GET`/`HEAD /health`.
 pub fn health(head_only: bool, close: bool, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    push_status_line(out, 200, b"OK");
     push_field(out, b"Content-Type", b"text/plain; charset=utf-8");
     push_field(out, b"Cache-Control", b"no-store");
     end_head(out, HEALTH_BODY.len(), close);
@@ -36,11 +36,7 @@ pub fn error(problem: Problem, head_only: bool, close: bool, out: &mut Vec<u8>) 
         problem.message()
     );
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status, reason(status).as_bytes());
     push_field(out, b"Content-Type", b"application/json");
     end_head(out, body.len(), close);
     if !head_only {
@@ -50,9 +46,7 @@ pub fn error(problem: Problem, head_only: bool, close: bool, out: &mut Vec<u8>) 
 
 /// `Content-Length`, `Connection: close` when the connection ends here, the blank line.
 fn end_head(out: &mut Vec<u8>, body_len: usize, close: bool) {
-    out.extend_from_slice(b"Content-Length: ");
-    push_decimal(out, body_len as u64);
-    out.extend_from_slice(b"\r\n");
+    push_content_length(out, body_len as u64);
     if close {
         push_field(out, b"Connection", b"close");
     }

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::credential::BetaRule;
 use crate::egress::{EgressProxy, NoProxy};
 use crate::limits::{self, Limits, Timeouts};
 use crate::policy::AllowList;
@@ -85,23 +86,6 @@ pub enum TokenSource {
     StdinUpdates,
     /// `TOKEN_FILE`: read from this file, and again whenever it changes.
     File(PathBuf),
-}
-
-/// When the OAuth beta flag is merged (`OAUTH_BETA`), decided for each token as it arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BetaRule {
-    /// `on` / `off`; `None` is `auto`.
-    setting: Option<bool>,
-    /// TARGET is https://api.anthropic.com, where `auto` merges it for OAuth tokens.
-    anthropic: bool,
-}
-
-impl BetaRule {
-    /// Whether a request carrying `token` gets the flag.
-    pub fn applies(self, token: &[u8]) -> bool {
-        self.setting
-            .unwrap_or_else(|| self.anthropic && token.starts_with(b"sk-ant-oat"))
-    }
 }
 
 /// The phantom token (`PHANTOM_TOKEN`): the sandbox's proof that it may use the proxy.

@@ -19,6 +19,24 @@ use tokio::sync::watch;
 
 use crate::secret::Token;
 
+/// When the OAuth beta flag is merged (`OAUTH_BETA`). The store applies it to each token as
+/// it arrives, the first and every replacement alike, so no caller decides it on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BetaRule {
+    /// `on` / `off`; `None` is `auto`.
+    pub setting: Option<bool>,
+    /// TARGET is `https://api.anthropic.com`, where `auto` merges it for OAuth tokens.
+    pub anthropic: bool,
+}
+
+impl BetaRule {
+    /// Whether a request carrying `token` gets the flag.
+    pub fn applies(self, token: &[u8]) -> bool {
+        self.setting
+            .unwrap_or_else(|| self.anthropic && token.starts_with(b"sk-ant-oat"))
+    }
+}
+
 /// One token and what is decided from it.
 pub struct Generation {
     /// 1 for the token read at startup, then one more per swap. Logged; never the token.
@@ -53,14 +71,16 @@ pub struct Credentials {
     last_number: AtomicU64,
     /// Tells idle connections that the current generation changed.
     notify: watch::Sender<u64>,
+    /// Decides each generation's `oauth_beta`.
+    beta: BetaRule,
 }
 
 impl Credentials {
-    pub fn new(token: Token, oauth_beta: bool) -> Credentials {
+    pub fn new(token: Token, beta: BetaRule) -> Credentials {
         let first = Arc::new(Generation {
             number: 1,
+            oauth_beta: beta.applies(token.as_bytes()),
             token,
-            oauth_beta,
             users: AtomicUsize::new(0),
         });
         Credentials {
@@ -68,6 +88,7 @@ impl Credentials {
             older: Mutex::new(Vec::new()),
             last_number: AtomicU64::new(1),
             notify: watch::Sender::new(1),
+            beta,
         }
     }
 
@@ -91,12 +112,12 @@ impl Credentials {
 
     /// Makes `token` current; returns its generation number. Requests already running keep
     /// theirs.
-    pub fn swap(&self, token: Token, oauth_beta: bool) -> u64 {
+    pub fn swap(&self, token: Token) -> u64 {
         let number = self.last_number.fetch_add(1, Ordering::AcqRel) + 1;
         let next = Arc::new(Generation {
             number,
+            oauth_beta: self.beta.applies(token.as_bytes()),
             token,
-            oauth_beta,
             users: AtomicUsize::new(0),
         });
         let old = {
@@ -144,13 +165,42 @@ mod tests {
         Token::new(s.as_bytes(), &TokenHeader::Authorization).unwrap()
     }
 
+    const OFF: BetaRule = BetaRule {
+        setting: Some(false),
+        anthropic: true,
+    };
+
+    #[test]
+    fn the_beta_rule_decides_each_generation() {
+        let auto = |anthropic| BetaRule {
+            setting: None,
+            anthropic,
+        };
+        let c = Credentials::new(token("sk-ant-oat01-a"), auto(true));
+        assert!(c.current().oauth_beta, "auto: an OAuth token to Anthropic");
+        c.swap(token("sk-ant-api03-b"));
+        assert!(!c.current().oauth_beta, "auto: an API key, on the swap too");
+        c.swap(token("sk-ant-oat01-c"));
+        assert!(c.current().oauth_beta);
+        assert!(
+            !auto(false).applies(b"sk-ant-oat01-a"),
+            "auto: another TARGET"
+        );
+        assert!(!OFF.applies(b"sk-ant-oat01-a"));
+        let on = BetaRule {
+            setting: Some(true),
+            anthropic: false,
+        };
+        assert!(on.applies(b"sk-x"));
+    }
+
     #[test]
     fn a_swap_leaves_running_requests_their_generation_until_they_end() {
-        let c = Credentials::new(token("sk-first"), false);
+        let c = Credentials::new(token("sk-first"), OFF);
         let first = c.current();
         let using = use_generation(&first);
         drop(first);
-        assert_eq!(c.swap(token("sk-second"), false), 2);
+        assert_eq!(c.swap(token("sk-second")), 2);
         assert_eq!(c.current().number, 2);
         assert_eq!(using.generation().token.as_bytes(), b"sk-first");
         let older = c.older_in_use();
@@ -167,8 +217,8 @@ mod tests {
 
     #[test]
     fn an_unused_old_generation_is_not_masked_nor_kept() {
-        let c = Credentials::new(token("sk-first"), false);
-        c.swap(token("sk-second"), false);
+        let c = Credentials::new(token("sk-first"), OFF);
+        c.swap(token("sk-second"));
         assert!(c.older_in_use().is_empty());
         assert_eq!(c.older_alive(), 0);
     }

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Problem;
 use crate::limits::DEFAULT_PROXY_PORT;
-use crate::syntax::{hex, push_base64};
+use crate::syntax::{percent_decoded, push_base64};
 use crate::target::{parse_port, split_authority, valid_host};
 
 /// An egress proxy: where to connect, and the `Proxy-Authorization` line for it, if any.
@@ -111,21 +111,13 @@ fn basic_auth_line(userinfo: &str) -> Result<Zeroizing<Vec<u8>>, &'static str> {
     Ok(line)
 }
 
+/// Appends `s` percent-decoded; an invalid escape is refused.
 fn percent_decode(s: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' {
-            let hi = s.get(i + 1).copied().and_then(hex);
-            let lo = s.get(i + 2).copied().and_then(hex);
-            let (Some(hi), Some(lo)) = (hi, lo) else {
-                return Err("has an invalid percent escape in its user name or password");
-            };
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
+    for unit in percent_decoded(s) {
+        let octet = unit
+            .octet()
+            .ok_or("has an invalid percent escape in its user name or password")?;
+        out.push(octet);
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 
 use crate::error::Problem;
 use crate::limits;
-use crate::syntax::{hex, is_tchar, parse_content_length, push_hex};
+use crate::syntax::{hex, is_tchar, is_text_byte, parse_content_length, push_hex};
 
 /// How a request body is framed (RFC 9112 §6.3), decided once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +159,8 @@ impl ChunkLimits {
 pub enum ChunkError {
     /// Not the chunked grammar (size line, CRLF after data, trailer line).
     Malformed,
-    /// Total payload over [`ChunkLimits::max_body`], or a size over 16 hex digits' worth.
+    /// Total payload over [`ChunkLimits::max_body`], or a size of more than
+    /// [`limits::MAX_CHUNK_SIZE_DIGITS`] hex digits.
     TooLarge,
     /// Extensions over their limits.
     ExtensionTooLong,
@@ -221,7 +222,7 @@ pub struct ChunkedDecoder {
     limits: ChunkLimits,
     /// The size being read, then the payload left in the current chunk.
     size: u64,
-    /// Hex digits read for the current size (at most 16 fit in u64).
+    /// Hex digits read for the current size (at most [`limits::MAX_CHUNK_SIZE_DIGITS`]).
     digits: u8,
     /// Extension bytes on the current line.
     ext_line: usize,
@@ -327,7 +328,7 @@ impl ChunkedDecoder {
             }
             (Size, _) if hex(b).is_some() => {
                 // 16 hex digits fill u64 exactly; a 17th would overflow (R8).
-                if self.digits == 16 {
+                if usize::from(self.digits) == limits::MAX_CHUNK_SIZE_DIGITS {
                     return Err(ChunkError::TooLarge);
                 }
                 self.digits += 1;
@@ -345,7 +346,7 @@ impl ChunkedDecoder {
             (Ext, b'\r') => SizeLf,
             // LF, NUL and other controls inside an extension: the TERM.EXT smuggling vector
             // (CVE-2025-55315 class) is refused, not skipped.
-            (Ext, _) if b == b'\t' || (b >= 0x20 && b != 0x7f) => self.ext_byte(Ext)?,
+            (Ext, _) if is_text_byte(b) => self.ext_byte(Ext)?,
             (SizeLf, b'\n') => {
                 self.ext_line = 0;
                 if self.size == 0 {
@@ -365,7 +366,7 @@ impl ChunkedDecoder {
             // A trailer line starts with a field name; whitespace here would be obs-fold.
             (TrailerStart, _) if is_tchar(b) => self.trailer_byte(Trailer)?,
             (Trailer, b'\r') => self.trailer_byte(TrailerLf)?,
-            (Trailer, _) if b == b'\t' || (b >= 0x20 && b != 0x7f) => self.trailer_byte(Trailer)?,
+            (Trailer, _) if is_text_byte(b) => self.trailer_byte(Trailer)?,
             (TrailerLf, b'\n') => self.trailer_byte(TrailerStart)?,
             (EndLf, b'\n') => Done,
             _ => return Err(ChunkError::Malformed),
@@ -497,7 +498,6 @@ pub fn decode_naive(
     input: &[u8],
     limits: ChunkLimits,
 ) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
-    let visible = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
     let (mut pos, mut total, mut ext_total) = (0usize, 0u64, 0usize);
     let mut payload = Vec::new();
     loop {
@@ -518,12 +518,12 @@ pub fn decode_naive(
         {
             return Err(ChunkError::Malformed);
         }
-        if digits.len() > 16 {
+        if digits.len() > limits::MAX_CHUNK_SIZE_DIGITS {
             return Err(ChunkError::TooLarge);
         }
         if let Some(ext) = ext {
             let ext = &ext[ext.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
-            if ext.first().is_none_or(|&b| !is_tchar(b)) || !ext.iter().all(visible) {
+            if ext.first().is_none_or(|&b| !is_tchar(b)) || !ext.iter().all(|&b| is_text_byte(b)) {
                 return Err(ChunkError::Malformed);
             }
         }
@@ -567,7 +567,6 @@ fn naive_trailers(
     mut pos: usize,
     limits: ChunkLimits,
 ) -> Result<Option<usize>, ChunkError> {
-    let visible = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
     let mut trailers = 0usize;
     loop {
         let Some((field, next)) = naive_line(input, pos) else {
@@ -576,7 +575,7 @@ fn naive_trailers(
         if field.is_empty() {
             return Ok(Some(next));
         }
-        if !is_tchar(field[0]) || !field.iter().all(visible) {
+        if !is_tchar(field[0]) || !field.iter().all(|&b| is_text_byte(b)) {
             return Err(ChunkError::Malformed);
         }
         trailers += field.len() + 2;

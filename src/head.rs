@@ -17,7 +17,9 @@ use crate::limits::{Limits, MAX_CONNECTION_OPTIONS, MAX_HEADERS_CAP};
 use crate::rewrite::{
     self, is_underscore_lookalike, is_underscore_lookalike_of, Beta, Rewrite, Upstream,
 };
-use crate::syntax::{bearer, connection_options, constant_time_eq, name_is, ConnectionOption};
+use crate::syntax::{
+    bearer, connection_options, constant_time_eq, name_is, percent_decoded, ConnectionOption,
+};
 
 /// Methods the proxy forwards. Methods are case-sensitive (RFC 9110 §9.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,20 +383,9 @@ fn check_path(path: &[u8]) -> Result<(), Problem> {
     }
     for segment in path.split(|&b| b == b'/') {
         let segment = segment.split(|&b| b == b';').next().unwrap_or(b"");
-        let (mut len, mut only_dots, mut i) = (0, true, 0);
-        while i < segment.len() {
-            let b = if segment[i] == b'%' {
-                let escape = segment.get(i + 1..i + 3).and_then(|h| {
-                    let hi = (h[0] as char).to_digit(16)?;
-                    let lo = (h[1] as char).to_digit(16)?;
-                    Some((hi * 16 + lo) as u8)
-                });
-                i += 3;
-                escape.ok_or(Problem::BadTarget)?
-            } else {
-                i += 1;
-                segment[i - 1]
-            };
+        let (mut len, mut only_dots) = (0, true);
+        for unit in percent_decoded(segment) {
+            let b = unit.octet().ok_or(Problem::BadTarget)?;
             if b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f {
                 return Err(Problem::BadTarget);
             }

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{BetaRule, Config, TokenSource};
+use crate::config::{Config, TokenSource};
 use crate::credential::Credentials;
 use crate::limits::{TOKEN_FILE_POLL, TOKEN_FILE_SETTLE};
 use crate::log::{Log, Value};
@@ -111,7 +111,6 @@ fn file_reason(e: TokenError) -> &'static str {
 /// What the update thread swaps tokens into and reports to.
 pub struct Swapper {
     pub creds: Arc<Credentials>,
-    pub beta: BetaRule,
     pub metrics: Arc<Metrics>,
     pub log: Arc<Log>,
 }
@@ -140,9 +139,8 @@ pub fn spawn_updates(updates: Updates, to: Swapper) {
 
 impl Swapper {
     fn swap(&self, token: Token) {
-        let oauth = self.beta.applies(token.as_bytes());
         let locked = token.is_locked();
-        let generation = self.creds.swap(token, oauth);
+        let generation = self.creds.swap(token);
         self.metrics
             .token_generation
             .store(generation, Ordering::Relaxed);

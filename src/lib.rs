@@ -21,6 +21,8 @@
 //!    - [`exchange`]: one exchange as named states: head and body up, head and body down.
 //!    - [`state`]: what every connection shares (config, token, connector, pool).
 //!    - [`upstream`]: TCP/TLS connections to TARGET and the idle pool.
+//!    - [`readhead`]: reads a head that stands alone on its connection (the egress proxy's
+//!      CONNECT answer, a scrape) until [`scan::HeadScanner`] finds its end.
 //! 2. **Process**: [`intake`] (the first token, then its updates from stdin or a file, on a
 //!    thread of their own), [`config`] (the environment, parsed once), [`credential`] (token
 //!    generations: the current one, and older ones while requests use them), [`log`] (one
@@ -69,6 +71,7 @@
 // 1. I/O
 pub mod connection;
 pub mod exchange;
+pub mod readhead;
 pub mod run;
 pub mod scrape;
 pub mod server;

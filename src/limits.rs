@@ -32,6 +32,10 @@ pub const MAX_CONNECTION_OPTIONS: usize = 16;
 
 /// Largest request body (`MAX_BODY_BYTES`, 413): the Messages API's documented 32 MB limit.
 pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// Most hex digits in a chunk size (RFC 9112 §7.1), on both sides: 16 fill a u64 exactly, a
+/// 17th would overflow, so a longer size is refused as too large. Token masking relies on it
+/// (a token that fits in a size line is refused at intake).
+pub const MAX_CHUNK_SIZE_DIGITS: usize = 16;
 /// Longest chunk extension on one request chunk line (`MAX_CHUNK_EXT`, 400). RFC 9112 §7.1.1.
 pub const MAX_CHUNK_EXT: usize = 1024;
 /// Chunk-extension bytes allowed over a whole request body (hyper: 16 KiB).
@@ -93,8 +97,8 @@ pub const RELAY_BUF_MAX: usize = 64 * 1024;
 /// The relay buffer grows past [`RELAY_BUF_MAX`] only while held bytes (a possible token
 /// prefix and the framing after it) fill it, up to this; then the response is cut. Above the
 /// widest hold valid framing allows: a [`MAX_TOKEN_LEN`] token one byte per chunk, each size
-/// line 16 hex digits (about 21 bytes a chunk, 86 KiB), plus the whole extension budget
-/// ([`MAX_RESPONSE_CHUNK_EXT_TOTAL`]).
+/// line [`MAX_CHUNK_SIZE_DIGITS`] hex digits (about 21 bytes a chunk, 86 KiB), plus the whole
+/// extension budget ([`MAX_RESPONSE_CHUNK_EXT_TOTAL`]).
 pub const RELAY_HOLD_MAX: usize = 256 * 1024;
 
 // --- closing ---

@@ -229,7 +229,7 @@ macro_rules! log {
 /// other byte (controls, DEL, 0x80-0xFF, and space) as `\xHH`, so no terminal escape, line
 /// break or bidirectional control can reach a reader; at most `max` input bytes.
 pub fn escape_into(out: &mut String, bytes: &[u8], max: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    use crate::syntax::HEX_DIGITS as HEX;
     for &b in &bytes[..bytes.len().min(max)] {
         if b.is_ascii_graphic() {
             out.push(b as char);

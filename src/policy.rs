@@ -9,7 +9,7 @@
 //! (RFC 3986 §2.3) are decoded first, since an upstream may read `%6d` as `m`.
 
 use crate::limits::MAX_ALLOW_ENTRIES;
-use crate::syntax::{hex, is_tchar};
+use crate::syntax::{is_tchar, percent_decoded, Percent};
 
 /// One allowed method and path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,15 +96,23 @@ impl AllowList {
 /// Decodes `%XX` escapes of unreserved characters (ALPHA / DIGIT / `-` `.` `_` `~`) into
 /// `out`; other escapes stay as they are. `None` when `out` is too small.
 fn decode_unreserved<'o>(path: &[u8], out: &'o mut [u8]) -> Option<&'o [u8]> {
-    let (mut i, mut n) = (0, 0);
-    while i < path.len() {
-        let escaped = (path[i] == b'%')
-            .then(|| Some(hex(*path.get(i + 1)?)? << 4 | hex(*path.get(i + 2)?)?))
-            .flatten()
-            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
-        *out.get_mut(n)? = escaped.unwrap_or(path[i]);
-        i += if escaped.is_some() { 3 } else { 1 };
+    let mut n = 0;
+    let mut push = |b: u8| {
+        *out.get_mut(n)? = b;
         n += 1;
+        Some(())
+    };
+    for unit in percent_decoded(path) {
+        match unit {
+            Percent::Escape { octet, .. }
+                if octet.is_ascii_alphanumeric() || b"-._~".contains(&octet) =>
+            {
+                push(octet)?
+            }
+            Percent::Escape { raw, .. } => raw.iter().try_for_each(|&b| push(b))?,
+            Percent::Byte(b) => push(b)?,
+            Percent::Invalid => push(b'%')?,
+        }
     }
     Some(&out[..n])
 }

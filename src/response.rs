@@ -8,7 +8,9 @@ use crate::framing::{FieldFraming, FramingFields};
 use crate::limits::MAX_RESPONSE_HEADERS;
 use crate::persist;
 use crate::scrub::{self, TokenFinder};
-use crate::syntax::{connection_options, list_items, push_decimal, push_field, ConnectionOption};
+use crate::syntax::{
+    connection_options, list_items, push_field, push_status_line, ConnectionOption, HOP_BY_HOP,
+};
 
 /// How the response body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,15 +87,6 @@ pub struct ResponseContext<'a> {
     pub tokens: &'a [&'a TokenFinder<'a>],
 }
 
-/// Upstream hop-by-hop fields (RFC 9110 §7.6.1) not relayed to the client.
-const HOP_BY_HOP: &[&[u8]] = &[
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"upgrade",
-];
-
 /// Parses a complete response head (ending with the blank line) and writes the head for the
 /// client into `out` (cleared first), with the token masked.
 pub fn parse_response(
@@ -134,11 +127,7 @@ pub fn parse_response(
 
     out.clear();
     // Our own version (RFC 9110 §6.2), the upstream's status and reason.
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status, res.reason.unwrap_or("").as_bytes());
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         let hop = HOP_BY_HOP

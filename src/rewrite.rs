@@ -5,26 +5,23 @@
 
 use crate::framing::BodyKind;
 use crate::policy::AllowList;
-use crate::syntax::{list_items, name_is, push_decimal, push_field};
+use crate::syntax::{list_items, name_is, push_content_length, push_field, HOP_BY_HOP};
 use crate::target::Target;
 
 /// The beta flag OAuth tokens need on api.anthropic.com.
 pub const OAUTH_BETA: &[u8] = b"oauth-2025-04-20";
 
-/// Fields the client may not send upstream, and that a `_` look-alike may not imitate
-/// (R37, RFC 9110 §17.10). Lower-case.
+/// Fields the client may not send upstream besides the hop-by-hop ones ([`HOP_BY_HOP`]), and
+/// that a `_` look-alike may not imitate (R37, RFC 9110 §17.10). Lower-case.
 pub const DROPPED: &[&[u8]] = &[
     // Routing and framing: rebuilt by us.
     b"host",
     b"content-length",
     b"transfer-encoding",
-    // Hop-by-hop (RFC 9110 §7.6.1, R23) and protocol switching (docs/http-rules.md §3.5).
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
+    // Hop-by-hop for a request only (R23): request trailers are never sent upstream, and
+    // `HTTP2-Settings` only comes with an `Upgrade`, which is refused (RFC 7540 §3.2.1;
+    // docs/http-rules.md §3.5).
     b"trailer",
-    b"upgrade",
     b"http2-settings",
     // Handled by the proxy (R26).
     b"expect",
@@ -56,7 +53,8 @@ pub const DROPPED_PREFIXES: &[&[u8]] = &[b"x-forwarded-"];
 pub fn is_dropped(name: &[u8]) -> bool {
     // Called for every field of every request: the exact names first (a length check rules
     // most out), then the prefix, then the `_` scan.
-    name_is(name, DROPPED)
+    name_is(name, HOP_BY_HOP)
+        || name_is(name, DROPPED)
         || DROPPED_PREFIXES
             .iter()
             .any(|p| name.len() > p.len() && name[..p.len()].eq_ignore_ascii_case(p))
@@ -83,11 +81,15 @@ fn lookalike_byte(a: u8, b: u8) -> bool {
     a.to_ascii_lowercase() == b || (a == b'_' && b == b'-')
 }
 
-/// Whether `name` equals a [`DROPPED`] name or extends a [`DROPPED_PREFIXES`] entry, byte for
-/// byte under `same` (the client's byte, the lower-case pattern byte).
+/// Whether `name` equals a [`HOP_BY_HOP`] or [`DROPPED`] name or extends a
+/// [`DROPPED_PREFIXES`] entry, byte for byte under `same` (the client's byte, the lower-case
+/// pattern byte).
 fn dropped_as(name: &[u8], same: impl Fn(u8, u8) -> bool) -> bool {
     let starts = |p: &[u8]| name.len() >= p.len() && name.iter().zip(p).all(|(&a, &b)| same(a, b));
-    DROPPED.iter().any(|p| name.len() == p.len() && starts(p))
+    HOP_BY_HOP
+        .iter()
+        .chain(DROPPED)
+        .any(|p| name.len() == p.len() && starts(p))
         || DROPPED_PREFIXES
             .iter()
             .any(|p| name.len() > p.len() && starts(p))
@@ -209,11 +211,7 @@ pub fn write_upstream_head(
     push_field(out, b"Accept-Encoding", b"identity");
     match up.body {
         BodyKind::Empty => {}
-        BodyKind::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        BodyKind::Length(n) => push_content_length(out, n),
         BodyKind::Chunked => push_field(out, b"Transfer-Encoding", b"chunked"),
     }
     out.extend_from_slice(rw.credential_line);

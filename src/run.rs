@@ -118,12 +118,9 @@ impl Bound {
             metrics: metrics_listener,
         } = self;
         let metrics = Arc::new(Metrics::new());
-        let beta = cfg.beta_rule();
-        let oauth_beta = beta.applies(token.as_bytes());
-        let creds = Arc::new(Credentials::new(token, oauth_beta));
+        let creds = Arc::new(Credentials::new(token, cfg.beta_rule()));
         let swapper = Swapper {
             creds: creds.clone(),
-            beta,
             metrics: metrics.clone(),
             log: log.clone(),
         };

@@ -6,13 +6,27 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
+use crate::error::Problem;
 use crate::limits::{MAX_SCRAPES, MAX_SCRAPE_HEAD, SCRAPE_TIMEOUT};
 use crate::metrics::{Metrics, ProcessStats};
+use crate::readhead::read_head;
+use crate::scan::ScanLimits;
+
+/// A scrape's head: everything within [`MAX_SCRAPE_HEAD`], CRLF line endings (RFC 9112 §2.2).
+/// Which rule broke does not matter: nothing is answered.
+const SCRAPE_HEAD: ScanLimits = ScanLimits {
+    start_line: MAX_SCRAPE_HEAD,
+    field_line: MAX_SCRAPE_HEAD,
+    head: MAX_SCRAPE_HEAD,
+    start_line_problem: Problem::HeadTooLarge,
+    head_problem: Problem::HeadTooLarge,
+    syntax_problem: Problem::MalformedHead,
+};
 
 /// Serves scrapes of `metrics` until the runtime stops. `started` is the process start time.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, started: SystemTime) {
@@ -37,13 +51,12 @@ async fn scrape(
     metrics: &Metrics,
     started: SystemTime,
 ) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() >= MAX_SCRAPE_HEAD || stream.read_buf(&mut head).await? == 0 {
-            return Ok(());
-        }
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or(b"");
+    let mut buf = Vec::with_capacity(1024);
+    // A head that breaks a limit or the line grammar, or never ends, is not answered.
+    let Ok(n) = read_head(&mut stream, &mut buf, &SCRAPE_HEAD, Problem::ClientAborted).await else {
+        return Ok(());
+    };
+    let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or(b"");
     let wanted = line == b"GET /metrics HTTP/1.1" || line == b"GET /metrics HTTP/1.0";
     let response = if wanted {
         let body = metrics.render(&process_stats(started));

@@ -10,7 +10,7 @@ use std::io::Read;
 
 use zeroize::Zeroizing;
 
-use crate::limits::MAX_TOKEN_LEN;
+use crate::limits::{MAX_CHUNK_SIZE_DIGITS, MAX_TOKEN_LEN};
 use crate::sys;
 
 /// Which header carries the real token upstream (`TOKEN_HEADER`).
@@ -226,13 +226,14 @@ impl<R: Read> TokenLines<R> {
 }
 
 /// Whether the token could appear in a chunk-size line, the one part of a relayed response
-/// that masking never scans (it is framing): a size is 1 to 16 hex digits (more are refused
-/// by the decoder), then optional whitespace (not in a token), `;` and an extension, whose
-/// text is masked on its own. So a token of at most 16 hex digits, or of at most 16 hex
-/// digits and then `;`, could be written there in clear by an upstream that reflects it.
+/// that masking never scans (it is framing): a size is 1 to 16 hex digits
+/// ([`MAX_CHUNK_SIZE_DIGITS`]; more are refused by the decoder), then optional whitespace (not
+/// in a token), `;` and an extension, whose text is masked on its own. So a token of at most
+/// 16 hex digits, or of at most 16 hex digits and then `;`, could be written there in clear
+/// by an upstream that reflects it.
 pub fn could_be_chunk_size(raw: &[u8]) -> bool {
     let digits = raw.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    digits <= 16 && (digits == raw.len() || raw[digits] == b';')
+    digits <= MAX_CHUNK_SIZE_DIGITS && (digits == raw.len() || raw[digits] == b';')
 }
 
 impl fmt::Debug for Token {

@@ -6,6 +6,12 @@ pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// HTAB, SP, VCHAR or obs-text: a byte of a field value (RFC 9110 §5.5), and all a chunk
+/// extension or trailer line may hold. Every other control (CR, LF, NUL...) is refused.
+pub fn is_text_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
 /// Whether `name` equals one of `list`, ignoring ASCII case (field names, RFC 9110 §5.1).
 pub fn name_is(name: &[u8], list: &[&[u8]]) -> bool {
     list.iter().any(|n| name.eq_ignore_ascii_case(n))
@@ -18,6 +24,17 @@ pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(<[u8]>::trim_ascii)
         .filter(|s| !s.is_empty())
 }
+
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded,
+/// in either direction. Lower-case. `Transfer-Encoding`, hop-by-hop too, is framing and each
+/// side handles it on its own; a request drops a few more (see `rewrite::DROPPED`).
+pub const HOP_BY_HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"upgrade",
+];
 
 /// One element of a `Connection` field (RFC 9110 §7.6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +74,56 @@ pub fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// One unit of a percent-encoded string (RFC 3986 §2.1), as [`percent_decoded`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Percent<'a> {
+    /// A byte other than `%`, as it stands.
+    Byte(u8),
+    /// `%` and two hex digits: the octet they encode, and the three bytes as written.
+    Escape { octet: u8, raw: &'a [u8] },
+    /// A `%` not followed by two hex digits; the bytes after it come next, as themselves.
+    Invalid,
+}
+
+impl Percent<'_> {
+    /// The octet this unit stands for; `None` for an invalid escape.
+    pub fn octet(self) -> Option<u8> {
+        match self {
+            Percent::Byte(b) | Percent::Escape { octet: b, .. } => Some(b),
+            Percent::Invalid => None,
+        }
+    }
+}
+
+/// Reads `s` unit by unit, decoding each `%XX` once. The one percent-decoder: what an
+/// invalid escape or a decoded octet means (refused, kept, re-encoded) is the caller's.
+pub fn percent_decoded(s: &[u8]) -> impl Iterator<Item = Percent<'_>> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *s.get(i)?;
+        if b != b'%' {
+            i += 1;
+            return Some(Percent::Byte(b));
+        }
+        let octet = s
+            .get(i + 1..i + 3)
+            .and_then(|h| Some(hex(h[0])? << 4 | hex(h[1])?));
+        Some(match octet {
+            Some(octet) => {
+                i += 3;
+                Percent::Escape {
+                    octet,
+                    raw: &s[i - 3..i],
+                }
+            }
+            None => {
+                i += 1;
+                Percent::Invalid
+            }
+        })
+    })
+}
+
 /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), at most 19 digits so it fits in u64.
 pub fn parse_content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -82,14 +149,16 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// The hex digits by value, lower-case (chunk sizes, `\xHH` in the log).
+pub const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// Appends `n` in lower-case hex without leading zeros (chunk sizes).
 pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {
         i -= 1;
-        digits[i] = HEX[(n & 0xf) as usize];
+        digits[i] = HEX_DIGITS[(n & 0xf) as usize];
         n >>= 4;
         if n == 0 {
             break;
@@ -116,6 +185,24 @@ pub fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
             }
         }
     }
+}
+
+/// Appends `Content-Length: <n>\r\n` (RFC 9110 §8.6), the one framing field written in
+/// decimal.
+pub fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a status line, `HTTP/1.1 <status> <reason>\r\n` (RFC 9112 §4): always our own
+/// version (RFC 9110 §6.2), whatever the upstream spoke. `reason` was checked by the caller.
+pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends one field line, `name: value\r\n`. Both were checked by the caller.
@@ -147,6 +234,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_bytes_are_all_but_the_controls() {
+        for b in [b'\t', b' ', b'a', b'~', 0x80, 0xff] {
+            assert!(is_text_byte(b), "{b:#x}");
+        }
+        for b in [0, b'\r', b'\n', 0x1f, 0x7f] {
+            assert!(!is_text_byte(b), "{b:#x}");
+        }
+    }
 
     #[test]
     fn connection_options_are_classified() {
@@ -186,6 +283,40 @@ mod tests {
             push_base64(&mut out, plain.as_bytes());
             assert_eq!(out, encoded.as_bytes(), "{plain}");
         }
+    }
+
+    #[test]
+    fn percent_escapes_decode_once() {
+        use Percent::*;
+        let got: Vec<_> = percent_decoded(b"a%2F%2e%zz%4").collect();
+        assert_eq!(
+            got,
+            [
+                Byte(b'a'),
+                Escape {
+                    octet: b'/',
+                    raw: b"%2F"
+                },
+                Escape {
+                    octet: b'.',
+                    raw: b"%2e"
+                },
+                Invalid,
+                Byte(b'z'),
+                Byte(b'z'),
+                Invalid,
+                Byte(b'4'),
+            ]
+        );
+        // Decoded once: `%2541` is `%41`, not `A`.
+        let once: Vec<_> = percent_decoded(b"%2541")
+            .filter_map(Percent::octet)
+            .collect();
+        assert_eq!(once, b"%41");
+        assert_eq!(percent_decoded(b"").count(), 0);
+        assert_eq!(percent_decoded(b"%").collect::<Vec<_>>(), [Invalid]);
+        // Non-ASCII bytes are not hex digits.
+        assert_eq!(percent_decoded(b"%\xc3\xa9").next(), Some(Invalid));
     }
 
     #[test]

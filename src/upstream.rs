@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
@@ -24,7 +24,8 @@ use crate::egress::{parse_connect_reply, ConnectReply, EgressProxy};
 use crate::error::Problem;
 use crate::limits::Timeouts;
 use crate::log::Log;
-use crate::scan::{HeadScanner, ScanLimits};
+use crate::readhead::read_head;
+use crate::scan::ScanLimits;
 use crate::target::{Scheme, Target};
 
 /// One upstream connection, plain or TLS.
@@ -236,22 +237,13 @@ async fn read_connect_reply(tcp: &mut TcpStream) -> Result<ConnectReply, Problem
         syntax_problem: Problem::EgressMalformed,
         ..ScanLimits::RESPONSE
     };
-    let mut scanner = HeadScanner::new();
     let mut buf = Vec::with_capacity(1024);
-    loop {
-        if let Some(n) = scanner.scan(&buf, &limits)? {
-            let reply = parse_connect_reply(&buf[..n])?;
-            if reply == ConnectReply::Established && n != buf.len() {
-                return Err(Problem::EgressMalformed);
-            }
-            return Ok(reply);
-        }
-        buf.reserve(1024);
-        match tcp.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Err(Problem::EgressMalformed),
-            Ok(_) => {}
-        }
+    let n = read_head(tcp, &mut buf, &limits, Problem::EgressMalformed).await?;
+    let reply = parse_connect_reply(&buf[..n])?;
+    if reply == ConnectReply::Established && n != buf.len() {
+        return Err(Problem::EgressMalformed);
     }
+    Ok(reply)
 }
 
 /// The TLS client for TARGET: the Mozilla roots, or `TARGET_CA_FILE` instead, plus

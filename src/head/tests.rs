@@ -293,6 +293,8 @@ fn refuses_what_it_cannot_frame_or_route_with_certainty() {
         ("R37 underscore CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 3\r\n\r\n", AmbiguousName),
         ("R37 underscore TE", b"POST / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n", AmbiguousName),
         ("R37 underscore key", b"GET / HTTP/1.1\r\nHost: a\r\nX_Api_Key: k\r\n\r\n", AmbiguousName),
+        ("R37 underscore hop-by-hop", b"GET / HTTP/1.1\r\nHost: a\r\nKeep_Alive: 5\r\n\r\n", AmbiguousName),
+        ("R37 underscore HTTP2-Settings", b"GET / HTTP/1.1\r\nHost: a\r\nHTTP2_Settings: x\r\n\r\n", AmbiguousName),
         ("fragment", b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
         ("dot-segment", b"GET /v1/../admin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
         ("encoded dot-segment", b"GET /v1/%2E%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),

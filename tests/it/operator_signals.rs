@@ -256,6 +256,23 @@ fn the_metrics_listener_answers_get_metrics_only_and_the_sandbox_port_never_does
     ] {
         assert_eq!(get_raw(addr, req).0, "HTTP/1.1 404 Not Found", "{req:?}");
     }
+    // A head over the scrape limit, or with bare LF line endings, is closed unanswered at
+    // once (not when the scrape times out).
+    let long = format!(
+        "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(9 * 1024)
+    );
+    for req in ["GET /metrics HTTP/1.1\n\n", long.as_str()] {
+        let began = Instant::now();
+        let answer = try_get(addr, req);
+        assert!(
+            answer.is_none_or(|(status, _)| status.is_empty()),
+            "{:.40?}",
+            req
+        );
+        assert!(began.elapsed() < Duration::from_secs(5), "{:.40?}", req);
+    }
+    scrape(addr);
     // On the sandbox's port, /metrics is just a path, forwarded to TARGET.
     assert_eq!(
         roundtrip(proxy.addr(), get("/metrics")).body_str(),

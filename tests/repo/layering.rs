@@ -16,6 +16,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("exchange", Layer::Io),
     ("state", Layer::Io),
     ("upstream", Layer::Io),
+    ("readhead", Layer::Io),
     ("intake", Layer::Process),
     ("config", Layer::Process),
     ("credential", Layer::Process),
