@@ -45,8 +45,10 @@ pub(super) struct DownReport {
 
 /// The response's way down: reads the upstream, writes the client.
 pub(super) struct Download<'a, R, W> {
-    ur: &'a mut R,
-    cw: &'a mut W,
+    /// The upstream's read half, or the whole stream when the request body is all sent.
+    upstream: &'a mut R,
+    /// The client's write half, or its whole socket.
+    client: &'a mut W,
     t: &'a Timeouts,
     progress: &'a Progress,
     /// The relay buffer; `buf[..filled]` holds bytes read and not yet sent.
@@ -61,14 +63,14 @@ pub(super) struct Download<'a, R, W> {
 
 impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
     pub(super) fn new(
-        ur: &'a mut R,
-        cw: &'a mut W,
+        upstream: &'a mut R,
+        client: &'a mut W,
         t: &'a Timeouts,
         progress: &'a Progress,
     ) -> Self {
         Download {
-            ur,
-            cw,
+            upstream,
+            client,
             t,
             progress,
             buf: vec![0u8; limits::RELAY_BUF_START],
@@ -175,7 +177,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
                 deadline.saturating_duration_since(Instant::now()),
                 Problem::UpstreamResponseTimeout,
                 Problem::UpstreamClosed,
-                self.ur.read(&mut self.buf[self.filled..]),
+                self.upstream.read(&mut self.buf[self.filled..]),
             )
             .await?;
             if n == 0 {
@@ -240,7 +242,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
                 self.t.upstream_idle,
                 Problem::UpstreamIdleTimeout,
                 Problem::UpstreamClosed,
-                read_available(self.ur, relay.spare(), &mut self.stashed),
+                read_available(self.upstream, relay.spare(), &mut self.stashed),
             )
             .await?;
             if n == 0 {
@@ -256,9 +258,9 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
     /// stream between events) is waited on without the relay buffer, so a held stream costs
     /// no buffer; one that has them, or a TLS one, goes straight on to the read.
     async fn wait_readable(&mut self, relay: &mut RelayBuf<'_>) -> Result<(), Problem> {
-        let ur = &mut *self.ur;
+        let upstream = &mut *self.upstream;
         let ready = std::future::poll_fn(|cx| {
-            let polled = ur.poll_read_ready(cx);
+            let polled = upstream.poll_read_ready(cx);
             if polled.is_pending() {
                 relay.release_if_empty();
             }
@@ -276,7 +278,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
     /// Writes `bytes` to the client, counting them.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Problem> {
         if !bytes.is_empty() {
-            write_client(self.cw, bytes, self.t.client_write).await?;
+            write_client(self.client, bytes, self.t.client_write).await?;
             self.report.bytes += bytes.len() as u64;
         }
         Ok(())

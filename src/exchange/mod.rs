@@ -67,11 +67,13 @@ pub struct Exchange<'a> {
     pub tokens: &'a [&'a TokenFinder<'a>],
 }
 
-/// The client's side of the connection, as the exchange uses it: the socket, and the bytes
-/// read but not yet used (body bytes, pipelined requests).
-pub struct ClientIo<'c> {
-    pub stream: &'c mut TcpStream,
-    pub buf: &'c mut BytesMut,
+/// The client side of a connection: the socket, and the bytes read but not yet used (the rest
+/// of a head, body bytes, pipelined requests). The connection reads heads into it; an
+/// exchange takes the request body from it and writes the response to it. Defined here, below
+/// `connection` (which adds the head reads and the proxy's own answers), so both can name it.
+pub struct Client {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
 }
 
 /// How an exchange ended, for the log line and the connection loop.
@@ -149,12 +151,12 @@ enum Attempt {
 }
 
 /// Forwards one request whose rewritten head is `x.up_head`.
-pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<u8>) -> Forwarded {
+pub async fn forward(x: &Exchange<'_>, client: &mut Client, out: &mut Vec<u8>) -> Forwarded {
     let metrics = &x.proxy.metrics;
     let _stream = InProgress::start(metrics);
     let mut retried = false;
     loop {
-        let (stream, reused) = match x.proxy.pool.take() {
+        let (upstream, reused) = match x.proxy.pool.take() {
             Some(s) => (s, true),
             None => match x.proxy.connector.connect().await {
                 Ok(s) => (s, false),
@@ -173,7 +175,7 @@ pub async fn forward(x: &Exchange<'_>, client: &mut ClientIo<'_>, out: &mut Vec<
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let retryable =
             reused && !retried && !x.req.body.has_bytes() && x.req.method.is_idempotent();
-        match attempt(x, client, stream, retryable, out).await {
+        match attempt(x, client, upstream, retryable, out).await {
             Attempt::Retry => retried = true,
             Attempt::Done(Forwarded::Relayed(mut o)) => {
                 o.reused = reused;
@@ -200,29 +202,29 @@ impl Drop for InProgress<'_> {
     }
 }
 
-/// One attempt on `stream`: the head (with the body bytes already here), then the race.
+/// One attempt on `upstream`: the head (with the body bytes already here), then the race.
 async fn attempt(
     x: &Exchange<'_>,
-    client: &mut ClientIo<'_>,
-    mut stream: Stream,
+    client: &mut Client,
+    mut upstream: Stream,
     retryable: bool,
     out: &mut Vec<u8>,
 ) -> Attempt {
     let (l, t) = (&x.proxy.cfg.limits, &x.proxy.cfg.timeouts);
     // R26: answer 100-continue ourselves, once the upstream is reachable, if the client waits.
     if x.req.expect_continue && client.buf.is_empty() {
-        if let Err(p) = write_client(client.stream, CONTINUE, t.client_write).await {
+        if let Err(p) = write_client(&mut client.stream, CONTINUE, t.client_write).await {
             return Attempt::Done(Forwarded::Relayed(Outcome::client_gone(p)));
         }
     }
-    let mut upload = RequestBody::new(
+    let mut body = RequestBody::new(
         x.req.body,
         l.max_body_bytes,
         l.max_chunk_ext,
         l.max_trailer_bytes,
     );
     let mut scratch = Zeroizing::new(Vec::new());
-    let head_bytes = match send_head(x, client, &mut stream, &mut upload, &mut scratch).await {
+    let head_bytes = match send_head(x, client, &mut upstream, &mut body, &mut scratch).await {
         Ok(n) => n,
         Err(HeadFailed::Write(_)) if retryable => return Attempt::Retry,
         // Nothing of the request is known to have reached the upstream.
@@ -231,7 +233,7 @@ async fn attempt(
             return Attempt::Done(Forwarded::Answer { problem, in_sync });
         }
     };
-    let mut raced = race(x, client, stream, upload, scratch, out).await;
+    let mut raced = race(x, client, upstream, body, scratch, out).await;
     raced.bytes_up += head_bytes;
     finish(x, raced, retryable)
 }
@@ -251,15 +253,15 @@ enum HeadFailed {
 /// reallocation leaves a copy behind (re-chunking adds at most 4 bytes per input byte).
 async fn send_head(
     x: &Exchange<'_>,
-    client: &mut ClientIo<'_>,
-    stream: &mut Stream,
-    upload: &mut RequestBody,
+    client: &mut Client,
+    upstream: &mut Stream,
+    body: &mut RequestBody,
     scratch: &mut Zeroizing<Vec<u8>>,
 ) -> Result<u64, HeadFailed> {
     scratch.reserve(x.up_head.len() + client.buf.len() * 4 + 64);
     scratch.extend_from_slice(x.up_head);
-    match upload
-        .frame(client.buf, scratch)
+    match body
+        .frame(&client.buf, scratch)
         .map_err(HeadFailed::Framing)?
     {
         Framed::Raw(n) => {
@@ -273,20 +275,20 @@ async fn send_head(
         Problem::UpstreamIdleTimeout,
         Problem::UpstreamClosed,
         async {
-            stream.write_all(scratch).await?;
-            stream.flush().await
+            upstream.write_all(scratch).await?;
+            upstream.flush().await
         },
     )
     .await;
     let written = scratch.len() as u64;
     // Wipe the credential now: the buffer is reused (and may be reallocated) for the body.
     zeroize::Zeroize::zeroize(&mut **scratch);
-    if upload.is_done() {
+    if body.is_done() {
         // Nothing more goes up: give the buffers back before a possibly long stream, so an
         // idle SSE stream holds only its relay buffer.
         **scratch = Vec::new();
         if client.buf.is_empty() {
-            *client.buf = BytesMut::new();
+            client.buf = BytesMut::new();
         }
     }
     wrote.map(|()| written).map_err(HeadFailed::Write)
@@ -338,14 +340,14 @@ struct Raced {
     started: bool,
     /// Request bytes sent upstream.
     bytes_up: u64,
-    stream: Stream,
+    upstream: Stream,
 }
 
 /// Streams the rest of the body up while the response comes down.
 async fn race(
     x: &Exchange<'_>,
-    client: &mut ClientIo<'_>,
-    mut stream: Stream,
+    client: &mut Client,
+    mut upstream: Stream,
     mut body: RequestBody,
     mut scratch: Zeroizing<Vec<u8>>,
     out: &mut Vec<u8>,
@@ -361,8 +363,8 @@ async fn race(
     };
     if body.is_done() {
         // The whole request went out with the head (the usual agent POST): relay the response
-        // on the stream itself, without splitting it.
-        let mut down = Download::new(&mut stream, &mut *client.stream, t, &progress);
+        // on the upstream connection itself, without splitting it.
+        let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress);
         down.run(ctx, version, out).await;
         let report = down.report;
         return Raced {
@@ -370,19 +372,19 @@ async fn race(
             download: Ok(report),
             started: progress.response_started(),
             bytes_up: 0,
-            stream,
+            upstream,
         };
     }
-    let (mut ur, mut uw) = tokio::io::split(stream);
-    let (mut cr, mut cw) = client.stream.split();
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let (mut client_read, mut client_write) = client.stream.split();
     let (upload, download) = {
         // Boxed: a body still going up is the rarer case, and the upload's state should not
         // add to every connection's future.
         let mut up = Box::pin(
             Upload {
-                cr: &mut cr,
-                buf: client.buf,
-                uw: &mut uw,
+                client: &mut client_read,
+                buf: &mut client.buf,
+                upstream: &mut upstream_write,
                 body: &mut body,
                 scratch: &mut scratch,
                 t,
@@ -390,7 +392,7 @@ async fn race(
             }
             .run(),
         );
-        let mut download = Download::new(&mut ur, &mut cw, t, &progress);
+        let mut download = Download::new(&mut upstream_read, &mut client_write, t, &progress);
         let mut upload = None;
         let ended = {
             let down = download.run(ctx, version, out);
@@ -415,7 +417,7 @@ async fn race(
         download,
         started: progress.response_started(),
         bytes_up: progress.body_bytes.load(Relaxed),
-        stream: ur.unsplit(uw),
+        upstream: upstream_read.unsplit(upstream_write),
     }
 }
 
@@ -461,7 +463,7 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
     }
     let fate = persist::settle(end, x.terms);
     if fate.upstream == UpstreamFate::Pool {
-        x.proxy.pool.put(raced.stream);
+        x.proxy.pool.put(raced.upstream);
     }
     Attempt::Done(Forwarded::Relayed(Outcome {
         status: down.status,

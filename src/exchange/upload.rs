@@ -24,9 +24,12 @@ pub(super) enum UploadError {
 
 /// The request body's way up: from the client's buffer and socket to the upstream.
 pub(super) struct Upload<'a, R, W> {
-    pub(super) cr: &'a mut R,
+    /// The client's read half.
+    pub(super) client: &'a mut R,
+    /// The client's bytes read but not yet sent up.
     pub(super) buf: &'a mut BytesMut,
-    pub(super) uw: &'a mut W,
+    /// The upstream's write half.
+    pub(super) upstream: &'a mut W,
     pub(super) body: &'a mut RequestBody,
     /// Re-chunked bytes on their way up.
     pub(super) scratch: &'a mut Vec<u8>,
@@ -44,7 +47,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Upload<'_, R, W> {
                     self.t.client_idle,
                     Problem::BodyTimeout,
                     Problem::ClientAborted,
-                    self.cr.read_buf(self.buf),
+                    self.client.read_buf(self.buf),
                 )
                 .await
                 .map_err(UploadError::Client)?;
@@ -60,7 +63,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Upload<'_, R, W> {
                 Framed::Encoded(n) => (&self.scratch[..], n),
             };
             if !bytes.is_empty() {
-                let sent = timeout(self.t.upstream_idle, self.uw.write_all(bytes)).await;
+                let sent = timeout(self.t.upstream_idle, self.upstream.write_all(bytes)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     return Err(UploadError::Upstream);
                 }
@@ -71,7 +74,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Upload<'_, R, W> {
             self.buf.advance(consumed);
         }
         if !matches!(
-            timeout(self.t.upstream_idle, self.uw.flush()).await,
+            timeout(self.t.upstream_idle, self.upstream.flush()).await,
             Ok(Ok(()))
         ) {
             return Err(UploadError::Upstream);
