@@ -53,7 +53,7 @@ mod upload;
 use download::{DownReport, Download};
 use io::within;
 pub use io::write_client;
-use upload::{Upload, UploadError};
+use upload::{Upload, UploadState};
 
 /// What one exchange works with, fixed for its duration.
 pub struct Exchange<'a> {
@@ -332,10 +332,10 @@ impl Progress {
 
 /// Where the race between upload and download left the exchange.
 struct Raced {
-    /// `None`: the upload was still running when the response ended.
-    upload: Option<Result<(), UploadError>>,
-    /// `Err`: the client broke its body, and the download was dropped.
-    download: Result<DownReport, Problem>,
+    upload: UploadState,
+    /// What the download reported: partial, and unused, when the upload ended in
+    /// `ClientFailed` (the download was dropped unfinished).
+    down: DownReport,
     /// A byte of the response reached the client.
     started: bool,
     /// Request bytes sent upstream.
@@ -366,10 +366,9 @@ async fn race(
         // on the upstream connection itself, without splitting it.
         let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress);
         down.run(ctx, version, out).await;
-        let report = down.report;
         return Raced {
-            upload: Some(Ok(())),
-            download: Ok(report),
+            upload: UploadState::Sent,
+            down: down.report,
             started: progress.response_started(),
             bytes_up: 0,
             upstream,
@@ -377,7 +376,7 @@ async fn race(
     }
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let (mut client_read, mut client_write) = client.stream.split();
-    let (upload, download) = {
+    let (upload, down) = {
         // Boxed: a body still going up is the rarer case, and the upload's state should not
         // add to every connection's future.
         let mut up = Box::pin(
@@ -393,8 +392,8 @@ async fn race(
             .run(),
         );
         let mut download = Download::new(&mut upstream_read, &mut client_write, t, &progress);
-        let mut upload = None;
-        let ended = {
+        let mut upload = UploadState::Running;
+        {
             let down = download.run(ctx, version, out);
             tokio::pin!(down);
             // Cancel safety: both futures are polled by reference and live until this block
@@ -402,19 +401,21 @@ async fn race(
             // then its partial progress is judged through `progress.response_started()`.
             loop {
                 tokio::select! {
-                    r = &mut up, if upload.is_none() => match r {
-                        Err(UploadError::Client(p)) => break Err(p),
-                        other => upload = Some(other),
-                    },
-                    () = &mut down => break Ok(()),
+                    state = &mut up, if upload == UploadState::Running => {
+                        upload = state;
+                        if let UploadState::ClientFailed(_) = upload {
+                            break;
+                        }
+                    }
+                    () = &mut down => break,
                 }
             }
-        };
-        (upload, ended.map(|()| download.report))
+        }
+        (upload, download.report)
     };
     Raced {
         upload,
-        download,
+        down,
         started: progress.response_started(),
         bytes_up: progress.body_bytes.load(Relaxed),
         upstream: upstream_read.unsplit(upstream_write),
@@ -424,19 +425,20 @@ async fn race(
 /// The final state, from what the race left; pools the upstream connection if it may be.
 fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
     let started = raced.started;
-    let down = match raced.download {
-        Ok(d) => d,
+    if let UploadState::ClientFailed(problem) = raced.upload {
         // The client broke its body. The upstream saw a partial request and is dropped
         // without a terminating chunk, so it never sees a complete one.
-        Err(p) if started => return Attempt::Done(Forwarded::Relayed(Outcome::client_gone(p))),
-        Err(problem) => {
-            return Attempt::Done(Forwarded::Answer {
+        return Attempt::Done(if started {
+            Forwarded::Relayed(Outcome::client_gone(problem))
+        } else {
+            Forwarded::Answer {
                 problem,
                 in_sync: false,
-            })
-        }
-    };
-    let body_sent = matches!(raced.upload, Some(Ok(())));
+            }
+        });
+    }
+    let down = raced.down;
+    let body_sent = raced.upload == UploadState::Sent;
     let end = match down.failure {
         Some(p) if !started && retryable && !down.received_any && p == Problem::UpstreamClosed => {
             return Attempt::Retry;

@@ -13,13 +13,18 @@ use crate::error::Problem;
 use crate::framing::{Framed, RequestBody};
 use crate::limits::{self, Timeouts};
 
-/// Why the upload stopped early.
+/// Where the request body's way up stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum UploadError {
-    /// The client broke framing, stalled or left: the exchange is aborted.
-    Client(Problem),
+pub(super) enum UploadState {
+    /// Still going (when the response ended, it is left unfinished).
+    Running,
+    /// Sent whole and flushed.
+    Sent,
     /// The upstream stopped accepting the body; its response (if any) is still relayed.
-    Upstream,
+    UpstreamStopped,
+    /// The client broke framing, stalled or left: the exchange is aborted, the download
+    /// dropped.
+    ClientFailed(Problem),
 }
 
 /// The request body's way up: from the client's buffer and socket to the upstream.
@@ -38,34 +43,37 @@ pub(super) struct Upload<'a, R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Upload<'_, R, W> {
-    /// Streams the rest of the request body from the client to the upstream.
-    pub(super) async fn run(self) -> Result<(), UploadError> {
+    /// Streams the rest of the request body from the client to the upstream; returns how it
+    /// ended (never `Running`).
+    pub(super) async fn run(self) -> UploadState {
+        use UploadState::{ClientFailed, Sent, UpstreamStopped};
         while !self.body.is_done() {
             if self.buf.is_empty() {
                 self.buf.reserve(limits::UPLOAD_READ);
-                let n = within(
+                let read = within(
                     self.t.client_idle,
                     Problem::BodyTimeout,
                     Problem::ClientAborted,
                     self.client.read_buf(self.buf),
                 )
-                .await
-                .map_err(UploadError::Client)?;
-                if n == 0 {
+                .await;
+                match read {
                     // R10: a body shorter than declared is incomplete; the upstream is dropped.
-                    return Err(UploadError::Client(Problem::ClientAborted));
+                    Ok(0) => return ClientFailed(Problem::ClientAborted),
+                    Ok(_) => {}
+                    Err(p) => return ClientFailed(p),
                 }
             }
             self.scratch.clear();
-            let framed = self.body.frame(self.buf, self.scratch);
-            let (bytes, consumed): (&[u8], usize) = match framed.map_err(UploadError::Client)? {
-                Framed::Raw(n) => (&self.buf[..n], n),
-                Framed::Encoded(n) => (&self.scratch[..], n),
+            let (bytes, consumed): (&[u8], usize) = match self.body.frame(self.buf, self.scratch) {
+                Ok(Framed::Raw(n)) => (&self.buf[..n], n),
+                Ok(Framed::Encoded(n)) => (&self.scratch[..], n),
+                Err(p) => return ClientFailed(p),
             };
             if !bytes.is_empty() {
                 let sent = timeout(self.t.upstream_idle, self.upstream.write_all(bytes)).await;
                 if !matches!(sent, Ok(Ok(()))) {
-                    return Err(UploadError::Upstream);
+                    return UpstreamStopped;
                 }
                 self.progress
                     .body_bytes
@@ -77,9 +85,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Upload<'_, R, W> {
             timeout(self.t.upstream_idle, self.upstream.flush()).await,
             Ok(Ok(()))
         ) {
-            return Err(UploadError::Upstream);
+            return UpstreamStopped;
         }
         self.progress.body_sent.store(true, Relaxed);
-        Ok(())
+        Sent
     }
 }
