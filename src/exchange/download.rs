@@ -139,8 +139,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
                 self.report.status = head.status;
                 self.report.close_client = head.close_client;
                 self.report.upstream_allows = head.upstream_keep_alive;
-                self.report.client_close_delimited = head.body == ResponseBody::UntilClose
-                    || (ctx.dechunk && head.body == ResponseBody::Chunked);
+                self.report.client_close_delimited = head.close_delimited;
                 return Ok((head.body, head_end));
             }
             interim += 1;
