@@ -13,34 +13,28 @@ use crate::error::Problem;
 use crate::head::Version;
 use crate::limits::{self, Timeouts};
 use crate::relaybuf::RelayBuf;
-use crate::response::{self, RequestId, ResponseBody, ResponseContext};
+use crate::response::{self, ResponseBody, ResponseContext, ResponseHead};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::tracker::BodyTracker;
 use crate::upstream::ReadReady;
 
 /// What the download half reports.
 pub(super) struct DownReport {
-    pub(super) status: u16,
+    /// The final response head as parsed, once it arrived: its status, its body's framing,
+    /// what it allows the upstream connection and announced to the client, its request id.
+    pub(super) head: Option<ResponseHead>,
     pub(super) bytes: u64,
-    /// The final head allowed reusing the upstream connection.
-    pub(super) upstream_allows: bool,
     /// The body ended exactly where its framing said (see [`crate::persist::Relayed::ended_exactly`]).
     pub(super) ended_exactly: bool,
-    /// `Connection: close` was sent to the client.
-    pub(super) close_client: bool,
     /// The final head arrived before the request body was sent whole.
     pub(super) answered_early: bool,
     /// When the final head arrived, after the download began.
     pub(super) head_after: Option<Duration>,
-    pub(super) request_id: RequestId,
     /// Token occurrences masked, head and body.
     pub(super) masked: u64,
     pub(super) failure: Option<Problem>,
     /// Any byte arrived from the upstream.
     pub(super) received_any: bool,
-    /// The client sees a close-delimited body (the upstream's was, or it was de-chunked for
-    /// an HTTP/1.0 client): its end cannot be told from a truncation by a FIN.
-    pub(super) client_close_delimited: bool,
 }
 
 /// The response's way down: reads the upstream, writes the client.
@@ -78,18 +72,14 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             began: Instant::now(),
             stashed: None,
             report: DownReport {
-                status: 0,
+                head: None,
                 bytes: 0,
-                upstream_allows: false,
                 ended_exactly: false,
-                close_client: true,
                 answered_early: false,
                 head_after: None,
-                request_id: RequestId::NONE,
                 masked: 0,
                 failure: None,
                 received_any: false,
-                client_close_delimited: false,
             },
         }
     }
@@ -131,15 +121,10 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             ctx.close_client |= early;
             let head = response::parse_response(&self.buf[..head_end], ctx, out)?;
             if !head.interim {
-                let after = self.began.elapsed();
-                self.report.head_after = Some(after);
-                self.report.request_id = head.request_id;
-                self.report.masked += head.masked;
+                self.report.head_after = Some(self.began.elapsed());
                 self.report.answered_early = early;
-                self.report.status = head.status;
-                self.report.close_client = head.close_client;
-                self.report.upstream_allows = head.upstream_keep_alive;
-                self.report.client_close_delimited = head.close_delimited;
+                self.report.masked += head.masked;
+                self.report.head = Some(head);
                 return Ok((head.body, head_end));
             }
             interim += 1;

@@ -438,6 +438,9 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
         });
     }
     let down = raced.down;
+    // The final head, if one arrived (always, unless the download failed). Without one,
+    // nothing was announced and nothing allows keeping either connection.
+    let head = down.head;
     let body_sent = raced.upload == UploadState::Sent;
     let end = match down.failure {
         Some(p) if !started && retryable && !down.received_any && p == Problem::UpstreamClosed => {
@@ -450,13 +453,13 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
         // A Content-Length or chunked body cut short is visibly incomplete after a FIN; a
         // close-delimited one is not, so that connection is reset instead (R29).
         Some(_) => End::Cut {
-            close_delimited: down.client_close_delimited,
+            close_delimited: head.is_some_and(|h| h.close_delimited),
         },
         None => End::Relayed(Relayed {
             body_sent,
             answered_early: down.answered_early,
-            announced_close: down.close_client,
-            upstream_allows: down.upstream_allows,
+            announced_close: head.is_none_or(|h| h.close_client),
+            upstream_allows: head.is_some_and(|h| h.upstream_keep_alive),
             ended_exactly: down.ended_exactly,
         }),
     };
@@ -467,17 +470,18 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
     if fate.upstream == UpstreamFate::Pool {
         x.proxy.pool.put(raced.upstream);
     }
+    let status = head.map_or(0, |h| h.status);
     Attempt::Done(Forwarded::Relayed(Outcome {
-        status: down.status,
+        status,
         bytes: down.bytes,
         failure: down.failure,
-        credential_rejected: matches!(down.status, 401 | 403),
+        credential_rejected: matches!(status, 401 | 403),
         client: fate.client,
         upstream_answered: true,
         bytes_up: raced.bytes_up,
         head_after: down.head_after,
         reused: false,
-        request_id: down.request_id,
+        request_id: head.map_or(RequestId::NONE, |h| h.request_id),
         masked: down.masked,
     }))
 }
