@@ -2,9 +2,9 @@
 //!
 //! Upload and download run concurrently in the connection's task, so an upstream that answers
 //! early (say 413 before the body is in) is relayed, and the request body streams while the
-//! upstream thinks. Every await has its own timeout (STYLE habit 9). Bytes are written to the
-//! client as soon as they are read: what was readable together leaves together (see
-//! `io::read_available`), nothing waits for more, there is no flush interval.
+//! upstream thinks. Every await has its own timeout. Bytes are written to the client as soon
+//! as they are read: what was readable together leaves together (see `io::read_available`),
+//! nothing waits for more, there is no flush interval.
 //!
 //! The states, each one function:
 //!
