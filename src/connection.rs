@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::answer;
 use crate::credential::{self, Generation};
 use crate::error::Problem;
-use crate::exchange::{self, ClientIo, Exchange, Forwarded, Outcome};
+use crate::exchange::{self, Client, Exchange, Forwarded, Outcome};
 use crate::head::{self, Method, Request, Route};
 use crate::limits::{self, Timeouts};
 use crate::log::{Log, Value};
@@ -29,13 +29,6 @@ use crate::persist::{self, ClientFate, ClientTerms, End};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::scrub::TokenFinder;
 use crate::state::Proxy;
-
-/// The client side of a connection: the socket and the bytes read but not yet used (the rest
-/// of a head, body bytes, pipelined requests).
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-}
 
 /// Serves one client connection, then ends it as the last exchange decided.
 pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<bool>) {
@@ -243,11 +236,7 @@ struct Wait<'a> {
 impl Client {
     /// Forwards the request; answers it ourselves if nothing of a response reached us.
     async fn forward(&mut self, x: &Exchange<'_>, out: &mut Vec<u8>) -> Outcome {
-        let mut io = ClientIo {
-            stream: &mut self.stream,
-            buf: &mut self.buf,
-        };
-        match exchange::forward(x, &mut io, out).await {
+        match exchange::forward(x, self, out).await {
             Forwarded::Relayed(o) => o,
             Forwarded::Answer { problem, in_sync } => {
                 let end = End::Answered { in_sync };

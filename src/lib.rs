@@ -18,7 +18,8 @@
 //!    - [`server`]: the accept loop and the drain.
 //!    - [`connection`]: one client connection: socket and buffer, reading heads, the proxy's
 //!      own answers, the log line, lingering close or reset.
-//!    - [`exchange`]: one exchange as named states: head and body up, head and body down.
+//!    - [`exchange`]: one exchange as named states: head and body up, head and body down
+//!      (a directory: the state flow, the upload half, the download half, their I/O helpers).
 //!    - [`state`]: what every connection shares (config, token, connector, pool).
 //!    - [`upstream`]: TCP/TLS connections to TARGET and the idle pool.
 //!    - [`readhead`]: reads a head that stands alone on its connection (the egress proxy's

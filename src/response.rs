@@ -36,6 +36,10 @@ pub struct ResponseHead {
     pub upstream_keep_alive: bool,
     /// The client connection closes after this response (`Connection: close` was written).
     pub close_client: bool,
+    /// The client sees a body that ends when the connection closes: the upstream's does
+    /// (§6.3 rule 8), or it is de-chunked for an HTTP/1.0 client (R31). Its end cannot be
+    /// told from a truncation by a FIN (R29).
+    pub close_delimited: bool,
     /// The upstream's `request-id` (what Anthropic support asks for), if it was safe to log.
     pub request_id: RequestId,
     /// Token occurrences masked in the head.
@@ -158,6 +162,7 @@ pub fn parse_response(
         body,
         upstream_keep_alive,
         close_client,
+        close_delimited,
         request_id,
         masked,
     })

@@ -124,6 +124,44 @@ fn relays_the_head_minus_hop_by_hop_fields() {
     assert!(!h.upstream_keep_alive && h.close_client && out.contains("Connection: close"));
 }
 
+/// R29/R31: the client's body is close-delimited when the upstream's is, or when a chunked
+/// body is de-chunked for an HTTP/1.0 client; never when its framing says where it ends.
+#[test]
+fn the_client_body_is_close_delimited_when_its_end_is_the_close() {
+    let http10 = ResponseContext {
+        dechunk: true,
+        close_client: true,
+        ..ctx()
+    };
+    let cases: [(&[u8], &ResponseContext<'_>, bool); 5] = [
+        (b"HTTP/1.1 200 OK\r\n\r\n", &ctx(), true),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &ctx(),
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &http10,
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            &http10,
+            false,
+        ),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", &http10, false),
+    ];
+    for (head, c, want) in cases {
+        let (h, _) = parse(head, c).unwrap();
+        assert_eq!(h.close_delimited, want, "{}", String::from_utf8_lossy(head));
+        assert!(
+            !want || h.close_client,
+            "a close-delimited body closes the client"
+        );
+    }
+}
+
 #[test]
 fn masks_the_token_in_response_heads() {
     let (_, out) = parse(

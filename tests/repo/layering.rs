@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The modules top-down, as src/lib.rs lists them, with their layer.
 const ORDER: &[(&str, Layer)] = &[
@@ -66,14 +66,36 @@ const NOT_PURE: &[&str] = &[
     "libc",
 ];
 
-/// A module's source without its `#[cfg(test)]` part (tests may use anything).
+/// A module's source without its `#[cfg(test)]` parts (tests may use anything): `src/x.rs` or
+/// `src/x/mod.rs`, and the child modules beside it in `src/x/` (a directory module such as
+/// `exchange/` is one module here, whatever its files import). Each file is cut at its own
+/// first `#[cfg(test)]`; child `tests.rs` files are test code and skipped.
 fn source(module: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("src/{module}.rs"));
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    match text.find("#[cfg(test)]") {
-        Some(i) => text[..i].to_string(),
-        None => text,
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<PathBuf> = match fs::read_dir(src.join(module)) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs") && !p.ends_with("tests.rs"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let flat = src.join(format!("{module}.rs"));
+    if flat.exists() {
+        files.push(flat);
     }
+    assert!(!files.is_empty(), "crate::{module} has no source files");
+    files
+        .iter()
+        .map(|path| {
+            let text =
+                fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            match text.find("#[cfg(test)]") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Code lines only: comments (including doc comments) say `crate::x` without importing it.
@@ -122,15 +144,25 @@ fn every_module_is_placed_in_the_layering() {
     let mut on_disk: Vec<String> = fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            let module = name.strip_suffix(".rs")?.to_string();
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            // `x.rs`, or a directory module `x/mod.rs` (a directory beside `x.rs` holds only
+            // its children).
+            let module = match name.strip_suffix(".rs") {
+                Some(m) => m.to_string(),
+                None if e.path().join("mod.rs").is_file() => name,
+                None => return None,
+            };
             (module != "lib" && module != "main").then_some(module)
         })
         .collect();
     on_disk.sort();
     let mut listed: Vec<String> = ORDER.iter().map(|(m, _)| m.to_string()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "src/*.rs and the layering order differ");
+    assert_eq!(
+        on_disk, listed,
+        "the modules in src/ and the layering order differ"
+    );
     let lib = fs::read_to_string(dir.join("lib.rs")).unwrap();
     for (m, _) in ORDER {
         assert!(
