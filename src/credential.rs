@@ -52,6 +52,7 @@ pub struct Generation {
 pub struct InUse(Arc<Generation>);
 
 impl InUse {
+    #[cfg(test)]
     pub fn generation(&self) -> &Arc<Generation> {
         &self.0
     }
@@ -144,6 +145,7 @@ impl Credentials {
     }
 
     /// Whether any older generation is still in memory (for tests and the log).
+    #[cfg(test)]
     pub fn older_alive(&self) -> usize {
         let older = self.older.lock().unwrap_or_else(|e| e.into_inner());
         older.iter().filter(|w| w.strong_count() > 0).count()

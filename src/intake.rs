@@ -185,6 +185,10 @@ fn watch_file(path: &Path, header: &TokenHeader, seen: Option<Fingerprint>, to: 
     let mut watch = FileWatch::new(seen);
     loop {
         std::thread::sleep(TOKEN_FILE_POLL);
+        // The proxy is gone (a library user stopped it): nobody needs the file any more.
+        if Arc::strong_count(&to.creds) == 1 {
+            return;
+        }
         let now = fingerprint(path);
         if !watch.settled(now, Instant::now()) {
             continue;

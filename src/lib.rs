@@ -69,25 +69,29 @@
 
 #![deny(unsafe_code)]
 
+// The public surface: the entry point and what it takes (`run`, `config`, `log`), and the pure
+// core with the bottom layer (what the fuzz targets, the benches and the tests drive directly).
+// The I/O and process modules are private: nothing outside starts a connection by hand.
+
 // 1. I/O
-pub mod connection;
-pub mod exchange;
-pub mod readhead;
+mod connection;
+mod exchange;
+mod readhead;
 pub mod run;
-pub mod scrape;
-pub mod server;
-pub mod state;
-pub mod upstream;
+mod scrape;
+mod server;
+mod state;
+mod upstream;
 
 // 2. Process
 pub mod config;
-pub mod credential;
-pub mod intake;
+mod credential;
+mod intake;
 pub mod log;
-pub mod metrics;
-pub mod secret;
+mod metrics;
+mod secret;
 #[allow(unsafe_code)]
-pub mod sys;
+mod sys;
 
 // 3. Pure core
 pub mod answer;
@@ -108,6 +112,15 @@ pub mod error;
 pub mod limits;
 pub mod syntax;
 pub mod target;
+
+pub use intake::Updates;
+pub use run::{bind, run, Bound, Drained, Running, StartError};
+pub use secret::{Token, TokenError, TokenHeader};
+
+/// What the binary does to the process before the token exists, and after it was read.
+pub mod process {
+    pub use crate::sys::{close_stdin, harden_process};
+}
 
 /// The crate's version, from Cargo.toml; `--version` prints it, and CHANGELOG.md has a
 /// section for it.

@@ -14,8 +14,8 @@ use std::time::Duration;
 use agent_loop_proxy::config::{Config, TokenSource};
 use agent_loop_proxy::limits::{self, HEALTHCHECK_TIMEOUT};
 use agent_loop_proxy::log::{self, Log, Sink};
+use agent_loop_proxy::process as sys;
 use agent_loop_proxy::run::{self, StartError};
-use agent_loop_proxy::sys;
 
 /// `--help`, with the defaults taken from [`limits`].
 fn help() -> String {

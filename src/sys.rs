@@ -18,12 +18,6 @@ pub fn harden_process() -> bool {
     core_ok && dump_ok
 }
 
-/// Whether the process is currently dumpable (for tests and the startup warning).
-pub fn is_dumpable() -> bool {
-    // SAFETY: prctl(PR_GET_DUMPABLE) takes integer arguments only.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 }
-}
-
 /// A secret's own memory: a zeroed, page-aligned allocation of whole pages, locked in RAM
 /// when created (best effort), and on drop wiped, unlocked and freed, in that order.
 ///
@@ -86,6 +80,7 @@ impl SecretPages {
     }
 
     /// The start of the pages (tests check the alignment).
+    #[cfg(test)]
     pub fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
