@@ -17,12 +17,12 @@ use crate::limits::MAX_ALLOW_ENTRIES;
 use crate::syntax::{is_tchar, percent_decoded, Percent};
 
 /// Fields that ask a server to handle a request as another method (lower-case): Google's
-/// API front ends honour `X-HTTP-Method-Override` (the Gemini API among them), OData servers
-/// `X-HTTP-Method`, and Express-, Symfony- and Rails-style middleware `X-Method-Override` or
-/// the first. With a list set, an allowed `POST` carrying one could act as a `DELETE` the
-/// list refuses, so such a request is refused (403), not stripped: dropping the field would
-/// forward something other than what the client asked for. Without a list there is no policy
-/// to bypass and they are forwarded as any other field.
+/// API front ends honour `X-HTTP-Method-Override` (the Gemini API among them), as does
+/// common framework middleware; `X-HTTP-Method` (OData) and `X-Method-Override` are the other
+/// spellings in use. With a list set, an allowed `POST` carrying one could act as a `DELETE`
+/// the list refuses, so such a request is refused (403), not stripped: dropping the field
+/// would forward something other than what the client asked for. Without a list there is no
+/// policy to bypass and they are forwarded as any other field.
 pub const METHOD_OVERRIDES: &[&[u8]] = &[
     b"x-http-method-override",
     b"x-http-method",
