@@ -14,6 +14,7 @@ use crate::framing::{
     transfer_coding_problem, BodyKind, FieldFraming, FramingError, FramingFields,
 };
 use crate::limits::{Limits, MAX_CONNECTION_OPTIONS, MAX_HEADERS_CAP};
+use crate::policy::METHOD_OVERRIDES;
 use crate::rewrite::{
     self, is_underscore_lookalike, is_underscore_lookalike_of, Beta, Rewrite, Upstream,
 };
@@ -101,7 +102,8 @@ pub struct Request {
     pub route: Route,
     /// The phantom token was presented (always true when none is configured).
     pub authorized: bool,
-    /// `ALLOW_REQUESTS` allows this method and path (always true when none is configured).
+    /// `ALLOW_REQUESTS` allows this method and path, and no field asks for another method
+    /// (always true when none is configured).
     pub allowed: bool,
 }
 
@@ -170,7 +172,8 @@ pub fn parse_request(
         expect_continue: fields.expect_continue && body.has_bytes(),
         route,
         authorized: fields.authorized,
-        allowed: rw.allow.is_none_or(|l| l.allows(method.as_str(), path)),
+        allowed: !fields.overrides_method
+            && rw.allow.is_none_or(|l| l.allows(method.as_str(), path)),
     };
     // Wipe (not just clear) before reserving: a reallocation frees the old block, which may
     // hold the previous request's credential. Then reserve the final size so growing never
@@ -205,6 +208,10 @@ struct Fields<'h> {
     option_count: usize,
     /// The phantom token was presented (always true when none is configured).
     authorized: bool,
+    /// With `ALLOW_REQUESTS` set, a field that can change the method was sent
+    /// ([`METHOD_OVERRIDES`]): the request is refused, since the list matched the request
+    /// line's method, not the one the upstream would use.
+    overrides_method: bool,
 }
 
 impl<'h> Fields<'h> {
@@ -221,6 +228,7 @@ impl<'h> Fields<'h> {
             options: [b""; MAX_CONNECTION_OPTIONS],
             option_count: 0,
             authorized: rw.phantom.is_none(),
+            overrides_method: false,
         };
         for h in headers {
             f.field(h.name.as_bytes(), h.value, version, rw)?;
@@ -244,9 +252,17 @@ impl<'h> Fields<'h> {
                 .is_some_and(|c| n.eq_ignore_ascii_case(c))
         };
         let custom = rw.credential_field.unwrap_or_default();
-        if is_underscore_lookalike(name) || is_underscore_lookalike_of(name, custom) {
+        // R37. Under ALLOW_REQUESTS the method-override fields refuse the request, and so
+        // their look-alikes are refused too; without a list they are forwarded (and a `_`
+        // name is dropped like any other).
+        let guarded = rw.allow.is_some();
+        if is_underscore_lookalike(name)
+            || is_underscore_lookalike_of(name, custom)
+            || (guarded && imitates_any(name, METHOD_OVERRIDES))
+        {
             return Err(Problem::AmbiguousName);
         }
+        self.overrides_method |= guarded && name_is(name, METHOD_OVERRIDES);
         if name_is(name, INTERPRETED) && !value.is_ascii() {
             return Err(Problem::MalformedHead);
         }
@@ -335,6 +351,11 @@ impl<'h> Fields<'h> {
             )),
         }
     }
+}
+
+/// A name that becomes one of `fields` (lower-case) when `_` is read as `-` (R37).
+fn imitates_any(name: &[u8], fields: &[&[u8]]) -> bool {
+    fields.iter().any(|f| is_underscore_lookalike_of(name, f))
 }
 
 /// The origin-form part of a request-target: `(needs a leading '/', path-and-query)`.

@@ -7,9 +7,27 @@
 //! them, before TARGET's base path is added, after `head.rs` refused every path that could
 //! climb (dot-segments, encoded separators); percent-encoded unreserved characters
 //! (RFC 3986 §2.3) are decoded first, since an upstream may read `%6d` as `m`.
+//!
+//! The method matched is the request line's, so with a list set a request carrying a field
+//! that asks the upstream for another method ([`METHOD_OVERRIDES`]) is refused too (`head.rs`
+//! records the field). The query is not examined: an upstream that takes its method from the
+//! query (`?_method=`) or the body is outside what a list can promise.
 
 use crate::limits::MAX_ALLOW_ENTRIES;
 use crate::syntax::{is_tchar, percent_decoded, Percent};
+
+/// Fields that ask a server to handle a request as another method (lower-case): Google's
+/// API front ends honour `X-HTTP-Method-Override` (the Gemini API among them), as does
+/// common framework middleware; `X-HTTP-Method` (OData) and `X-Method-Override` are the other
+/// spellings in use. With a list set, an allowed `POST` carrying one could act as a `DELETE`
+/// the list refuses, so such a request is refused (403), not stripped: dropping the field
+/// would forward something other than what the client asked for. Without a list there is no
+/// policy to bypass and they are forwarded as any other field.
+pub const METHOD_OVERRIDES: &[&[u8]] = &[
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+];
 
 /// One allowed method and path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 use super::*;
 use crate::limits::Limits;
+use crate::policy::AllowList;
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::target::Target;
 
@@ -519,5 +520,140 @@ fn forwarding_fields_and_underscore_names_are_not_forwarded() {
             Problem::AmbiguousName,
             "{name}"
         );
+    }
+}
+
+/// What a request with a method-override field comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Override {
+    /// Forwarded; whether the field reached the upstream head.
+    Forwarded { kept: bool },
+    /// `allowed` is false (403), nothing written for the upstream.
+    NotAllowed,
+    /// 400 before anything else (R37).
+    Ambiguous,
+}
+
+/// Parses a `POST` the list `POST /v1beta/cachedContents*` admits, carrying `fields`.
+fn with_override(fields: &str, allow: Option<&AllowList>) -> Override {
+    let t = target();
+    let rw = Rewrite {
+        target: &t,
+        credential_line: CRED,
+        credential_field: Some(b"x-goog-api-key"),
+        phantom: None,
+        allow,
+        oauth_beta: false,
+    };
+    let input = format!(
+        "POST /v1beta/cachedContents/c1 HTTP/1.1\r\nHost: a\r\n{fields}Content-Length: 0\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    match parse_request(input.as_bytes(), &Limits::default(), &rw, &mut out) {
+        Err(Problem::AmbiguousName) => Override::Ambiguous,
+        Err(p) => panic!("{fields:?}: {p:?}"),
+        Ok(r) if !r.allowed => {
+            assert!(out.is_empty(), "{fields:?}: refused but written");
+            Override::NotAllowed
+        }
+        Ok(_) => {
+            let head = String::from_utf8(out).unwrap().to_ascii_lowercase();
+            let kept = head.contains("\r\nx-http-method") || head.contains("\r\nx-method-override");
+            Override::Forwarded { kept }
+        }
+    }
+}
+
+/// Under ALLOW_REQUESTS no admitted request reaches the upstream with a field that can change
+/// its method: the list matched the request line's method, so such a request is refused (403),
+/// its `_` look-alikes 400 (R37), whatever the case and whether `Connection` names it. Without
+/// a list there is no policy to bypass: the fields are forwarded, `_` names dropped.
+#[test]
+fn method_override_fields_are_refused_under_an_allow_list() {
+    use Override::*;
+    let list = AllowList::parse("POST /v1beta/cachedContents*").unwrap();
+    let cases: &[(&str, Override, Override)] = &[
+        // fields, with the list, without
+        ("", Forwarded { kept: false }, Forwarded { kept: false }),
+        (
+            "X-HTTP-Method-Override: DELETE\r\n",
+            NotAllowed,
+            Forwarded { kept: true },
+        ),
+        (
+            "x-http-method-override: DELETE\r\n",
+            NotAllowed,
+            Forwarded { kept: true },
+        ),
+        (
+            "X-Http-Method-Override: POST\r\n",
+            NotAllowed,
+            Forwarded { kept: true },
+        ),
+        (
+            "X-HTTP-Method: DELETE\r\n",
+            NotAllowed,
+            Forwarded { kept: true },
+        ),
+        (
+            "x-method-override: DELETE\r\n",
+            NotAllowed,
+            Forwarded { kept: true },
+        ),
+        (
+            "X-METHOD-OVERRIDE: PUT\r\n",
+            NotAllowed,
+            Forwarded { kept: true },
+        ),
+        (
+            "X-HTTP-Method-Override:\r\n",
+            NotAllowed,
+            Forwarded { kept: true },
+        ),
+        (
+            "X_HTTP_Method_Override: DELETE\r\n",
+            Ambiguous,
+            Forwarded { kept: false },
+        ),
+        (
+            "x-http_method-override: DELETE\r\n",
+            Ambiguous,
+            Forwarded { kept: false },
+        ),
+        (
+            "X_HTTP_METHOD: DELETE\r\n",
+            Ambiguous,
+            Forwarded { kept: false },
+        ),
+        (
+            "x_method_override: DELETE\r\n",
+            Ambiguous,
+            Forwarded { kept: false },
+        ),
+        // Named hop-by-hop, it would be removed; the request is refused all the same.
+        (
+            "Connection: X-HTTP-Method-Override\r\nX-HTTP-Method-Override: DELETE\r\n",
+            NotAllowed,
+            Forwarded { kept: false },
+        ),
+        (
+            "X-HTTP-Method: DELETE\r\nConnection: x-http-method\r\n",
+            NotAllowed,
+            Forwarded { kept: false },
+        ),
+        // Naming it without sending it changes nothing.
+        (
+            "Connection: X-HTTP-Method-Override\r\n",
+            Forwarded { kept: false },
+            Forwarded { kept: false },
+        ),
+    ];
+    for &(fields, with, without) in cases {
+        assert_eq!(
+            with_override(fields, Some(&list)),
+            with,
+            "{fields:?} with a list"
+        );
+        assert_eq!(with_override(fields, None), without, "{fields:?} without");
     }
 }

@@ -104,3 +104,51 @@ fn rotations_do_not_extend_the_keep_alive_idle_timeout() {
         "still open past KEEPALIVE_TIMEOUT"
     );
 }
+
+/// Finding 2: `ALLOW_REQUESTS` matches the method on the request line, and Google's front ends
+/// (the Gemini setup) honour method-override fields, so a `POST` the list admits could act as
+/// the `DELETE` it refuses. Under a list, a request carrying one gets 403, whatever the case
+/// of its name and whether `Connection` names it, and nothing reaches the upstream; a `_`
+/// look-alike gets 400 (R37). The same `POST` without the field is forwarded.
+#[test]
+fn an_allow_list_cannot_be_bypassed_with_a_method_override_field() {
+    let up = Upstream::plain().serve(handlers::echo_target());
+    let list = "POST /v1beta/cachedContents*";
+    let proxy = proxy_for(&up, &[("ALLOW_REQUESTS", list)]);
+    let path = "/v1beta/cachedContents/abc";
+    let with = |fields: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\n{fields}Content-Length: 2\r\n\r\n{{}}")
+    };
+    let delete = format!("DELETE {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    roundtrip(proxy.addr(), delete).assert_proxy_error(403, "permission_error");
+    for fields in [
+        "X-HTTP-Method-Override: DELETE\r\n",
+        "x-http-method-override: DELETE\r\n",
+        "X-Http-Method: DELETE\r\n",
+        "X-METHOD-OVERRIDE: DELETE\r\n",
+        "Connection: X-HTTP-Method-Override\r\nX-HTTP-Method-Override: DELETE\r\n",
+        "X-HTTP-Method-Override: POST\r\n",
+    ] {
+        let mut c = Client::connect(proxy.addr());
+        c.send(with(fields));
+        let r = c.read_response_to("POST").unwrap();
+        r.assert_proxy_error(403, "permission_error");
+        assert!(c.is_closed(CLOSE_BOUND), "{fields:?}: left open");
+    }
+    for fields in [
+        "X_HTTP_Method_Override: DELETE\r\n",
+        "x-http_method: DELETE\r\n",
+    ] {
+        roundtrip(proxy.addr(), with(fields)).assert_proxy_error(400, "invalid_request_error");
+    }
+    up.assert_untouched();
+    assert_eq!(roundtrip(proxy.addr(), with("")).status(), 200);
+    assert_eq!(up.only_request().head.target, path);
+    // Without a list there is no policy to bypass: the field is forwarded as sent.
+    let up = Upstream::plain().serve(handlers::echo_target());
+    let proxy = proxy_for(&up, &[]);
+    let sent = with("X-HTTP-Method-Override: DELETE\r\n");
+    assert_eq!(roundtrip(proxy.addr(), sent).status(), 200);
+    let got = up.only_request().head;
+    assert_eq!(got.all("x-http-method-override"), [b"DELETE"]);
+}
