@@ -116,9 +116,14 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 pub const DEFAULT_PROXY_PORT: u16 = 1080;
 /// Largest request head a metrics scraper may send.
 pub const MAX_SCRAPE_HEAD: usize = 8 * 1024;
-/// Time for one scrape, request to response.
+/// Time for one scrape, accept to the end of the response.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Scrapes served at once.
+/// Time from accepting a metrics connection to the end of its head. A scraper sends its head
+/// as soon as it connects; a peer that sends nothing, or part of a head, is closed this soon
+/// (or sooner, shed for a newer connection), well within Prometheus' 10 s scrape timeout.
+pub const SCRAPE_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Metrics connections open at once. Another one sheds the oldest that has not sent its head
+/// yet, or waits while every open one is being answered.
 pub const MAX_SCRAPES: usize = 8;
 /// Most entries in `ALLOW_REQUESTS`.
 pub const MAX_ALLOW_ENTRIES: usize = 64;

@@ -2,17 +2,28 @@
 //! exposition; anything else 404. It is a separate socket from the sandbox's port, serves
 //! one request per connection, and bounds everything a peer controls (head size, time,
 //! concurrency).
+//!
+//! Concurrency is bounded without letting idle peers starve a scrape: a connection is
+//! accepted at once, and when [`MAX_SCRAPES`] are already open the oldest one still waiting
+//! for its head is closed to make room. A scraper sends its head as soon as it connects, so
+//! once read it is never shed; only a peer that sends nothing, or part of a head, is. If every
+//! open connection is past its head (being answered), the new one waits for one to end: an
+//! answer (a few KiB, within a socket's send buffer) is written at once, so that wait is
+//! short, and [`SCRAPE_TIMEOUT`] bounds it anyway.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use tokio::time::timeout;
 
 use crate::error::Problem;
-use crate::limits::{MAX_SCRAPES, MAX_SCRAPE_HEAD, SCRAPE_TIMEOUT};
+use crate::limits::{MAX_SCRAPES, MAX_SCRAPE_HEAD, SCRAPE_HEAD_TIMEOUT, SCRAPE_TIMEOUT};
 use crate::metrics::{Metrics, ProcessStats};
 use crate::readhead::read_head;
 use crate::scan::ScanLimits;
@@ -28,34 +39,84 @@ const SCRAPE_HEAD: ScanLimits = ScanLimits {
     syntax_problem: Problem::MalformedHead,
 };
 
+/// One open connection, as the accept loop sees it: whether its head has been read, and how
+/// to close it.
+struct Open {
+    heard: Arc<AtomicBool>,
+    task: AbortHandle,
+}
+
 /// Serves scrapes of `metrics` until the runtime stops. `started` is the process start time.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, started: SystemTime) {
-    let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
+    // Oldest first; only this loop touches it.
+    let mut open: VecDeque<Open> = VecDeque::new();
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _ = timeout(SCRAPE_TIMEOUT, scrape(stream, &metrics, started)).await;
-            drop(permit);
+        open.retain(|c| !c.task.is_finished());
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                shed_oldest_unheard(&mut open);
+                // Free as soon as the shed task is dropped, or else when an answer ends.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                slot
+            }
+        };
+        let heard = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(serve_one(
+            stream,
+            metrics.clone(),
+            started,
+            heard.clone(),
+            slot,
+        ));
+        open.push_back(Open {
+            heard,
+            task: task.abort_handle(),
         });
     }
+}
+
+/// Closes the oldest connection whose head has not been read (dropping its task drops the
+/// socket and frees its slot). None such: every open one is being answered.
+fn shed_oldest_unheard(open: &mut VecDeque<Open>) {
+    if let Some(at) = open.iter().position(|c| !c.heard.load(Ordering::Relaxed)) {
+        if let Some(shed) = open.remove(at) {
+            shed.task.abort();
+        }
+    }
+}
+
+/// One connection, holding its slot until it ends, within [`SCRAPE_TIMEOUT`] in all.
+async fn serve_one(
+    stream: TcpStream,
+    metrics: Arc<Metrics>,
+    started: SystemTime,
+    heard: Arc<AtomicBool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let _ = timeout(SCRAPE_TIMEOUT, scrape(stream, &metrics, started, &heard)).await;
 }
 
 async fn scrape(
     mut stream: TcpStream,
     metrics: &Metrics,
     started: SystemTime,
+    heard: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
-    // A head that breaks a limit or the line grammar, or never ends, is not answered.
-    let Ok(n) = read_head(&mut stream, &mut buf, &SCRAPE_HEAD, Problem::ClientAborted).await else {
+    // A head that breaks a limit or the line grammar, or is not whole within
+    // SCRAPE_HEAD_TIMEOUT, is not answered.
+    let head = read_head(&mut stream, &mut buf, &SCRAPE_HEAD, Problem::ClientAborted);
+    let Ok(Ok(n)) = timeout(SCRAPE_HEAD_TIMEOUT, head).await else {
         return Ok(());
     };
+    heard.store(true, Ordering::Relaxed);
     let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or(b"");
     let wanted = line == b"GET /metrics HTTP/1.1" || line == b"GET /metrics HTTP/1.0";
     let response = if wanted {
@@ -97,5 +158,32 @@ fn process_stats(started: SystemTime) -> ProcessStats {
         resident_memory_bytes: rss_pages * page,
         // USER_HZ is 100 on Linux.
         cpu_seconds: cpu_ticks as f64 / 100.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An open connection whose task never ends by itself.
+    fn pending(heard: bool) -> Open {
+        let task = tokio::spawn(std::future::pending::<()>());
+        Open {
+            heard: Arc::new(AtomicBool::new(heard)),
+            task: task.abort_handle(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_oldest_connection_without_a_head_is_shed_and_answered_ones_never() {
+        let mut open: VecDeque<Open> = [true, false, false].map(pending).into();
+        let (answered, oldest) = (open[0].task.clone(), open[1].task.clone());
+        shed_oldest_unheard(&mut open);
+        tokio::task::yield_now().await;
+        assert!(oldest.is_finished() && !answered.is_finished());
+        assert_eq!(open.len(), 2);
+        open.pop_back();
+        shed_oldest_unheard(&mut open);
+        assert_eq!(open.len(), 1, "only answered connections: none is shed");
     }
 }

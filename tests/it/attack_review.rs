@@ -151,4 +151,58 @@ fn an_allow_list_cannot_be_bypassed_with_a_method_override_field() {
     assert_eq!(roundtrip(proxy.addr(), sent).status(), 200);
     let got = up.only_request().head;
     assert_eq!(got.all("x-http-method-override"), [b"DELETE"]);
+
+/// Finding 7: peers that connect to the metrics listener and send nothing, or half a head and
+/// stall, do not delay a well-formed scrape (before, eight of them held every slot for the
+/// whole scrape timeout, 10 s, as long as Prometheus waits); and each of them is closed soon,
+/// shed for a newer connection or at the short head deadline. Forty of them take longer than
+/// the bound to close at the deadline eight at a time: only shedding answers that scrape.
+#[test]
+fn idle_and_stalled_peers_do_not_delay_a_scrape() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, &[("METRICS_ADDR", "127.0.0.1:0")]);
+    let addr = proxy.metrics_addr().expect("the metrics listener");
+    for peers in [8, 20, 40] {
+        let stalled: Vec<TcpStream> = (0..peers)
+            .map(|i| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                if i % 2 == 1 {
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAcc")
+                        .unwrap();
+                }
+                s
+            })
+            .collect();
+        // Long enough for the listener to take them all, well within the head deadline.
+        std::thread::sleep(Duration::from_millis(200));
+        let began = Instant::now();
+        let mut scrape = TcpStream::connect(addr).unwrap();
+        scrape.set_read_timeout(Some(IO_TIMEOUT * 2)).unwrap();
+        scrape
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = scrape.read_to_string(&mut answer);
+        let took = began.elapsed();
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{peers} stalled peers: no answer after {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{peers} stalled peers delayed the scrape {took:?}"
+        );
+        // Every stalled peer is closed, at the latest at the head deadline (1 s).
+        for mut s in stalled {
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            match s.read(&mut [0; 64]) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("{peers} stalled peers: one still open: {other:?}"),
+            }
+        }
+    }
 }
