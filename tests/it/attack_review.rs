@@ -151,6 +151,7 @@ fn an_allow_list_cannot_be_bypassed_with_a_method_override_field() {
     assert_eq!(roundtrip(proxy.addr(), sent).status(), 200);
     let got = up.only_request().head;
     assert_eq!(got.all("x-http-method-override"), [b"DELETE"]);
+}
 
 /// Finding 7: peers that connect to the metrics listener and send nothing, or half a head and
 /// stall, do not delay a well-formed scrape (before, eight of them held every slot for the
