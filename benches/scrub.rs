@@ -16,7 +16,7 @@ use agent_loop_proxy::framing::{
     write_chunk_header, ChunkLimits, ChunkedDecoder, Step, LAST_CHUNK,
 };
 use agent_loop_proxy::response::ResponseBody;
-use agent_loop_proxy::scrub::TokenFinder;
+use agent_loop_proxy::scrub::{FixedToken, Mask};
 use agent_loop_proxy::tracker::BodyTracker;
 
 /// An OAuth-token-shaped credential of realistic length.
@@ -56,7 +56,7 @@ fn main() {
             }
         })
         .collect();
-    let finder = TokenFinder::new(TOKEN);
+    let finder = FixedToken::mask(TOKEN);
 
     let plain_reads = chunked_reads(&events);
     let decoder_ns = per_event(rounds, &plain_reads, decode_only);
@@ -139,8 +139,8 @@ fn decode_only(reads: &[Vec<u8>]) -> usize {
 
 /// The relay's work: the body tracker (framing + scrubbing) over every read. Checks that no
 /// event is held back and that exactly the reflected tokens are masked.
-fn tracked(reads: &[Vec<u8>], finder: &TokenFinder<'_>, expect_masks: bool) -> usize {
-    let tokens = [finder];
+fn tracked(reads: &[Vec<u8>], finder: &Mask, expect_masks: bool) -> usize {
+    let tokens = [finder.clone()];
     let mut t = BodyTracker::new(ResponseBody::Chunked, false, &tokens);
     let mut buf = Vec::with_capacity(4096);
     let mut sent = 0;

@@ -18,7 +18,7 @@ use tokio::time::{timeout_at, Instant as TokioInstant};
 use zeroize::Zeroizing;
 
 use crate::answer;
-use crate::credential::{self, Generation};
+use crate::credential::Generation;
 use crate::error::Problem;
 use crate::exchange::{self, Client, Exchange, Forwarded, Outcome};
 use crate::head::{self, Method, Request, Route};
@@ -27,7 +27,6 @@ use crate::log::{Log, Value};
 use crate::metrics::{Metrics, Reason};
 use crate::persist::{self, ClientFate, ClientTerms, End};
 use crate::scan::{HeadScanner, ScanLimits};
-use crate::scrub::TokenFinder;
 use crate::state::Proxy;
 
 /// Serves one client connection, then ends it as the last exchange decided.
@@ -65,11 +64,9 @@ async fn serve_requests(
     // A head read while the token changed, to serve with the new one.
     let mut pending = None;
     loop {
-        // The current token and its searcher, kept for the requests that follow until a newer
-        // token arrives (building a searcher costs about as much as a small request).
+        // The current token, kept for the requests that follow until a newer one arrives.
         rotations.borrow_and_update();
         let current = proxy.creds.current();
-        let finder = TokenFinder::new(current.token.as_bytes());
         loop {
             let head_len = match pending.take() {
                 Some(n) => n,
@@ -85,9 +82,7 @@ async fn serve_requests(
                 pending = Some(head_len);
                 break;
             }
-            let fate = session
-                .serve(proxy, client, head_len, &current, &finder)
-                .await;
+            let fate = session.serve(proxy, client, head_len, &current).await;
             if fate != ClientFate::Keep {
                 return fate;
             }
@@ -150,7 +145,6 @@ impl Session {
         client: &mut Client,
         head_len: usize,
         g: &Arc<Generation>,
-        finder: &TokenFinder<'_>,
     ) -> ClientFate {
         let cfg = &proxy.cfg;
         let started = Instant::now();
@@ -186,21 +180,14 @@ impl Session {
                 client.answer(proxy, &req, p, refused, terms, out).await
             }
             (Route::Forward, true, true) => {
-                let using = credential::use_generation(g);
-                // Older tokens still in use are masked in this response too (usually none).
-                let older = proxy.creds.older_in_use();
-                let older_finders: Vec<TokenFinder<'_>> = older
-                    .iter()
-                    .map(|o| TokenFinder::new(o.token.as_bytes()))
-                    .collect();
-                let tokens: Vec<&TokenFinder<'_>> =
-                    std::iter::once(finder).chain(&older_finders).collect();
+                // In the mask set of every response from now on, before the credential goes
+                // upstream; the response masks the set as it grows (see `credential`).
+                let using = proxy.creds.start_use(g);
                 let x = Exchange {
                     proxy,
                     req: &req,
                     up_head: &self.up_head,
                     terms,
-                    tokens: &tokens,
                 };
                 let o = client.forward(&x, out).await;
                 // The credential is not needed until the next request: wipe it now.

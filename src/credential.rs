@@ -3,20 +3,29 @@
 //! with until it ends.
 //!
 //! Where each generation lives, and for how long:
-//! - the store holds the current one;
+//! - the store holds the current one, and every older one a request still uses: together
+//!   the *mask set*, the tokens every response masks;
 //! - each request that uses a generation holds it (and counts as its user) until it ends;
-//! - a client connection caches the current one (and its searcher) between requests, and
-//!   drops it when a newer one arrives, even while idle ([`Credentials::changed`]);
-//! - a response masks every token a running request is still using, not only its own, so a
-//!   response started while an older token is in use holds that one too, until it ends.
+//! - a client connection caches the current one between requests, and drops it when a newer
+//!   one arrives, even while idle ([`Credentials::changed`]);
+//! - a response masks the mask set as it is *now*, not as it was when the response began: it
+//!   checks [`Credentials::epoch`] before each read is scanned, and takes the new set when the
+//!   epoch moved ([`Credentials::masks`]).
+//!
+//! The ordering that makes the last point hold: a generation joins the mask set (and the epoch
+//! moves) before a request that carries it can be written upstream: at the swap for the new
+//! current one, in [`Credentials::start_use`] for an older one taken up again. So bytes in which
+//! an upstream reflects it can only be read after the epoch moved, and the response that reads
+//! them masks it. A generation leaves the set when it is neither current nor in use.
 //!
 //! When the last holder lets go, [`crate::secret::Token`] wipes it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use crate::scrub::{Mask, Needle, TokenFinder};
 use crate::secret::Token;
 
 /// When the OAuth beta flag is merged (`OAUTH_BETA`). The store applies it to each token as
@@ -48,27 +57,49 @@ pub struct Generation {
     users: AtomicUsize,
 }
 
-/// A request's use of a generation: counted while alive.
-pub struct InUse(Arc<Generation>);
+impl Needle for Generation {
+    fn finder(&self) -> &TokenFinder<'_> {
+        self.token.finder()
+    }
+}
 
-impl InUse {
+/// A request's use of a generation: counted while alive, and keeps the generation in the mask
+/// set until it ends.
+pub struct InUse<'c> {
+    creds: &'c Credentials,
+    generation: Arc<Generation>,
+}
+
+impl InUse<'_> {
     #[cfg(test)]
     pub fn generation(&self) -> &Arc<Generation> {
-        &self.0
+        &self.generation
     }
 }
 
-impl Drop for InUse {
+impl Drop for InUse<'_> {
     fn drop(&mut self) {
-        self.0.users.fetch_sub(1, Ordering::AcqRel);
+        let mut state = self.creds.lock();
+        let left = self.generation.users.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && !Arc::ptr_eq(&state.current, &self.generation) {
+            state.live.retain(|g| !Arc::ptr_eq(g, &self.generation));
+            self.creds.epoch.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
-/// The store: the current generation, and the older ones that may still be in use.
+/// What the store's lock guards.
+struct State {
+    current: Arc<Generation>,
+    /// The mask set: the current generation and every older one a request still uses.
+    live: Vec<Arc<Generation>>,
+}
+
+/// The store: the current generation, and the older ones still in use.
 pub struct Credentials {
-    current: Mutex<Arc<Generation>>,
-    /// Older generations, not kept alive by the store.
-    older: Mutex<Vec<Weak<Generation>>>,
+    state: Mutex<State>,
+    /// Moves whenever the mask set changes; a response compares it before each read it scans.
+    epoch: AtomicU64,
     last_number: AtomicU64,
     /// Tells idle connections that the current generation changed.
     notify: watch::Sender<u64>,
@@ -85,25 +116,29 @@ impl Credentials {
             users: AtomicUsize::new(0),
         });
         Credentials {
-            current: Mutex::new(first),
-            older: Mutex::new(Vec::new()),
+            state: Mutex::new(State {
+                live: vec![first.clone()],
+                current: first,
+            }),
+            epoch: AtomicU64::new(0),
             last_number: AtomicU64::new(1),
             notify: watch::Sender::new(1),
             beta,
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The current generation.
     pub fn current(&self) -> Arc<Generation> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.lock().current.clone()
     }
 
     /// Whether `g` is still the current generation.
     pub fn is_current(&self, g: &Arc<Generation>) -> bool {
-        Arc::ptr_eq(&self.current.lock().unwrap_or_else(|e| e.into_inner()), g)
+        Arc::ptr_eq(&self.lock().current, g)
     }
 
     /// A receiver that wakes when the current generation changes.
@@ -111,8 +146,8 @@ impl Credentials {
         self.notify.subscribe()
     }
 
-    /// Makes `token` current; returns its generation number. Requests already running keep
-    /// theirs.
+    /// Makes `token` current; returns its generation number. It joins the mask set before it
+    /// can be taken; requests already running keep theirs.
     pub fn swap(&self, token: Token) -> u64 {
         let number = self.last_number.fetch_add(1, Ordering::AcqRel) + 1;
         let next = Arc::new(Generation {
@@ -122,40 +157,48 @@ impl Credentials {
             users: AtomicUsize::new(0),
         });
         let old = {
-            let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *current, next)
+            let mut state = self.lock();
+            state.live.push(next.clone());
+            let old = std::mem::replace(&mut state.current, next);
+            if old.users.load(Ordering::SeqCst) == 0 {
+                state.live.retain(|g| !Arc::ptr_eq(g, &old));
+            }
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            old
         };
-        let mut older = self.older.lock().unwrap_or_else(|e| e.into_inner());
-        older.retain(|w| w.strong_count() > 0);
-        older.push(Arc::downgrade(&old));
-        drop(older);
+        // Outside the lock: the last holder of the old token wipes it here.
         drop(old);
         self.notify.send_replace(number);
         number
     }
 
-    /// Older generations that a running request still uses: their tokens are masked too.
-    pub fn older_in_use(&self) -> Vec<Arc<Generation>> {
-        let older = self.older.lock().unwrap_or_else(|e| e.into_inner());
-        older
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|g| g.users.load(Ordering::Acquire) > 0)
-            .collect()
+    /// Starts a request's use of `g`, before anything carrying it is written upstream: an older
+    /// generation taken up again joins the mask set now.
+    pub fn start_use(&self, g: &Arc<Generation>) -> InUse<'_> {
+        let mut state = self.lock();
+        g.users.fetch_add(1, Ordering::SeqCst);
+        if !state.live.iter().any(|l| Arc::ptr_eq(l, g)) {
+            state.live.push(g.clone());
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        InUse {
+            creds: self,
+            generation: g.clone(),
+        }
     }
 
-    /// Whether any older generation is still in memory (for tests and the log).
-    #[cfg(test)]
-    pub fn older_alive(&self) -> usize {
-        let older = self.older.lock().unwrap_or_else(|e| e.into_inner());
-        older.iter().filter(|w| w.strong_count() > 0).count()
+    /// Moves whenever the mask set changes.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
-}
 
-/// Starts a request's use of `g`.
-pub fn use_generation(g: &Arc<Generation>) -> InUse {
-    g.users.fetch_add(1, Ordering::AcqRel);
-    InUse(g.clone())
+    /// The mask set into `into` (replacing what it held); returns the epoch it belongs to.
+    pub fn masks(&self, into: &mut Vec<Mask>) -> u64 {
+        let state = self.lock();
+        into.clear();
+        into.extend(state.live.iter().map(|g| g.clone() as Mask));
+        self.epoch.load(Ordering::SeqCst)
+    }
 }
 
 #[cfg(test)]
@@ -196,22 +239,28 @@ mod tests {
         assert!(on.applies(b"sk-x"));
     }
 
+    /// The tokens of the mask set, in its order.
+    fn mask_set(c: &Credentials) -> Vec<Vec<u8>> {
+        let mut masks = Vec::new();
+        c.masks(&mut masks);
+        masks.iter().map(|m| m.finder().needle().to_vec()).collect()
+    }
+
     #[test]
     fn a_swap_leaves_running_requests_their_generation_until_they_end() {
         let c = Credentials::new(token("sk-first"), OFF);
         let first = c.current();
-        let using = use_generation(&first);
+        let weak = Arc::downgrade(&first);
+        let using = c.start_use(&first);
         drop(first);
         assert_eq!(c.swap(token("sk-second")), 2);
         assert_eq!(c.current().number, 2);
         assert_eq!(using.generation().token.as_bytes(), b"sk-first");
-        let older = c.older_in_use();
-        assert_eq!(older.len(), 1);
-        drop(older);
+        assert_eq!(mask_set(&c), [&b"sk-first"[..], b"sk-second"]);
         drop(using);
-        assert!(c.older_in_use().is_empty());
+        assert_eq!(mask_set(&c), [b"sk-second"]);
         assert_eq!(
-            c.older_alive(),
+            weak.strong_count(),
             0,
             "the first token was dropped (and wiped)"
         );
@@ -220,8 +269,41 @@ mod tests {
     #[test]
     fn an_unused_old_generation_is_not_masked_nor_kept() {
         let c = Credentials::new(token("sk-first"), OFF);
+        let weak = Arc::downgrade(&c.current());
         c.swap(token("sk-second"));
-        assert!(c.older_in_use().is_empty());
-        assert_eq!(c.older_alive(), 0);
+        assert_eq!(mask_set(&c), [b"sk-second"]);
+        assert_eq!(weak.strong_count(), 0);
+    }
+
+    /// Attack review (round three, finding 1): the mask set a running response reads grows
+    /// with each token that comes into use, and the epoch tells it so, before the request
+    /// that carries the token is written upstream; in both orders of the race.
+    #[test]
+    fn a_token_joins_the_mask_set_before_a_request_can_carry_it() {
+        let c = Credentials::new(token("sk-first"), OFF);
+        // A response began under generation 1.
+        let mut masks = Vec::new();
+        let seen = c.masks(&mut masks);
+        assert_eq!(masks.len(), 1);
+        // The token is replaced: the new one is in the set, and the epoch moved, before any
+        // request can take it as current.
+        c.swap(token("sk-second"));
+        assert_ne!(c.epoch(), seen, "the response would not look again");
+        let second = c.current();
+        let _r2 = c.start_use(&second);
+        assert_eq!(mask_set(&c), [b"sk-second"]);
+        // The other order: a connection still holding generation 2 starts a request with it
+        // after generation 3 is current and a response took the set without it.
+        c.swap(token("sk-third"));
+        drop(_r2);
+        let seen = c.masks(&mut masks);
+        assert_eq!(
+            mask_set(&c),
+            [b"sk-third"],
+            "2 is neither current nor in use"
+        );
+        let _late = c.start_use(&second);
+        assert_ne!(c.epoch(), seen, "the response would not look again");
+        assert_eq!(mask_set(&c), [&b"sk-third"[..], b"sk-second"]);
     }
 }

@@ -7,7 +7,7 @@ use crate::error::Problem;
 use crate::framing::{FieldFraming, FramingFields};
 use crate::limits::MAX_RESPONSE_HEADERS;
 use crate::persist;
-use crate::scrub::{self, TokenFinder};
+use crate::scrub::{self, Mask};
 use crate::syntax::{
     connection_options, list_items, push_field, push_status_line, ConnectionOption, HOP_BY_HOP,
 };
@@ -80,22 +80,22 @@ impl RequestId {
 
 /// Per-request facts the response rules depend on.
 #[derive(Debug, Clone, Copy)]
-pub struct ResponseContext<'a> {
+pub struct ResponseContext {
     pub request_was_head: bool,
     /// The client connection will close after this exchange whatever the response says.
     pub close_client: bool,
     /// The client speaks HTTP/1.0: a chunked body is de-chunked for it (R31).
     pub dechunk: bool,
-    /// Search for the tokens masked wherever they appear: the request's own, and any older
-    /// one a running request still uses.
-    pub tokens: &'a [&'a TokenFinder<'a>],
 }
 
 /// Parses a complete response head (ending with the blank line) and writes the head for the
-/// client into `out` (cleared first), with the token masked.
+/// client into `out` (cleared first), with each of `tokens` masked (every token a running
+/// request uses, as the credential store has them when the head arrives); a `request-id`
+/// holding one of them is not reported.
 pub fn parse_response(
     head: &[u8],
-    ctx: &ResponseContext<'_>,
+    ctx: &ResponseContext,
+    tokens: &[Mask],
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, Problem> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
@@ -148,13 +148,16 @@ pub fn parse_response(
         push_field(out, b"Connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    let masked = ctx.tokens.iter().map(|t| scrub::mask_all(out, t)).sum();
+    let masked = tokens
+        .iter()
+        .map(|t| scrub::mask_all(out, t.finder()))
+        .sum();
     let request_id = res
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("request-id"))
         // An upstream that echoes the token there does not get it into the log.
-        .filter(|h| ctx.tokens.iter().all(|t| t.find(h.value).is_none()))
+        .filter(|h| tokens.iter().all(|t| t.finder().find(h.value).is_none()))
         .map_or(RequestId::NONE, |h| RequestId::from_value(h.value));
     Ok(ResponseHead {
         status,
@@ -228,12 +231,7 @@ impl<'h> Fields<'h> {
 
     /// RFC 9112 §6.3, in its order. Conflicting framing fields are refused even where no
     /// body follows (HEAD, 204, 304): they are relayed.
-    fn body(
-        &self,
-        ctx: &ResponseContext<'_>,
-        status: u16,
-        minor: u8,
-    ) -> Result<ResponseBody, Problem> {
+    fn body(&self, ctx: &ResponseContext, status: u16, minor: u8) -> Result<ResponseBody, Problem> {
         if self.framing.conflicting() {
             return Err(Problem::UpstreamMalformed);
         }

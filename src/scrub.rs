@@ -9,20 +9,50 @@
 //! next segment decides them. For SSE the tail is `\n\n`, which is never a prefix of a token,
 //! so the hold costs streaming nothing.
 
+use std::sync::Arc;
+
 use memchr::memmem;
 use zeroize::Zeroizing;
 
 /// The byte that replaces each token byte.
 pub const MASK: u8 = b'*';
 
-/// The token's searcher, built once per connection and shared by every scrubber on it
-/// (building one costs about as much as scanning a small response).
+/// A token's searcher (building one costs about as much as scanning a small response, so it
+/// is built once per token and shared).
 pub type TokenFinder<'t> = memmem::Finder<'t>;
 
+/// One token a response masks, shared with whatever keeps it alive (the proxy's credential
+/// generations; a fixed token in tests and fuzzing).
+pub trait Needle: Send + Sync {
+    /// The token's searcher; its needle is the token.
+    fn finder(&self) -> &TokenFinder<'_>;
+}
+
+/// A token as a response holds it while masking it. Two masks are the same token when they
+/// are the same allocation ([`Arc::ptr_eq`]).
+pub type Mask = Arc<dyn Needle>;
+
+/// A fixed token with a searcher that owns a copy of it: for tests, fuzzing and benches. The
+/// copy is not wiped; the proxy's own tokens never use this.
+pub struct FixedToken(TokenFinder<'static>);
+
+impl FixedToken {
+    /// A mask for `token` (non-empty).
+    pub fn mask(token: &[u8]) -> Mask {
+        Arc::new(FixedToken(TokenFinder::new(token).into_owned()))
+    }
+}
+
+impl Needle for FixedToken {
+    fn finder(&self) -> &TokenFinder<'_> {
+        &self.0
+    }
+}
+
 /// Streaming token masker over one response body.
-pub struct Scrubber<'t> {
-    token: &'t [u8],
-    finder: &'t TokenFinder<'t>,
+pub struct Scrubber {
+    /// The token this one masks.
+    needle: Mask,
     /// Positions (in the relay buffer) of held payload bytes: a proper prefix of the token.
     held_at: Vec<usize>,
     /// Copies of those bytes, zeroized when dropped (they are a part of the token).
@@ -31,12 +61,11 @@ pub struct Scrubber<'t> {
     masked: u64,
 }
 
-impl<'t> Scrubber<'t> {
-    /// A scrubber for the token `finder` searches for (non-empty).
-    pub fn new(finder: &'t TokenFinder<'t>) -> Scrubber<'t> {
+impl Scrubber {
+    /// A scrubber for the token `needle` searches for (non-empty).
+    pub fn new(needle: Mask) -> Scrubber {
         Scrubber {
-            token: finder.needle(),
-            finder,
+            needle,
             held_at: Vec::new(),
             held: Zeroizing::new(Vec::new()),
             masked: 0,
@@ -49,7 +78,10 @@ impl<'t> Scrubber<'t> {
         if seg.is_empty() {
             return;
         }
-        let k = self.token.len();
+        let needle = self.needle.clone();
+        let finder = needle.finder();
+        let token = finder.needle();
+        let k = token.len();
         // A match that starts in the held bytes ends within the first k-1 bytes of `seg`.
         if !self.held.is_empty() {
             let take = (k - 1).min(seg.len());
@@ -58,7 +90,7 @@ impl<'t> Scrubber<'t> {
             joint.extend_from_slice(&self.held);
             joint.extend_from_slice(&buf[seg.start..seg.start + take]);
             for start in 0..self.held.len() {
-                if joint[start..].starts_with(self.token) {
+                if joint[start..].starts_with(token) {
                     self.masked += 1;
                     for j in start..start + k {
                         let at = match self.held_at.get(j) {
@@ -72,7 +104,7 @@ impl<'t> Scrubber<'t> {
         }
         // Whole matches inside the segment.
         let mut from = seg.start;
-        while let Some(i) = self.finder.find(&buf[from..seg.end]) {
+        while let Some(i) = finder.find(&buf[from..seg.end]) {
             buf[from + i..from + i + k].fill(MASK);
             from += i + k;
             self.masked += 1;
@@ -83,8 +115,8 @@ impl<'t> Scrubber<'t> {
             // position whose rest is a token prefix gives the longest hold.
             let w = seg.end - (k - 1).min(seg.len());
             let window = &buf[w..seg.end];
-            let start = memchr::memchr_iter(self.token[0], window)
-                .find(|&i| self.token.starts_with(&window[i..]))
+            let start = memchr::memchr_iter(token[0], window)
+                .find(|&i| token.starts_with(&window[i..]))
                 .map(|i| w + i);
             self.held_at.clear();
             self.held.clear();
@@ -105,7 +137,7 @@ impl<'t> Scrubber<'t> {
         bytes.extend_from_slice(&buf[seg.end - seg_keep..seg.end]);
         let hold = (1..=bytes.len())
             .rev()
-            .find(|&n| self.token.starts_with(&bytes[bytes.len() - n..]))
+            .find(|&n| token.starts_with(&bytes[bytes.len() - n..]))
             .unwrap_or(0);
         self.held_at.clear();
         self.held_at
@@ -132,6 +164,11 @@ impl<'t> Scrubber<'t> {
         }
     }
 
+    /// Whether this one masks `mask`'s token.
+    pub fn masks(&self, mask: &Mask) -> bool {
+        Arc::ptr_eq(&self.needle, mask)
+    }
+
     /// The body ended: held bytes can no longer become the token, release them.
     pub fn finish(&mut self) {
         self.held_at.clear();
@@ -152,23 +189,17 @@ pub fn mask_all(bytes: &mut [u8], finder: &TokenFinder<'_>) -> u64 {
     n
 }
 
-/// The token the unit tests of the response side mask, and its searchers.
+/// The token the unit tests of the response side mask.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::TokenFinder;
-    use std::sync::OnceLock;
+    use super::{FixedToken, Mask};
 
     pub const TOKEN: &[u8] = b"sk-ant-REAL";
 
-    pub fn finder() -> &'static TokenFinder<'static> {
-        static FINDER: OnceLock<TokenFinder<'static>> = OnceLock::new();
-        FINDER.get_or_init(|| TokenFinder::new(TOKEN))
-    }
-
     /// The tokens masked: [`TOKEN`] alone.
-    pub fn tokens() -> &'static [&'static TokenFinder<'static>] {
-        static TOKENS: OnceLock<[&'static TokenFinder<'static>; 1]> = OnceLock::new();
-        TOKENS.get_or_init(|| [finder()])
+    pub fn tokens() -> &'static [Mask] {
+        static TOKENS: std::sync::OnceLock<[Mask; 1]> = std::sync::OnceLock::new();
+        TOKENS.get_or_init(|| [FixedToken::mask(TOKEN)])
     }
 }
 
@@ -179,8 +210,7 @@ mod tests {
     /// Feeds `input` as payload split at `splits`, sending what the hold allows after each
     /// segment, as the relay does; returns what the client received.
     fn stream(token: &[u8], input: &[u8], splits: &[usize]) -> Vec<u8> {
-        let finder = TokenFinder::new(token);
-        let mut s = Scrubber::new(&finder);
+        let mut s = Scrubber::new(FixedToken::mask(token));
         let mut buf: Vec<u8> = Vec::new();
         let mut sent = Vec::new();
         let mut last = 0;
@@ -231,8 +261,7 @@ mod tests {
 
     #[test]
     fn sse_events_are_never_held() {
-        let finder = TokenFinder::new(b"sk-ant-api03-x");
-        let mut s = Scrubber::new(&finder);
+        let mut s = Scrubber::new(FixedToken::mask(b"sk-ant-api03-x"));
         let mut buf = b"event: ping\ndata: {}\n\n".to_vec();
         let len = buf.len();
         s.scan(&mut buf, 0..len);
@@ -241,8 +270,7 @@ mod tests {
 
     #[test]
     fn a_prefix_at_the_end_is_held_then_released() {
-        let finder = TokenFinder::new(b"secret");
-        let mut s = Scrubber::new(&finder);
+        let mut s = Scrubber::new(FixedToken::mask(b"secret"));
         let mut buf = b"data: sec".to_vec();
         s.scan(&mut buf, 0..9);
         assert_eq!(s.hold_from(), Some(6));

@@ -11,6 +11,7 @@ use std::io::Read;
 use zeroize::Zeroizing;
 
 use crate::limits::{MAX_CHUNK_SIZE_DIGITS, MAX_TOKEN_LEN};
+use crate::scrub::TokenFinder;
 use crate::sys;
 
 /// Which header carries the real token upstream (`TOKEN_HEADER`).
@@ -91,8 +92,9 @@ impl std::error::Error for TokenError {}
 /// The real credential and its rendered upstream header line.
 pub struct Token {
     /// `<Name>: <prefix><token>\r\n`, in pages of its own: locked while the token lives,
-    /// then wiped, unlocked and freed ([`sys::SecretPages`]).
-    line: sys::SecretPages,
+    /// then wiped, unlocked and freed ([`sys::SecretPages`]); with the response scrubber's
+    /// searcher for the raw token, built once.
+    line: sys::SearchableSecret,
     /// Where the raw token sits inside `line`.
     start: usize,
 }
@@ -121,9 +123,10 @@ impl Token {
             line.as_mut_slice()[at..at + part.len()].copy_from_slice(part);
             at += part.len();
         }
+        let token = prefix_len..prefix_len + raw.len();
         Ok(Token {
             start: prefix_len,
-            line,
+            line: sys::SearchableSecret::new(line, token),
         })
     }
 
@@ -146,6 +149,11 @@ impl Token {
     /// The complete upstream header line, CRLF included.
     pub fn header_line(&self) -> &[u8] {
         self.line.as_slice()
+    }
+
+    /// The searcher for the raw token (its needle is [`Token::as_bytes`]).
+    pub fn finder(&self) -> &TokenFinder<'_> {
+        self.line.finder()
     }
 
     /// Whether the OS agreed to keep the token out of swap.
@@ -345,6 +353,7 @@ mod tests {
         let long = vec![b'k'; MAX_TOKEN_LEN];
         let t = Token::new(&long, &TokenHeader::Authorization).unwrap();
         assert_eq!(t.as_bytes(), &long[..]);
+        assert_eq!(t.finder().needle(), &long[..]);
     }
 
     #[test]

@@ -101,6 +101,52 @@ impl Drop for SecretPages {
     }
 }
 
+/// A secret in pages of its own, with a substring searcher over part of it, built once: the
+/// response scrubber's searcher for a token, without a copy of the token outside its pages.
+pub struct SearchableSecret {
+    /// Declared before `pages`, so it is dropped first: it points into them.
+    finder: memchr::memmem::Finder<'static>,
+    pages: SecretPages,
+}
+
+impl SearchableSecret {
+    /// A searcher for `pages[needle]` (non-empty), kept with the pages.
+    pub fn new(pages: SecretPages, needle: std::ops::Range<usize>) -> SearchableSecret {
+        let bytes = &pages.as_slice()[needle];
+        // SAFETY: `bytes` lies in the pages' heap allocation, which does not move when `pages`
+        // moves, is never written again (this type gives no mutable access), and is freed
+        // only when `pages` drops, after `finder` (field order). `finder()` lends the
+        // searcher for the borrow of `self` only, so no copy of it outlives the pages.
+        let bytes: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+        SearchableSecret {
+            finder: memchr::memmem::Finder::new(bytes),
+            pages,
+        }
+    }
+
+    /// The secret's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.pages.as_slice()
+    }
+
+    /// The searcher for the part given at creation.
+    pub fn finder(&self) -> &memchr::memmem::Finder<'_> {
+        &self.finder
+    }
+
+    /// Whether the OS agreed to keep the pages out of swap.
+    pub fn is_locked(&self) -> bool {
+        self.pages.is_locked()
+    }
+
+    /// The start of the pages (tests check the alignment).
+    #[cfg(test)]
+    pub fn addr(&self) -> usize {
+        self.pages.addr()
+    }
+}
+
 /// The OS's page size (4096 where it cannot be read).
 pub fn page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

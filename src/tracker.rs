@@ -6,7 +6,7 @@
 use crate::error::Problem;
 use crate::framing::{ChunkLimits, ChunkedDecoder, Step};
 use crate::response::ResponseBody;
-use crate::scrub::{Scrubber, TokenFinder};
+use crate::scrub::{Mask, Scrubber};
 
 /// What one call of [`BodyTracker::advance`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,21 +28,64 @@ enum Framing {
     UntilClose,
 }
 
-/// The maskers of one body: for each token (the request's own, and any older one a running
-/// request still uses), one for the payload and one for extension and trailer text.
-struct Masks<'t> {
-    pairs: Vec<Pair<'t>>,
+/// The maskers of one body: for each token (the request's own, and any other a running
+/// request uses), one for the payload and one for extension and trailer text.
+struct Masks {
+    pairs: Vec<Pair>,
 }
 
-struct Pair<'t> {
+struct Pair {
     /// Masks the token in the payload.
-    payload: Scrubber<'t>,
+    payload: Scrubber,
     /// Masks the token in chunk-extension and trailer text. A token (visible ASCII) cannot
     /// span a line ending, so this one's hold is released at the end of each such run.
-    meta: Scrubber<'t>,
+    meta: Scrubber,
 }
 
-impl Masks<'_> {
+impl Pair {
+    fn new(mask: &Mask) -> Pair {
+        Pair {
+            payload: Scrubber::new(mask.clone()),
+            meta: Scrubber::new(mask.clone()),
+        }
+    }
+}
+
+impl Masks {
+    /// Masks exactly `tokens` from now on: a token new to the set is masked in every byte not
+    /// yet sent; one that left it releases what it held.
+    fn sync(&mut self, tokens: &[Mask]) {
+        let same = self.pairs.len() == tokens.len()
+            && self
+                .pairs
+                .iter()
+                .zip(tokens)
+                .all(|(p, t)| p.payload.masks(t));
+        if same {
+            return;
+        }
+        self.pairs.retain_mut(|p| {
+            let kept = tokens.iter().any(|t| p.payload.masks(t));
+            if !kept {
+                p.payload.finish();
+                p.meta.finish();
+            }
+            kept
+        });
+        for t in tokens {
+            if !self.pairs.iter().any(|p| p.payload.masks(t)) {
+                self.pairs.push(Pair::new(t));
+            }
+        }
+        // The order of `tokens`, so that the next call with the same set is the fast path.
+        self.pairs.sort_by_key(|p| {
+            tokens
+                .iter()
+                .position(|t| p.payload.masks(t))
+                .unwrap_or(usize::MAX)
+        });
+    }
+
     fn payload(&mut self, buf: &mut [u8], seg: std::ops::Range<usize>) {
         for p in &mut self.pairs {
             p.payload.scan(buf, seg.clone());
@@ -95,19 +138,16 @@ struct Cursor {
 
 /// Tracks one response body as bytes arrive: where it ends, which bytes are payload (to be
 /// scrubbed), and, for an HTTP/1.0 client, the payload alone (de-chunked).
-pub struct BodyTracker<'t> {
+pub struct BodyTracker {
     framing: Framing,
-    masks: Masks<'t>,
+    masks: Masks,
     dechunk: bool,
 }
 
-impl<'t> BodyTracker<'t> {
-    /// A tracker for a body of `body` framing that masks each token `tokens` searches for.
-    pub fn new(
-        body: ResponseBody,
-        dechunk: bool,
-        tokens: &'t [&'t TokenFinder<'t>],
-    ) -> BodyTracker<'t> {
+impl BodyTracker {
+    /// A tracker for a body of `body` framing that masks each of `tokens` (until
+    /// [`BodyTracker::mask`] changes the set).
+    pub fn new(body: ResponseBody, dechunk: bool, tokens: &[Mask]) -> BodyTracker {
         let framing = match body {
             ResponseBody::None | ResponseBody::Length(0) => Framing::None,
             ResponseBody::Length(n) => Framing::Length { remaining: n },
@@ -117,16 +157,16 @@ impl<'t> BodyTracker<'t> {
         BodyTracker {
             framing,
             masks: Masks {
-                pairs: tokens
-                    .iter()
-                    .map(|f| Pair {
-                        payload: Scrubber::new(f),
-                        meta: Scrubber::new(f),
-                    })
-                    .collect(),
+                pairs: tokens.iter().map(Pair::new).collect(),
             },
             dechunk: dechunk && body == ResponseBody::Chunked,
         }
+    }
+
+    /// Masks exactly `tokens` in what comes next, bytes already read and not yet sent
+    /// included: the set a response masks grows while it runs, as newer tokens come into use.
+    pub fn mask(&mut self, tokens: &[Mask]) {
+        self.masks.sync(tokens);
     }
 
     /// Whether the body is complete.
@@ -207,7 +247,7 @@ impl<'t> BodyTracker<'t> {
 /// One decoder step over the chunked body at `at`; returns whether the body ended.
 fn chunk_step(
     decoder: &mut ChunkedDecoder,
-    masks: &mut Masks<'_>,
+    masks: &mut Masks,
     dechunk: bool,
     buf: &mut [u8],
     at: &mut Cursor,

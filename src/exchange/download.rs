@@ -9,12 +9,14 @@ use tokio::time::Instant;
 
 use super::io::{read_available, within, write_client};
 use super::Progress;
+use crate::credential::Credentials;
 use crate::error::Problem;
 use crate::head::Version;
 use crate::limits::{self, Timeouts};
 use crate::relaybuf::RelayBuf;
 use crate::response::{self, ResponseBody, ResponseContext, ResponseHead};
 use crate::scan::{HeadScanner, ScanLimits};
+use crate::scrub::Mask;
 use crate::tracker::BodyTracker;
 use crate::upstream::ReadReady;
 
@@ -37,6 +39,37 @@ pub(super) struct DownReport {
     pub(super) received_any: bool,
 }
 
+/// The tokens a response masks, kept in step with the credential store's mask set: looked at
+/// again whenever its epoch moved, before each head is parsed and each read is scanned.
+struct LiveMasks<'a> {
+    creds: &'a Credentials,
+    /// The epoch `tokens` belongs to.
+    seen: u64,
+    tokens: Vec<Mask>,
+}
+
+impl<'a> LiveMasks<'a> {
+    fn new(creds: &'a Credentials) -> LiveMasks<'a> {
+        let mut tokens = Vec::new();
+        let seen = creds.masks(&mut tokens);
+        LiveMasks {
+            creds,
+            seen,
+            tokens,
+        }
+    }
+
+    /// Takes the store's set if it changed since; returns whether it did. One atomic load
+    /// when it did not.
+    fn refresh(&mut self) -> bool {
+        if self.creds.epoch() == self.seen {
+            return false;
+        }
+        self.seen = self.creds.masks(&mut self.tokens);
+        true
+    }
+}
+
 /// The response's way down: reads the upstream, writes the client.
 pub(super) struct Download<'a, R, W> {
     /// The upstream's read half, or the whole stream when the request body is all sent.
@@ -53,6 +86,8 @@ pub(super) struct Download<'a, R, W> {
     began: Instant,
     /// An end or error met after bytes that [`read_available`] returned; the next read's.
     stashed: Option<io::Result<usize>>,
+    /// The tokens masked in the head and the body.
+    masks: LiveMasks<'a>,
 }
 
 impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
@@ -61,8 +96,10 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         client: &'a mut W,
         t: &'a Timeouts,
         progress: &'a Progress,
+        creds: &'a Credentials,
     ) -> Self {
         Download {
+            masks: LiveMasks::new(creds),
             upstream,
             client,
             t,
@@ -87,7 +124,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
     /// Reads the response head (relaying interim 1xx), then streams the body to the client.
     pub(super) async fn run(
         &mut self,
-        mut ctx: ResponseContext<'_>,
+        mut ctx: ResponseContext,
         version: Version,
         out: &mut Vec<u8>,
     ) {
@@ -106,7 +143,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
     /// length (the rest of it is in the report and in `out`).
     async fn final_head(
         &mut self,
-        ctx: &mut ResponseContext<'_>,
+        ctx: &mut ResponseContext,
         version: Version,
         out: &mut Vec<u8>,
     ) -> Result<(ResponseBody, usize), Problem> {
@@ -119,7 +156,9 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             // upstream connection is not pooled afterwards.
             let early = !self.progress.body_sent();
             ctx.close_client |= early;
-            let head = response::parse_response(&self.buf[..head_end], ctx, out)?;
+            self.masks.refresh();
+            let tokens = &self.masks.tokens;
+            let head = response::parse_response(&self.buf[..head_end], ctx, tokens, out)?;
             if !head.interim {
                 self.report.head_after = Some(self.began.elapsed());
                 self.report.answered_early = early;
@@ -178,10 +217,10 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         &mut self,
         body: ResponseBody,
         head_len: usize,
-        ctx: &ResponseContext<'_>,
+        ctx: &ResponseContext,
         out: &mut Vec<u8>,
     ) -> Result<(), Problem> {
-        let tracker = BodyTracker::new(body, ctx.dechunk, ctx.tokens);
+        let tracker = BodyTracker::new(body, ctx.dechunk, &self.masks.tokens);
         let buf = std::mem::take(&mut self.buf);
         let mut relay = RelayBuf::new(tracker, buf, head_len, self.filled);
         let relayed = self.relay_body(&mut relay, body, out).await;
@@ -192,7 +231,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
     /// The body loop over `relay`; the first write carries the head in `out`.
     async fn relay_body(
         &mut self,
-        relay: &mut RelayBuf<'_>,
+        relay: &mut RelayBuf,
         body: ResponseBody,
         out: &mut Vec<u8>,
     ) -> Result<(), Problem> {
@@ -234,6 +273,11 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
                 return self.write(relay.front(last)).await;
             }
             relay.filled(n);
+            // Bytes an upstream reflects a token in can only be read after the token joined
+            // the mask set: looking after the read finds it (see `credential`).
+            if self.masks.refresh() {
+                relay.mask(&self.masks.tokens);
+            }
         }
     }
 
@@ -241,7 +285,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
     /// turns out stale gives the read its own, so a silent upstream is cut after at most two). A plain upstream that has none yet (an SSE
     /// stream between events) is waited on without the relay buffer, so a held stream costs
     /// no buffer; one that has them, or a TLS one, goes straight on to the read.
-    async fn wait_readable(&mut self, relay: &mut RelayBuf<'_>) -> Result<(), Problem> {
+    async fn wait_readable(&mut self, relay: &mut RelayBuf) -> Result<(), Problem> {
         let upstream = &mut *self.upstream;
         let ready = std::future::poll_fn(|cx| {
             let polled = upstream.poll_read_ready(cx);

@@ -42,7 +42,6 @@ use crate::head::{Method, Request, Version};
 use crate::metrics::Metrics;
 use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
 use crate::response::{RequestId, ResponseContext};
-use crate::scrub::TokenFinder;
 use crate::state::Proxy;
 use crate::upstream::Stream;
 
@@ -62,9 +61,6 @@ pub struct Exchange<'a> {
     /// The rewritten upstream head; it holds our credential.
     pub up_head: &'a [u8],
     pub terms: ClientTerms,
-    /// The tokens to mask in the response: the request's own (its searcher built once per
-    /// client connection and token generation), and any older one still in use.
-    pub tokens: &'a [&'a TokenFinder<'a>],
 }
 
 /// The client side of a connection: the socket, and the bytes read but not yet used (the rest
@@ -361,12 +357,12 @@ async fn race(
         request_was_head: x.req.method == Method::Head,
         close_client: !x.terms.persist(),
         dechunk: version == Version::Http10,
-        tokens: x.tokens,
     };
+    let creds = &x.proxy.creds;
     if body.is_done() {
         // The whole request went out with the head (the usual agent POST): relay the response
         // on the upstream connection itself, without splitting it.
-        let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress);
+        let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress, creds);
         down.run(ctx, version, out).await;
         return Raced {
             upload: UploadState::Sent,
@@ -393,7 +389,8 @@ async fn race(
             }
             .run(),
         );
-        let mut download = Download::new(&mut upstream_read, &mut client_write, t, &progress);
+        let mut download =
+            Download::new(&mut upstream_read, &mut client_write, t, &progress, creds);
         let mut upload = UploadState::Running;
         {
             let down = download.run(ctx, version, out);
