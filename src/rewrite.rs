@@ -163,7 +163,7 @@ pub struct Upstream<'a> {
 /// No allocation that held the credential is freed unwiped: the head is counted, `out` is
 /// sized for exactly that many bytes while it holds nothing but zeros (a reallocation then
 /// frees only zeros), and the head is written into that room. Counting and writing are the
-/// same code ([`emit`] over a [`Count`], then over the buffer), so they cannot disagree and
+/// same code (`emit` over a [`Count`], then over the buffer), so they cannot disagree and
 /// writing never grows `out`. The counting pass allocates and formats nothing.
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
