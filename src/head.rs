@@ -175,11 +175,9 @@ pub fn parse_request(
         allowed: !fields.overrides_method
             && rw.allow.is_none_or(|l| l.allows(method.as_str(), path)),
     };
-    // Wipe (not just clear) before reserving: a reallocation frees the old block, which may
-    // hold the previous request's credential. Then reserve the final size so growing never
-    // leaves a copy.
+    // Wipe (not just clear): the writer sizes `out` for the exact head before writing, and
+    // that reallocation frees the old block, which may hold the previous request's credential.
     zeroize::Zeroize::zeroize(out);
-    out.reserve(rewrite::size_bound(head.len(), rw));
     if route == Route::Forward && request.authorized && request.allowed {
         let options = fields.options();
         let up = Upstream {

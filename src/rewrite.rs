@@ -5,7 +5,9 @@
 
 use crate::framing::BodyKind;
 use crate::policy::AllowList;
-use crate::syntax::{list_items, name_is, push_content_length, push_field, HOP_BY_HOP};
+use crate::syntax::{
+    list_items, name_is, push_content_length, push_field, Count, Sink, HOP_BY_HOP,
+};
 use crate::target::Target;
 
 /// The beta flag OAuth tokens need on api.anthropic.com.
@@ -155,32 +157,49 @@ pub struct Upstream<'a> {
     pub beta: Beta,
 }
 
-/// An upper bound of the upstream head's size, so the caller can reserve it once and no
-/// reallocation leaves a copy of the credential behind: fields are only removed, except Host,
-/// framing, the beta flag, the encoding and the credential.
-pub fn size_bound(client_head_len: usize, rw: &Rewrite<'_>) -> usize {
-    client_head_len
-        + rw.target.base_path.len()
-        + rw.target.authority.len()
-        + rw.credential_line.len()
-        + 128
-}
-
-/// Writes the upstream head into `out`.
+/// Writes the upstream head into `out`, which the caller has wiped (zeroized, not only
+/// cleared: its spare capacity may hold the previous request's credential) and left empty.
+///
+/// No allocation that held the credential is freed unwiped: the head is counted, `out` is
+/// sized for exactly that many bytes while it holds nothing but zeros (a reallocation then
+/// frees only zeros), and the head is written into that room. Counting and writing are the
+/// same code (`emit` over a [`Count`], then over the buffer), so they cannot disagree and
+/// writing never grows `out`. The counting pass allocates and formats nothing.
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
     up: &Upstream<'_>,
     headers: &[httparse::Header<'_>],
     rw: &Rewrite<'_>,
 ) {
-    out.extend_from_slice(up.method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(rw.target.base_path.as_bytes());
+    debug_assert!(out.is_empty(), "the caller wipes the buffer first");
+    let mut len = Count(0);
+    emit(&mut len, up, headers, rw);
+    out.reserve(len.0);
+    let reserved = out.capacity();
+    emit(out, up, headers, rw);
+    debug_assert_eq!(out.len(), len.0, "counted and written heads differ");
+    debug_assert_eq!(
+        out.capacity(),
+        reserved,
+        "the head's buffer was reallocated"
+    );
+}
+
+/// The upstream head, put into `out`: run once counting, once writing.
+fn emit(
+    out: &mut impl Sink,
+    up: &Upstream<'_>,
+    headers: &[httparse::Header<'_>],
+    rw: &Rewrite<'_>,
+) {
+    out.put(up.method.as_bytes());
+    out.put(b" ");
+    out.put(rw.target.base_path.as_bytes());
     if up.prefix_slash {
-        out.push(b'/');
+        out.put(b"/");
     }
-    out.extend_from_slice(up.target);
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    out.put(up.target);
+    out.put(b" HTTP/1.1\r\n");
     push_field(out, b"Host", rw.target.authority.as_bytes());
     let mut append_beta = up.beta == Beta::AppendToFirst;
     for h in headers {
@@ -193,14 +212,14 @@ pub fn write_upstream_head(
         }
         if append_beta && name.eq_ignore_ascii_case(b"anthropic-beta") {
             append_beta = false;
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
+            out.put(name);
+            out.put(b": ");
+            out.put(h.value);
             if !h.value.is_empty() {
-                out.push(b',');
+                out.put(b",");
             }
-            out.extend_from_slice(OAUTH_BETA);
-            out.extend_from_slice(b"\r\n");
+            out.put(OAUTH_BETA);
+            out.put(b"\r\n");
             continue;
         }
         push_field(out, name, h.value);
@@ -214,6 +233,6 @@ pub fn write_upstream_head(
         BodyKind::Length(n) => push_content_length(out, n),
         BodyKind::Chunked => push_field(out, b"Transfer-Encoding", b"chunked"),
     }
-    out.extend_from_slice(rw.credential_line);
-    out.extend_from_slice(b"\r\n");
+    out.put(rw.credential_line);
+    out.put(b"\r\n");
 }

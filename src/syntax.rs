@@ -134,8 +134,33 @@ pub fn parse_content_length(v: &[u8]) -> Option<u64> {
     })
 }
 
+/// Where the `push_*` writers below put their bytes: a buffer, or a [`Count`] of them, so a
+/// writer run once counting and once writing cannot disagree on the length (the upstream
+/// head is sized exactly before our credential goes into it).
+pub trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A [`Sink`] that only counts the bytes put into it: no allocation, no copy.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub usize);
+
+impl Sink for Count {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
 /// Appends `n` in decimal, without allocating (Content-Length, status codes).
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub fn push_decimal(out: &mut impl Sink, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -146,7 +171,7 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    out.put(&digits[i..]);
 }
 
 /// The hex digits by value, lower-case (chunk sizes, `\xHH` in the log).
@@ -189,10 +214,10 @@ pub fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Appends `Content-Length: <n>\r\n` (RFC 9110 §8.6), the one framing field written in
 /// decimal.
-pub fn push_content_length(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(b"Content-Length: ");
+pub fn push_content_length(out: &mut impl Sink, n: u64) {
+    out.put(b"Content-Length: ");
     push_decimal(out, n);
-    out.extend_from_slice(b"\r\n");
+    out.put(b"\r\n");
 }
 
 /// Appends a status line, `HTTP/1.1 <status> <reason>\r\n` (RFC 9112 §4): always our own
@@ -206,11 +231,11 @@ pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
 }
 
 /// Appends one field line, `name: value\r\n`. Both were checked by the caller.
-pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+pub fn push_field(out: &mut impl Sink, name: &[u8], value: &[u8]) {
+    out.put(name);
+    out.put(b": ");
+    out.put(value);
+    out.put(b"\r\n");
 }
 
 /// The credentials of `Authorization: Bearer <x>` (scheme case-insensitive, RFC 9110 §11.1).

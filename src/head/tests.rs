@@ -657,3 +657,123 @@ fn method_override_fields_are_refused_under_an_allow_list() {
         assert_eq!(with_override(fields, None), without, "{fields:?} without");
     }
 }
+
+/// One request of the sizing property below: its head and the rewrite it goes through.
+#[derive(Debug)]
+struct SizingCase {
+    fields: usize,
+    space: &'static str,
+    beta: Option<&'static str>,
+    oauth_beta: bool,
+    custom: bool,
+    framing: &'static str,
+    target: &'static str,
+    request_target: &'static str,
+}
+
+impl SizingCase {
+    fn head(&self) -> Vec<u8> {
+        let s = self.space;
+        let method = if self.framing.is_empty() {
+            "GET"
+        } else {
+            "POST"
+        };
+        let mut h = format!("{method} {} HTTP/1.1\r\nHost:{s}a\r\n", self.request_target);
+        for i in 0..self.fields {
+            h.push_str(&format!("X-Field-{i}:{s}value-{i}\r\n"));
+        }
+        if let Some(b) = self.beta {
+            h.push_str(&format!("anthropic-beta:{s}{b}\r\n"));
+        }
+        if self.custom {
+            h.push_str(&format!("X-Goog-Api-Key:{s}sandbox\r\n"));
+        }
+        h.push_str(self.framing);
+        h.push_str("\r\n");
+        h.into_bytes()
+    }
+}
+
+/// Attack review, round three (finding 3): the upstream head's buffer is sized once, exactly,
+/// before the credential is written into it, and never reallocated after (a reallocation
+/// would free a block holding a copy of the credential, unwiped). Fields written without a
+/// space after the colon grow by one byte each in the rewrite; the added fields (beta flag,
+/// encoding, framing, credential) and TARGET's base path and authority grow it too.
+#[test]
+fn the_upstream_head_is_sized_exactly_before_the_credential_is_written() {
+    let limits = Limits {
+        max_headers: MAX_HEADERS_CAP,
+        max_body_bytes: u64::MAX,
+        ..Limits::default()
+    };
+    let betas = [
+        (None, false),                      // Keep: not wanted.
+        (None, true),                       // Add.
+        (Some("tools-2024"), true),         // AppendToFirst.
+        (Some(""), true),                   // AppendToFirst, to an empty list.
+        (Some("a,oauth-2025-04-20"), true), // Keep: already there.
+    ];
+    let framings = [
+        "",
+        "Content-Length:12345678901\r\n",
+        "Transfer-Encoding:chunked\r\n",
+    ];
+    let targets = ["https://api.anthropic.com", "http://h:8080/some/base/path"];
+    let request_targets = ["/v1/messages?beta=true", "http://x", "https://x/v1/y?z"];
+    // Every field count with and without the space and each beta decision; the other parts
+    // (a custom credential field, framing, TARGET, the request-target form) take turns with
+    // the field count, so each of their 36 combinations meets each beta decision and spacing
+    // about three times.
+    let mut seen = [[false; 36]; 10];
+    for fields in 0..=100 {
+        for (s, space) in ["", " "].into_iter().enumerate() {
+            for (b, (beta, oauth_beta)) in betas.into_iter().enumerate() {
+                let turn = (fields + 7 * (s * 5 + b)) % 36;
+                seen[s * 5 + b][turn] = true;
+                let case = SizingCase {
+                    fields,
+                    space,
+                    beta,
+                    oauth_beta,
+                    custom: turn % 2 == 1,
+                    framing: framings[turn / 2 % 3],
+                    target: targets[turn / 6 % 2],
+                    request_target: request_targets[turn / 12],
+                };
+                check_sizing(&case, &limits);
+            }
+        }
+    }
+    assert!(seen.iter().flatten().all(|&s| s));
+}
+
+fn check_sizing(case: &SizingCase, limits: &Limits) {
+    let t = Target::parse(case.target).unwrap();
+    let rw = Rewrite {
+        target: &t,
+        credential_line: b"x-goog-api-key: REAL-CREDENTIAL-0123456789\r\n",
+        credential_field: case.custom.then_some(&b"x-goog-api-key"[..]),
+        phantom: None,
+        allow: None,
+        oauth_beta: case.oauth_beta,
+    };
+    let head = case.head();
+    // A fresh buffer: what is reserved is what is written (a reallocation while writing
+    // would have at least doubled the capacity).
+    let mut fresh = Vec::new();
+    let req =
+        parse_request(&head, limits, &rw, &mut fresh).unwrap_or_else(|p| panic!("{case:?}: {p:?}"));
+    assert_eq!(req.route, Route::Forward, "{case:?}");
+    assert!(
+        fresh.ends_with(b"REAL-CREDENTIAL-0123456789\r\n\r\n"),
+        "{case:?}"
+    );
+    assert_eq!(fresh.capacity(), fresh.len(), "{case:?}");
+    // A buffer reused from a larger head: its capacity is kept, nothing is reallocated.
+    let mut reused = Vec::with_capacity(4096);
+    reused.extend_from_slice(&[b'T'; 4000]);
+    parse_request(&head, limits, &rw, &mut reused).unwrap();
+    assert_eq!(reused.capacity(), 4096, "{case:?}");
+    assert_eq!(reused, fresh, "{case:?}");
+}

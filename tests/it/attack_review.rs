@@ -207,3 +207,31 @@ fn idle_and_stalled_peers_do_not_delay_a_scrape() {
         }
     }
 }
+
+/// Finding 3: with the OAuth beta flag added, 69 or 70 fields written without a space after
+/// the colon (each one byte longer upstream) made the upstream head outgrow its reservation
+/// right after the credential was written, freeing a copy of it unwiped. The head is now
+/// sized exactly before it is written (checked in debug builds, which these tests are); the
+/// requests around that size are forwarded byte for byte.
+#[test]
+fn fields_without_a_space_around_the_old_size_bound_are_forwarded_exactly() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = proxy_for(&up, &[("OAUTH_BETA", "on")]);
+    let mut c = Client::connect(proxy.addr());
+    for (i, n) in (60..=75).enumerate() {
+        let mut req = String::from("GET /v1/models HTTP/1.1\r\nHost:x\r\n");
+        let mut fields = Vec::new();
+        for f in 0..n {
+            req.push_str(&format!("X-Field-{f}:value-{f}\r\n"));
+            fields.push(format!("X-Field-{f}: value-{f}"));
+        }
+        req.push_str("\r\n");
+        c.send(&req);
+        assert_eq!(c.read_response().status(), 200, "{n} fields");
+        let got = up.wait_requests(i + 1, IO_TIMEOUT);
+        fields.push("anthropic-beta: oauth-2025-04-20".into());
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let want = expected_head("GET", "/v1/models", &up.authority(), &fields, None);
+        assert_eq!(got[i].head_str(), want, "{n} fields");
+    }
+}
