@@ -235,3 +235,97 @@ fn fields_without_a_space_around_the_old_size_bound_are_forwarded_exactly() {
         assert_eq!(got[i].head_str(), want, "{n} fields");
     }
 }
+
+/// Finding 1: a response that began before a rotation masks the newer token too. The upstream
+/// writes what it saw on a later request (generation 2's credential) into the body of a
+/// stream that began under generation 1, and into the `request-id` of a response whose head
+/// comes after that request: the sandbox and the log get neither in clear.
+#[test]
+fn a_response_that_began_before_a_rotation_masks_the_newer_token() {
+    use std::sync::{Arc, Mutex};
+    const OLD: &str = "sk-ant-test-OLD-0123456789abcdef";
+    const NEW: &str = "sk-ant-test-NEW-fedcba9876543210";
+    let gate = Gate::new();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (g, s) = (gate.clone(), seen.clone());
+    let up = Upstream::plain().serve(move |c: &mut UpConn| {
+        while let Some(req) = c.read_request() {
+            let auth = req.head.header_str("authorization").unwrap_or_default();
+            let token = auth.trim_start_matches("Bearer ").to_string();
+            s.lock().unwrap().push(token);
+            let last = || s.lock().unwrap().last().cloned().unwrap_or_default();
+            match req.head.target.as_str() {
+                // A stream whose next event reflects the latest credential seen.
+                "/stream" => {
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    let _ = c.send(format!("{head}6\r\nfirst\n\r\n").as_bytes());
+                    if g.wait(IO_TIMEOUT) {
+                        let event = format!("seen {}\n", last());
+                        let chunk = format!("{:x}\r\n{event}\r\n0\r\n\r\n", event.len());
+                        let _ = c.send(chunk.as_bytes());
+                    }
+                }
+                // A head that comes later, with the latest credential as its request id.
+                "/late" => {
+                    if g.wait(IO_TIMEOUT) {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nrequest-id: {}\r\nContent-Length: 2\r\n\r\nok",
+                            last()
+                        );
+                        let _ = c.send(head.as_bytes());
+                    }
+                }
+                _ => {
+                    let _ = c.send(&handlers::ok_text(&req, b"ok"));
+                }
+            }
+        }
+    });
+    let target = up.target_url();
+    let envs = [("TARGET", target.as_str()), ("TOKEN_UPDATES", "stdin")];
+    let mut proxy = Proxy::spawn_with_stdin(&envs, format!("{OLD}\n").as_bytes(), false)
+        .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+    // Both responses begin under generation 1.
+    let mut stream = Client::connect(proxy.addr());
+    stream.send(get("/stream"));
+    assert_eq!(stream.read_head().expect("stream head").status, 200);
+    let (mut acc, mut st) = (Vec::new(), Default::default());
+    assert!(stream
+        .read_body_until(Framing::Chunked, &mut acc, b"first\n", &mut st)
+        .unwrap());
+    let mut late = Client::connect(proxy.addr());
+    late.send(get("/late"));
+    // The upstream has both requests before the rotation.
+    let both = || seen.lock().unwrap().len() == 2;
+    let until = std::time::Instant::now() + IO_TIMEOUT;
+    while !both() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(both(), "the upstream did not get both requests");
+    // Generation 2 goes up on a third request.
+    proxy.write_stdin(format!("{NEW}\n").as_bytes());
+    assert!(proxy.wait_for_stderr("token updated (generation 2)", IO_TIMEOUT));
+    assert_eq!(roundtrip(proxy.addr(), get("/next")).status(), 200);
+    assert_eq!(seen.lock().unwrap().last().unwrap(), NEW);
+    gate.open();
+    // To the end of the body.
+    let ended = !stream
+        .read_body_until(Framing::Chunked, &mut acc, b"\0never", &mut st)
+        .unwrap();
+    assert!(ended && acc.starts_with(b"first\nseen "));
+    let body = String::from_utf8_lossy(&acc).into_owned();
+    assert!(
+        !body.contains(NEW),
+        "generation 2 in clear in the stream: {body}"
+    );
+    assert!(body.contains(&"*".repeat(NEW.len())), "{body}");
+    let r = late.read_response_to("GET").expect("the late response");
+    let raw = String::from_utf8_lossy(&r.raw()).into_owned();
+    assert!(
+        !raw.contains(NEW),
+        "generation 2 in clear in the head: {raw}"
+    );
+    assert!(proxy.wait_for_stderr("GET /late 200", IO_TIMEOUT));
+    let log = proxy.stderr_so_far();
+    assert!(!log.contains(NEW), "generation 2 in the log:\n{log}");
+}
