@@ -105,16 +105,33 @@ const HOP_BY_HOP_DOWN: &[&[u8]] = &[
     b"upgrade",
 ];
 
-/// The searcher for [`REAL_TOKEN`], built once (as the proxy builds one per connection).
+/// The tokens masked in a response: [`REAL_TOKEN`] alone.
+fn real_tokens() -> &'static [scrub::Mask] {
+    static TOKENS: OnceLock<[scrub::Mask; 1]> = OnceLock::new();
+    TOKENS.get_or_init(|| [scrub::FixedToken::mask(REAL_TOKEN)])
+}
+
+/// The searcher for [`REAL_TOKEN`].
 fn real_finder() -> &'static scrub::TokenFinder<'static> {
     static FINDER: OnceLock<scrub::TokenFinder<'static>> = OnceLock::new();
     FINDER.get_or_init(|| scrub::TokenFinder::new(REAL_TOKEN))
 }
 
-/// The tokens masked in a response: [`REAL_TOKEN`] alone.
-fn real_tokens() -> &'static [&'static scrub::TokenFinder<'static>] {
-    static TOKENS: OnceLock<[&'static scrub::TokenFinder<'static>; 1]> = OnceLock::new();
-    TOKENS.get_or_init(|| [real_finder()])
+/// A token that comes into use while a response is relayed: it joins the mask set before
+/// the first read that holds a byte of it, as the credential store guarantees (a token joins
+/// the set before a request can carry it upstream, so an upstream can reflect it only after).
+/// It shares no byte with [`REAL_TOKEN`] and cannot overlap itself.
+pub const LATE_TOKEN: &[u8] = b"sk-late-7xq";
+
+/// [`REAL_TOKEN`] and [`LATE_TOKEN`], the mask set once the late one joined.
+fn both_tokens() -> &'static [scrub::Mask] {
+    static TOKENS: OnceLock<[scrub::Mask; 2]> = OnceLock::new();
+    TOKENS.get_or_init(|| {
+        [
+            real_tokens()[0].clone(),
+            scrub::FixedToken::mask(LATE_TOKEN),
+        ]
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -961,12 +978,11 @@ pub fn chunked(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 
 /// Every combination of the per-request facts the response rules depend on.
-fn contexts() -> impl Iterator<Item = ResponseContext<'static>> {
+fn contexts() -> impl Iterator<Item = ResponseContext> {
     (0..8u8).map(|b| ResponseContext {
         request_was_head: b & 1 != 0,
         close_client: b & 2 != 0,
         dechunk: b & 4 != 0,
-        tokens: real_tokens(),
     })
 }
 
@@ -981,7 +997,8 @@ pub fn response_head(data: &[u8]) {
                 break;
             };
             let mut out = b"stale bytes".to_vec();
-            let Ok(head) = response::parse_response(&rest[..n], &ctx, &mut out) else {
+            let Ok(head) = response::parse_response(&rest[..n], &ctx, real_tokens(), &mut out)
+            else {
                 break;
             };
             check_response_head(&rest[..n], &head, &ctx, &out);
@@ -995,7 +1012,7 @@ pub fn response_head(data: &[u8]) {
     }
 }
 
-fn check_response_head(h: &[u8], head: &ResponseHead, ctx: &ResponseContext<'_>, out: &[u8]) {
+fn check_response_head(h: &[u8], head: &ResponseHead, ctx: &ResponseContext, out: &[u8]) {
     let up = parse_response_exact(h).expect("accepted head parses with httparse");
     let down = match parse_response_exact(out) {
         Ok(p) => p,
@@ -1285,6 +1302,8 @@ const TOKEN_MARK: u8 = 0xFF;
 /// This byte stands for [`FILL`] bytes of `e`: long extensions or bodies from short inputs,
 /// so the relay buffer's growth, its 64 KiB bound and the hold past it are reachable.
 const FILL_MARK: u8 = 0xFE;
+/// This byte stands for [`LATE_TOKEN`].
+const LATE_MARK: u8 = 0xFD;
 const FILL: usize = 4000;
 
 /// How a byte of a chunked body is relayed (RFC 9112 §7.1).
@@ -1369,13 +1388,38 @@ fn classify_chunked(body: &[u8]) -> Vec<Class> {
 /// each extension or trailer line on its own. [`REAL_TOKEN`] cannot overlap itself, so the
 /// occurrences are the same however they are searched.
 fn token_positions(body: &[u8], class: &[Class]) -> Vec<bool> {
+    // The two tokens share no byte, so their occurrences never overlap.
+    let real = positions_of(REAL_TOKEN, body, class);
+    let late = positions_of(LATE_TOKEN, body, class);
+    real.iter().zip(&late).map(|(a, b)| a | b).collect()
+}
+
+/// The body's classes, as [`check_relayed`] judges them.
+fn classes(body_kind: ResponseBody, body: &[u8]) -> Vec<Class> {
+    match body_kind {
+        ResponseBody::Chunked => classify_chunked(body),
+        ResponseBody::Length(n) => vec![Class::Payload; body.len().min(n as usize)],
+        ResponseBody::UntilClose => vec![Class::Payload; body.len()],
+        ResponseBody::None => Vec::new(),
+    }
+}
+
+/// Where the body first holds a byte of a [`LATE_TOKEN`] occurrence the relay must mask.
+fn late_start(body_kind: ResponseBody, body: &[u8]) -> usize {
+    let class = classes(body_kind, body);
+    let late = positions_of(LATE_TOKEN, body, &class);
+    late.iter().position(|&m| m).unwrap_or(usize::MAX)
+}
+
+/// The positions of `token`'s occurrences as the relay masks them (see [`token_positions`]).
+fn positions_of(token: &[u8], body: &[u8], class: &[Class]) -> Vec<bool> {
     let mut marked = vec![false; body.len()];
     let mut mark = |positions: &[usize]| {
         let bytes: Vec<u8> = positions.iter().map(|&p| body[p]).collect();
-        let k = REAL_TOKEN.len();
+        let k = token.len();
         let mut i = 0;
         while i + k <= bytes.len() {
-            if &bytes[i..i + k] == REAL_TOKEN {
+            if &bytes[i..i + k] == token {
                 positions[i..i + k].iter().for_each(|&p| marked[p] = true);
                 i += k;
             } else {
@@ -1421,8 +1465,12 @@ fn drive_relay(
     first: usize,
     reads: &[usize],
 ) -> (Vec<u8>, RelayEnd) {
-    let tracker = BodyTracker::new(head.body, dechunk, real_tokens());
     let first = first.min(body.len());
+    // Where the body first holds a byte of the late token: it joins before that byte is read.
+    let late_at = late_start(head.body, body);
+    let mut joined = late_at < first;
+    let tokens = if joined { both_tokens() } else { real_tokens() };
+    let tracker = BodyTracker::new(head.body, dechunk, tokens);
     // The head buffer: the head's own bytes (stand-ins), then the body bytes read with it.
     let head_len = 100;
     let mut buf = vec![b'H'; head_len];
@@ -1456,8 +1504,13 @@ fn drive_relay(
             };
         }
         spare[..n].copy_from_slice(&body[at..at + n]);
+        let late = !joined && at + n > late_at;
         at += n;
         relay.filled(n);
+        if late {
+            relay.mask(both_tokens());
+            joined = true;
+        }
     }
     unreachable!("reads is never empty")
 }
@@ -1478,6 +1531,7 @@ pub fn relay_response(data: &[u8]) {
     for &b in template {
         match b {
             TOKEN_MARK => resp.extend_from_slice(REAL_TOKEN),
+            LATE_MARK => resp.extend_from_slice(LATE_TOKEN),
             FILL_MARK => resp.extend(std::iter::repeat_n(b'e', FILL)),
             b => resp.push(b),
         }
@@ -1486,7 +1540,6 @@ pub fn relay_response(data: &[u8]) {
         request_was_head: flags & 2 != 0,
         close_client: false,
         dechunk: flags & 1 != 0,
-        tokens: real_tokens(),
     };
     // The final head, after any interim ones.
     let mut rest = &resp[..];
@@ -1495,7 +1548,7 @@ pub fn relay_response(data: &[u8]) {
             return;
         };
         let mut out = Vec::new();
-        let Ok(head) = response::parse_response(&rest[..n], &ctx, &mut out) else {
+        let Ok(head) = response::parse_response(&rest[..n], &ctx, real_tokens(), &mut out) else {
             return;
         };
         assert!(!contains(&out, REAL_TOKEN), "token in a relayed head");
@@ -1555,13 +1608,12 @@ fn check_relayed(
     let mut client = head_out.to_vec();
     client.extend_from_slice(sent);
     assert!(!contains(&client, REAL_TOKEN), "token sent to the client");
+    assert!(
+        !contains(sent, LATE_TOKEN),
+        "a token that joined the mask set sent to the client"
+    );
     let chunked = body_kind == ResponseBody::Chunked;
-    let class = match body_kind {
-        ResponseBody::Chunked => classify_chunked(body),
-        ResponseBody::Length(n) => vec![Class::Payload; body.len().min(n as usize)],
-        ResponseBody::UntilClose => vec![Class::Payload; body.len()],
-        ResponseBody::None => Vec::new(),
-    };
+    let class = classes(body_kind, body);
     let marked = token_positions(body, &class);
     let expect = |i: usize| if marked[i] { scrub::MASK } else { body[i] };
     if dechunk && chunked {
