@@ -23,7 +23,7 @@ use crate::error::Problem;
 use crate::exchange::{self, Client, Exchange, Forwarded, Outcome};
 use crate::head::{self, Method, Request, Route};
 use crate::limits::{self, Timeouts};
-use crate::log::{Log, Value};
+use crate::log::{Event, Log, RequestLine};
 use crate::metrics::{Metrics, Reason};
 use crate::persist::{self, ClientFate, ClientTerms, End};
 use crate::scan::{HeadScanner, ScanLimits};
@@ -410,58 +410,35 @@ fn record(
     m.bytes_down.fetch_add(o.bytes, Relaxed);
     m.bytes_up.fetch_add(o.bytes_up, Relaxed);
     m.tokens_masked.fetch_add(o.masked, Relaxed);
-    let ms = elapsed.as_millis() as u64;
-    let id = o.request_id.as_str();
-    let id_text = id.map(|id| format!(" request-id={id}")).unwrap_or_default();
-    let head_ms = o
-        .head_after
-        .map_or(Value::Null, |d| Value::Num(d.as_millis() as u64));
-    log.event(
-        "request",
-        format_args!(
-            "{} {path} {} {}B {ms}ms{id_text}",
-            method.as_str(),
-            o.status,
-            o.bytes
-        ),
-        &[
-            ("method", Value::Str(method.as_str())),
-            ("path", Value::Str(path)),
-            ("status", Value::Num(u64::from(o.status))),
-            ("bytes_up", Value::Num(o.bytes_up)),
-            ("bytes_down", Value::Num(o.bytes)),
-            ("duration_ms", Value::Num(ms)),
-            ("head_ms", head_ms),
-            ("reused", Value::Bool(o.reused)),
-            ("request_id", id.map_or(Value::Null, Value::Str)),
-            ("token_generation", Value::Num(generation)),
-        ],
-    );
+    log.event(&Event::Request(&RequestLine {
+        method: method.as_str(),
+        path,
+        status: o.status,
+        bytes_up: o.bytes_up,
+        bytes_down: o.bytes,
+        duration_ms: elapsed.as_millis() as u64,
+        head_ms: o.head_after.map(|d| d.as_millis() as u64),
+        reused: o.reused,
+        request_id: o.request_id.as_str(),
+        token_generation: generation,
+    }));
     if let Some(p) = o.failure {
         log_error(log, p);
     }
     if o.credential_rejected {
         m.credential_rejected.fetch_add(1, Relaxed);
-        log.event(
-            "credential_rejected",
-            format_args!(
-                "credential rejected by upstream ({}, token generation {generation})",
-                o.status
-            ),
-            &[
-                ("status", Value::Num(u64::from(o.status))),
-                ("token_generation", Value::Num(generation)),
-            ],
-        );
+        log.event(&Event::CredentialRejected {
+            status: o.status,
+            generation,
+        });
     }
 }
 
 /// A failure's line: which side, and its static reason.
 fn log_error(log: &Log, p: Problem) {
-    let side = p.side().to_string();
-    let fields = [
-        ("side", Value::Str(&side)),
-        ("reason", Value::Str(p.message())),
-    ];
-    log.event("error", format_args!("error: {p}"), &fields);
+    log.event(&Event::Error {
+        side: p.side().as_str(),
+        reason: p.message(),
+        detail: p.detail(),
+    });
 }

@@ -19,12 +19,19 @@ pub enum Side {
     Upstream,
 }
 
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Side {
+    /// As the log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Side::Client => "client",
             Side::Upstream => "upstream",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::config::{Config, TokenSource};
 use crate::credential::Credentials;
 use crate::limits::{TOKEN_FILE_POLL, TOKEN_FILE_SETTLE};
-use crate::log::{Log, Value};
+use crate::log::{Event, Log};
 use crate::metrics::Metrics;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
 
@@ -144,11 +144,7 @@ impl Swapper {
         self.metrics
             .token_generation
             .store(generation, Ordering::Relaxed);
-        self.log.event(
-            "token_updated",
-            format_args!("token updated (generation {generation})"),
-            &[("token_generation", Value::Num(generation))],
-        );
+        self.log.event(&Event::TokenUpdated { generation });
         if !locked {
             crate::log!(
                 self.log,

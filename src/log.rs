@@ -124,18 +124,27 @@ impl Log {
     /// batched before it, and at once.
     pub fn fatal(&self, msg: &str) {
         self.flush();
-        let text = msg.strip_prefix("proxy: ").unwrap_or(msg);
-        self.event("fatal", format_args!("{text}"), &[]);
+        let message = msg.strip_prefix("proxy: ").unwrap_or(msg);
+        self.event(&Event::Fatal { message });
         self.flush();
     }
 
     /// Writes `proxy: <args>` as one line (an `event: "log"` in JSON).
     pub fn line(&self, args: fmt::Arguments<'_>) {
-        self.event("log", args, &[]);
+        self.write_event("log", &[], |out| {
+            let _ = fmt::write(out, args);
+        });
     }
 
-    /// Writes one event: its text line, or its JSON object with `fields`.
-    pub fn event(&self, name: &str, text: fmt::Arguments<'_>, fields: &[(&str, Value<'_>)]) {
+    /// Writes one event: its text line, or its JSON object; both from the one value.
+    pub fn event(&self, e: &Event<'_>) {
+        let mut fields = [("", Value::Null); 10];
+        let n = e.fields(&mut fields);
+        self.write_event(e.name(), &fields[..n], |out| e.text(out));
+    }
+
+    /// The line of an event named `name` with `fields`, whose text `text` writes.
+    fn write_event(&self, name: &str, fields: &[(&str, Value<'_>)], text: impl Fn(&mut String)) {
         let mut buf = String::with_capacity(256);
         if self.json {
             buf.push_str("{\"ts\":\"");
@@ -155,21 +164,159 @@ impl Log {
                     Value::Null => buf.push_str("null"),
                 }
             }
+            let mut message = String::with_capacity(128);
+            text(&mut message);
             buf.push_str(",\"message\":");
-            json_str(&mut buf, &text.to_string());
+            json_str(&mut buf, &message);
             buf.push('}');
         } else {
             buf.push_str("proxy: ");
-            let _ = fmt::write(&mut buf, text);
+            text(&mut buf);
         }
         buf.push('\n');
         self.emit(buf.as_bytes());
     }
 }
 
+/// The events the log records beyond free text, each given once: its fields for JSON and
+/// its text line are both rendered from it.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// Where the proxy listens and what it forwards to.
+    Startup { listen: &'a str, target: &'a str },
+    /// Where the metrics listener listens.
+    Metrics { listen: &'a str },
+    /// One request and its answer.
+    Request(&'a RequestLine<'a>),
+    /// A failure: which side, its static reason, and a status that belongs in it.
+    Error {
+        side: &'a str,
+        reason: &'static str,
+        detail: Option<u16>,
+    },
+    /// The upstream answered 401 or 403 to the credential of this generation.
+    CredentialRejected { status: u16, generation: u64 },
+    /// A new token is current.
+    TokenUpdated { generation: u64 },
+    /// The drain began.
+    Shutdown { grace_ms: u64 },
+    /// The line that ends the process.
+    Fatal { message: &'a str },
+}
+
+/// What the log says of one request (method, path without query, status, bytes, duration):
+/// nothing else from it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLine<'a> {
+    pub method: &'a str,
+    /// Already escaped.
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    pub head_ms: Option<u64>,
+    pub reused: bool,
+    /// The upstream's `request-id`, only when it is a plain id.
+    pub request_id: Option<&'a str>,
+    pub token_generation: u64,
+}
+
+impl Event<'_> {
+    /// The `event` of its JSON object.
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Startup { .. } => "startup",
+            Event::Metrics { .. } => "metrics",
+            Event::Request(_) => "request",
+            Event::Error { .. } => "error",
+            Event::CredentialRejected { .. } => "credential_rejected",
+            Event::TokenUpdated { .. } => "token_updated",
+            Event::Shutdown { .. } => "shutdown",
+            Event::Fatal { .. } => "fatal",
+        }
+    }
+
+    /// Its fields, into `out`; returns how many.
+    fn fields<'s>(&'s self, out: &mut [(&'static str, Value<'s>); 10]) -> usize {
+        let num = |n: u64| Value::Num(n);
+        let list: &[(&'static str, Value<'s>)] = match *self {
+            Event::Startup { listen, target } => &[
+                ("listen", Value::Str(listen)),
+                ("target", Value::Str(target)),
+            ],
+            Event::Metrics { listen } => &[("listen", Value::Str(listen))],
+            Event::Request(r) => &[
+                ("method", Value::Str(r.method)),
+                ("path", Value::Str(r.path)),
+                ("status", num(u64::from(r.status))),
+                ("bytes_up", num(r.bytes_up)),
+                ("bytes_down", num(r.bytes_down)),
+                ("duration_ms", num(r.duration_ms)),
+                ("head_ms", r.head_ms.map_or(Value::Null, num)),
+                ("reused", Value::Bool(r.reused)),
+                ("request_id", r.request_id.map_or(Value::Null, Value::Str)),
+                ("token_generation", num(r.token_generation)),
+            ],
+            Event::Error { side, reason, .. } => {
+                &[("side", Value::Str(side)), ("reason", Value::Str(reason))]
+            }
+            Event::CredentialRejected { status, generation } => &[
+                ("status", num(u64::from(status))),
+                ("token_generation", num(generation)),
+            ],
+            Event::TokenUpdated { generation } => &[("token_generation", num(generation))],
+            Event::Shutdown { grace_ms } => &[("grace_ms", num(grace_ms))],
+            Event::Fatal { .. } => &[],
+        };
+        out[..list.len()].copy_from_slice(list);
+        list.len()
+    }
+
+    /// Its text line, without the `proxy: ` prefix.
+    fn text(&self, out: &mut String) {
+        let _ = match *self {
+            Event::Startup { listen, target } => {
+                write!(out, "listening on {listen}, target {target}")
+            }
+            Event::Metrics { listen } => write!(out, "metrics on {listen}"),
+            Event::Request(r) => {
+                let (m, p, s, b, ms) = (r.method, r.path, r.status, r.bytes_down, r.duration_ms);
+                let _ = write!(out, "{m} {p} {s} {b}B {ms}ms");
+                match r.request_id {
+                    Some(id) => write!(out, " request-id={id}"),
+                    None => Ok(()),
+                }
+            }
+            Event::Error {
+                side,
+                reason,
+                detail,
+            } => {
+                let _ = write!(out, "error: {side}: {reason}");
+                match detail {
+                    Some(status) => write!(out, " ({status})"),
+                    None => Ok(()),
+                }
+            }
+            Event::CredentialRejected { status, generation } => write!(
+                out,
+                "credential rejected by upstream ({status}, token generation {generation})"
+            ),
+            Event::TokenUpdated { generation } => {
+                write!(out, "token updated (generation {generation})")
+            }
+            Event::Shutdown { grace_ms } => {
+                write!(out, "shutting down; draining for up to {grace_ms}ms")
+            }
+            Event::Fatal { message } => write!(out, "{message}"),
+        };
+    }
+}
+
 /// A field value of an event.
 #[derive(Debug, Clone, Copy)]
-pub enum Value<'a> {
+enum Value<'a> {
     Str(&'a str),
     Num(u64),
     Bool(bool),

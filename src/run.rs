@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::credential::Credentials;
 use crate::intake::{self, Swapper, Updates};
 use crate::limits;
-use crate::log::{Log, Value};
+use crate::log::{Event, Log};
 use crate::metrics::Metrics;
 use crate::scrape;
 use crate::secret::Token;
@@ -236,20 +236,12 @@ fn announce(proxy: &Proxy, addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
         );
     }
     if let Some(at) = metrics_addr.map(|a| a.to_string()) {
-        log.event(
-            "metrics",
-            format_args!("metrics on {at}"),
-            &[("listen", Value::Str(&at))],
-        );
+        log.event(&Event::Metrics { listen: &at });
     }
-    log.event(
-        "startup",
-        format_args!("listening on {addr}, target {target}"),
-        &[
-            ("listen", Value::Str(&addr)),
-            ("target", Value::Str(&target)),
-        ],
-    );
+    log.event(&Event::Startup {
+        listen: &addr,
+        target: &target,
+    });
 }
 
 /// Serves until told to stop, then drains within the grace period.
@@ -263,11 +255,7 @@ async fn drain_when_told(
     // A dropped handle stops the proxy too.
     let _ = stop.wait_for(|&s| s).await;
     let grace_ms = grace.as_millis() as u64;
-    proxy.log.event(
-        "shutdown",
-        format_args!("shutting down; draining for up to {grace_ms}ms"),
-        &[("grace_ms", Value::Num(grace_ms))],
-    );
+    proxy.log.event(&Event::Shutdown { grace_ms });
     proxy.pool.clear();
     tokio::select! {
         _ = &mut server => {
