@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crate::config::{Config, TokenSource};
 use crate::credential::Credentials;
-use crate::limits::{TOKEN_FILE_POLL, TOKEN_FILE_SETTLE};
+use crate::limits::{TOKEN_FILE_POLL, TOKEN_FILE_SETTLE, TOKEN_FILE_START_WAIT};
 use crate::log::{Event, Log};
 use crate::metrics::Metrics;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
@@ -49,6 +49,21 @@ pub struct Fingerprint {
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    /// Whether this version last changed at least [`TOKEN_FILE_SETTLE`] before `now` (a
+    /// clock in the future counts as settled: nothing would ever wait it out).
+    fn settled(&self, now: std::time::SystemTime) -> bool {
+        let changed = self.mtime.max(self.ctime);
+        let Ok(secs) = u64::try_from(changed.0) else {
+            return true;
+        };
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::new(secs, u32::try_from(changed.1).unwrap_or(0));
+        now.duration_since(at)
+            .map_or(true, |age| age >= TOKEN_FILE_SETTLE)
+    }
 }
 
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
@@ -85,11 +100,33 @@ pub fn first_token(
             Ok((token, updates))
         }
         TokenSource::File(path) => {
-            let seen = fingerprint(path);
-            let token = read_file(path, &header)
-                .map_err(|e| format!("proxy: TOKEN_FILE: {}", file_reason(e)))?;
+            let (read, seen) = read_at_start(path, &header);
+            let token = read.map_err(|e| format!("proxy: TOKEN_FILE: {}", file_reason(e)))?;
             let path = path.clone();
             Ok((token, Updates::File { path, header, seen }))
+        }
+    }
+}
+
+/// Reads `TOKEN_FILE` at startup as a version that has settled: last changed at least
+/// [`TOKEN_FILE_SETTLE`] ago and unchanged during the read, waiting up to
+/// [`TOKEN_FILE_START_WAIT`] for one (a file caught while it is being written); then what
+/// is there.
+fn read_at_start(
+    path: &Path,
+    header: &TokenHeader,
+) -> (Result<Token, TokenError>, Option<Fingerprint>) {
+    let give_up = Instant::now() + TOKEN_FILE_START_WAIT;
+    loop {
+        let before = fingerprint(path);
+        let last = Instant::now() >= give_up;
+        if !last && before.is_some_and(|f| !f.settled(std::time::SystemTime::now())) {
+            std::thread::sleep(TOKEN_FILE_POLL);
+            continue;
+        }
+        let read = read_file(path, header);
+        if last || fingerprint(path) == before {
+            return (read, before);
         }
     }
 }
@@ -309,6 +346,20 @@ mod tests {
         assert!(!w.settled(version(11), at(1250)));
         assert!(w.settled(version(11), at(2001)));
         assert!(w.read_done(version(11), version(11), at(2002)));
+    }
+
+    /// At startup, a version changed less than the settle time ago is waited out.
+    #[test]
+    fn a_version_is_settled_once_the_settle_time_passed_since_its_change() {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let f = Fingerprint {
+            mtime: (1_000_000, 0),
+            ctime: (1_000_000, 500_000_000),
+            ..version(1).unwrap()
+        };
+        assert!(!f.settled(at + Duration::from_millis(1400)));
+        assert!(f.settled(at + Duration::from_millis(1500)));
+        assert!(f.settled(at), "a ctime in the future is not waited for");
     }
 
     /// A file that disappears is a version too: it is reported once, after settling.

@@ -133,6 +133,9 @@ pub const TOKEN_FILE_POLL: Duration = Duration::from_millis(250);
 /// truncates, writes part of the token and pauses must not have the part taken for a token.
 /// A change is picked up within about `TOKEN_FILE_SETTLE + 2 * TOKEN_FILE_POLL`.
 pub const TOKEN_FILE_SETTLE: Duration = Duration::from_secs(1);
+/// How long startup waits for `TOKEN_FILE` to settle (a file caught while it is written) before
+/// it reads what is there.
+pub const TOKEN_FILE_START_WAIT: Duration = Duration::from_secs(3);
 /// Longest path written to the log.
 pub const LOG_PATH_MAX: usize = 256;
 

@@ -139,7 +139,8 @@ impl Log {
     /// Writes one event: its text line, or its JSON object; both from the one value.
     pub fn event(&self, e: &Event<'_>) {
         let mut fields = [("", Value::Null); 10];
-        let n = e.fields(&mut fields);
+        // The text format has no fields: they are gathered only for JSON.
+        let n = if self.json { e.fields(&mut fields) } else { 0 };
         self.write_event(e.name(), &fields[..n], |out| e.text(out));
     }
 

@@ -54,7 +54,7 @@ impl RelayBuf {
     /// Masks exactly `tokens` from the next [`RelayBuf::advance`] on (see
     /// [`BodyTracker::mask`]).
     pub fn mask(&mut self, tokens: &[Mask]) {
-        self.tracker.mask(tokens);
+        self.tracker.mask(tokens, &mut self.buf[..self.filled]);
     }
 
     /// The first `n` bytes, to write to the client.
@@ -171,6 +171,84 @@ mod tests {
             relay.filled(n);
         }
         assert_eq!(sent, vec![b'*'; token.len()], "de-chunked payload, masked");
+    }
+
+    /// Feeds `reads` through a relay masking `first`, adding `late` after read `join`, as the
+    /// download does when the mask set grows; returns what the client received.
+    fn relay_with_late_token(
+        body: ResponseBody,
+        first: &[u8],
+        late: &[u8],
+        reads: &[&[u8]],
+        join: usize,
+    ) -> Vec<u8> {
+        let (first, late) = (FixedToken::mask(first), FixedToken::mask(late));
+        let tracker = BodyTracker::new(body, false, std::slice::from_ref(&first));
+        let mut relay = RelayBuf::new(tracker, vec![0; limits::RELAY_BUF_START], 0, 0);
+        let mut sent = Vec::new();
+        for (i, read) in reads.iter().enumerate() {
+            relay.spare()[..read.len()].copy_from_slice(read);
+            relay.filled(read.len());
+            if i == join {
+                relay.mask(&[first.clone(), late.clone()]);
+            }
+            let adv = relay.advance().unwrap();
+            sent.extend_from_slice(relay.front(adv.ready));
+            relay.consume(adv).unwrap();
+        }
+        let last = relay.closed().unwrap();
+        sent.extend_from_slice(relay.front(last));
+        sent
+    }
+
+    /// A token that joins the mask set mid-body is caught even when its start was already
+    /// held back as the start of another token (the two share a public prefix): the newcomer
+    /// takes up what the others hold.
+    #[test]
+    fn a_token_that_joins_takes_up_what_the_others_hold() {
+        let (t1, t2) = (&b"sk-ant-oat01-AAAA"[..], &b"sk-ant-oat01-BBBB"[..]);
+        let reads: [&[u8]; 2] = [b"data: sk-ant-oat01-", b"BBBB\n"];
+        let sent = relay_with_late_token(ResponseBody::UntilClose, t1, t2, &reads, 1);
+        assert_eq!(sent, b"data: *****************\n");
+        // A whole occurrence inside the held bytes: a short token within a longer one's hold.
+        let (t1, t2) = (&b"sk-ant-oat01-AAAA"[..], &b"ant-oat"[..]);
+        let reads: [&[u8]; 2] = [b"data: sk-ant-oat01-", b"ZZ\n"];
+        let sent = relay_with_late_token(ResponseBody::UntilClose, t1, t2, &reads, 1);
+        assert_eq!(sent, b"data: sk-*******01-ZZ\n");
+        // Over chunk framing: the held bytes are spread around a chunk-size line.
+        let reads: [&[u8]; 3] = [
+            b"8\r\nx sk-ant\r\n",
+            b"7\r\n-oat01-\r\n",
+            b"4\r\nBBBB\r\n0\r\n\r\n",
+        ];
+        let (t1, t2) = (&b"sk-ant-oat01-AAAA"[..], &b"sk-ant-oat01-BBBB"[..]);
+        let tracker_sent = {
+            let (first, late) = (FixedToken::mask(t1), FixedToken::mask(t2));
+            let tracker =
+                BodyTracker::new(ResponseBody::Chunked, false, std::slice::from_ref(&first));
+            let mut relay = RelayBuf::new(tracker, vec![0; limits::RELAY_BUF_START], 0, 0);
+            let mut sent = Vec::new();
+            for (i, read) in reads.iter().enumerate() {
+                relay.spare()[..read.len()].copy_from_slice(read);
+                relay.filled(read.len());
+                if i == 2 {
+                    relay.mask(&[first.clone(), late.clone()]);
+                }
+                let adv = relay.advance().unwrap();
+                sent.extend_from_slice(relay.front(adv.ready));
+                if adv.done {
+                    break;
+                }
+                relay.consume(adv).unwrap();
+            }
+            sent
+        };
+        let text = String::from_utf8_lossy(&tracker_sent).into_owned();
+        assert!(
+            !text.contains("oat01-BB") && !text.contains("sk-ant"),
+            "{text:?}"
+        );
+        assert!(text.ends_with("0\r\n\r\n"), "{text:?}");
     }
 
     /// An idle stream gives its buffer back only when nothing is held in it, and the next

@@ -64,10 +64,13 @@ pub struct Scrubber {
 impl Scrubber {
     /// A scrubber for the token `needle` searches for (non-empty).
     pub fn new(needle: Mask) -> Scrubber {
+        // A hold is shorter than the token: sized once, it never reallocates, so no freed
+        // block keeps a part of the token.
+        let k = needle.finder().needle().len();
         Scrubber {
             needle,
             held_at: Vec::new(),
-            held: Zeroizing::new(Vec::new()),
+            held: Zeroizing::new(Vec::with_capacity(k)),
             masked: 0,
         }
     }
@@ -78,8 +81,7 @@ impl Scrubber {
         if seg.is_empty() {
             return;
         }
-        let needle = self.needle.clone();
-        let finder = needle.finder();
+        let finder = self.needle.finder();
         let token = finder.needle();
         let k = token.len();
         // A match that starts in the held bytes ends within the first k-1 bytes of `seg`.
@@ -127,7 +129,7 @@ impl Scrubber {
             return;
         }
         let mut positions: Vec<usize> = Vec::new();
-        let mut bytes: Vec<u8> = Vec::new();
+        let mut bytes: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(k));
         let seg_keep = (k - 1).min(seg.len());
         let old_keep = (k - 1 - seg_keep).min(self.held.len());
         let old_from = self.held.len() - old_keep;
@@ -144,7 +146,6 @@ impl Scrubber {
             .extend_from_slice(&positions[positions.len() - hold..]);
         self.held.clear();
         self.held.extend_from_slice(&bytes[bytes.len() - hold..]);
-        zeroize::Zeroize::zeroize(&mut bytes);
     }
 
     /// Token occurrences masked so far.
@@ -162,6 +163,38 @@ impl Scrubber {
         for p in &mut self.held_at {
             *p -= n;
         }
+    }
+
+    /// Takes up masking mid-body, where scrubbers of other tokens over the same bytes already
+    /// hold what they hold. Each hold is a suffix of the same stream, so the longest of theirs
+    /// holds every byte any of them holds back: a whole occurrence of this token in it is
+    /// masked in `buf` now, and the longest rest of it that may begin this token is held.
+    pub fn adopt<'s>(&mut self, others: impl Iterator<Item = &'s Scrubber>, buf: &mut [u8]) {
+        let Some(longest) = others.max_by_key(|o| o.held.len()) else {
+            return;
+        };
+        let finder = self.needle.finder();
+        let token = finder.needle();
+        let k = token.len();
+        let (positions, bytes) = (&longest.held_at, &longest.held);
+        let mut rest = 0;
+        while let Some(i) = finder.find(&bytes[rest..]) {
+            positions[rest + i..rest + i + k]
+                .iter()
+                .for_each(|&p| buf[p] = MASK);
+            self.masked += 1;
+            rest += i + k;
+        }
+        let tail = &bytes[rest..];
+        let hold = (1..=tail.len().min(k - 1))
+            .rev()
+            .find(|&n| token.starts_with(&tail[tail.len() - n..]))
+            .unwrap_or(0);
+        self.held_at.clear();
+        self.held_at
+            .extend_from_slice(&positions[positions.len() - hold..]);
+        self.held.clear();
+        self.held.extend_from_slice(&bytes[bytes.len() - hold..]);
     }
 
     /// Whether this one masks `mask`'s token.

@@ -52,38 +52,22 @@ impl Pair {
 }
 
 impl Masks {
-    /// Masks exactly `tokens` from now on: a token new to the set is masked in every byte not
-    /// yet sent; one that left it releases what it held.
-    fn sync(&mut self, tokens: &[Mask]) {
-        let same = self.pairs.len() == tokens.len()
-            && self
-                .pairs
-                .iter()
-                .zip(tokens)
-                .all(|(p, t)| p.payload.masks(t));
-        if same {
-            return;
-        }
-        self.pairs.retain_mut(|p| {
-            let kept = tokens.iter().any(|t| p.payload.masks(t));
-            if !kept {
-                p.payload.finish();
-                p.meta.finish();
-            }
-            kept
-        });
+    /// Masks each of `tokens` too from now on, the tokens already masked included, for the
+    /// rest of the body: a token new to the set takes up the bytes held back from the others
+    /// (`buf` holds them), so a token whose start is already held is still caught. A token
+    /// leaving the store's set is masked on: it may still be valid upstream, and a hold of it
+    /// is never released early.
+    fn add(&mut self, tokens: &[Mask], buf: &mut [u8]) {
         for t in tokens {
-            if !self.pairs.iter().any(|p| p.payload.masks(t)) {
-                self.pairs.push(Pair::new(t));
+            if self.pairs.iter().any(|p| p.payload.masks(t)) {
+                continue;
             }
+            let mut pair = Pair::new(t);
+            pair.payload
+                .adopt(self.pairs.iter().map(|p| &p.payload), buf);
+            pair.meta.adopt(self.pairs.iter().map(|p| &p.meta), buf);
+            self.pairs.push(pair);
         }
-        // The order of `tokens`, so that the next call with the same set is the fast path.
-        self.pairs.sort_by_key(|p| {
-            tokens
-                .iter()
-                .position(|t| p.payload.masks(t))
-                .unwrap_or(usize::MAX)
-        });
     }
 
     fn payload(&mut self, buf: &mut [u8], seg: std::ops::Range<usize>) {
@@ -163,10 +147,11 @@ impl BodyTracker {
         }
     }
 
-    /// Masks exactly `tokens` in what comes next, bytes already read and not yet sent
-    /// included: the set a response masks grows while it runs, as newer tokens come into use.
-    pub fn mask(&mut self, tokens: &[Mask]) {
-        self.masks.sync(tokens);
+    /// Masks each of `tokens` too, for the rest of the body, bytes already read and not yet
+    /// sent included (`buf`, the relay buffer up to what was read): the set a response masks
+    /// grows while it runs, as newer tokens come into use, and never shrinks.
+    pub fn mask(&mut self, tokens: &[Mask], buf: &mut [u8]) {
+        self.masks.add(tokens, buf);
     }
 
     /// Whether the body is complete.
