@@ -137,15 +137,7 @@ impl Scrubber {
         bytes.extend_from_slice(&self.held[old_from..]);
         positions.extend(seg.end - seg_keep..seg.end);
         bytes.extend_from_slice(&buf[seg.end - seg_keep..seg.end]);
-        let hold = (1..=bytes.len())
-            .rev()
-            .find(|&n| token.starts_with(&bytes[bytes.len() - n..]))
-            .unwrap_or(0);
-        self.held_at.clear();
-        self.held_at
-            .extend_from_slice(&positions[positions.len() - hold..]);
-        self.held.clear();
-        self.held.extend_from_slice(&bytes[bytes.len() - hold..]);
+        hold_longest_start(&mut self.held_at, &mut self.held, token, &positions, &bytes);
     }
 
     /// Token occurrences masked so far.
@@ -185,16 +177,8 @@ impl Scrubber {
             self.masked += 1;
             rest += i + k;
         }
-        let tail = &bytes[rest..];
-        let hold = (1..=tail.len().min(k - 1))
-            .rev()
-            .find(|&n| token.starts_with(&tail[tail.len() - n..]))
-            .unwrap_or(0);
-        self.held_at.clear();
-        self.held_at
-            .extend_from_slice(&positions[positions.len() - hold..]);
-        self.held.clear();
-        self.held.extend_from_slice(&bytes[bytes.len() - hold..]);
+        let (positions, bytes) = (&positions[rest..], &bytes[rest..]);
+        hold_longest_start(&mut self.held_at, &mut self.held, token, positions, bytes);
     }
 
     /// Whether this one masks `mask`'s token.
@@ -207,6 +191,26 @@ impl Scrubber {
         self.held_at.clear();
         self.held.clear();
     }
+}
+
+/// Holds the longest end of `bytes` (at `positions` in the relay buffer) that is a proper
+/// start of `token`, in `held_at` and `held` (whose capacity, the token's length, is never
+/// passed: a hold is shorter than the token).
+fn hold_longest_start(
+    held_at: &mut Vec<usize>,
+    held: &mut Vec<u8>,
+    token: &[u8],
+    positions: &[usize],
+    bytes: &[u8],
+) {
+    let hold = (1..=bytes.len().min(token.len() - 1))
+        .rev()
+        .find(|&n| token.starts_with(&bytes[bytes.len() - n..]))
+        .unwrap_or(0);
+    held_at.clear();
+    held_at.extend_from_slice(&positions[positions.len() - hold..]);
+    held.clear();
+    held.extend_from_slice(&bytes[bytes.len() - hold..]);
 }
 
 /// Masks every occurrence of the token in `bytes` (a complete response head); returns how
