@@ -70,7 +70,7 @@ pub struct Config {
     /// One JSON object per log line (`LOG_FORMAT=json`).
     pub log_json: bool,
     /// Merge the OAuth beta flag into `anthropic-beta` (`OAUTH_BETA`): `None` is `auto`
-    /// (an `sk-ant-oat` token sent to https://api.anthropic.com), decided once the token is read.
+    /// (an `sk-ant-oat` token sent to `https://api.anthropic.com`), decided once the token is read.
     pub oauth_beta: Option<bool>,
     pub limits: Limits,
     pub timeouts: Timeouts,

@@ -8,27 +8,30 @@
 //!
 //! The modules form layers, listed top-down. A module imports only modules listed after it
 //! (in its own layer or below), never upwards, so the graph has no cycles and reads one way.
-//! `tests/layering.rs` checks this order, that the bottom imports nothing of the crate, and
-//! that the pure core uses neither tokio nor sockets, files or processes.
+//! `tests/repo/layering.rs` checks this order, that the bottom imports nothing of the crate,
+//! and that the pure core uses neither tokio nor sockets, files or processes. The I/O and
+//! process modules are private (their names below are for the reader); [`run`](mod@run), [`config`],
+//! [`log`](mod@log), the pure core and the bottom are public.
 //!
 //! 1. **I/O**, from the entry point down (`main.rs` is above all of them):
-//!    - [`run`]: starts one proxy (bind, then serve with a token) and drains it; the handle
+//!    - [`run`](mod@run): starts one proxy (bind, then serve with a token) and drains it; the handle
 //!      names its addresses. `main.rs` adds only the process: stdin, signals, exit codes.
-//!    - [`scrape`]: the metrics listener (`METRICS_ADDR`), `GET /metrics` only.
-//!    - [`server`]: the accept loop and the drain.
-//!    - [`connection`]: one client connection: socket and buffer, reading heads, the proxy's
+//!    - `scrape`: the metrics listener (`METRICS_ADDR`), `GET /metrics` only.
+//!    - `server`: the accept loop and the drain.
+//!    - `connection`: one client connection: socket and buffer, reading heads, the proxy's
 //!      own answers, the log line, lingering close or reset.
-//!    - [`exchange`]: one exchange as named states: head and body up, head and body down
+//!    - `exchange`: one exchange as named states: head and body up, head and body down
 //!      (a directory: the state flow, the upload half, the download half, their I/O helpers).
-//!    - [`state`]: what every connection shares (config, token, connector, pool).
-//!    - [`upstream`]: TCP/TLS connections to TARGET and the idle pool.
-//!    - [`readhead`]: reads a head that stands alone on its connection (the egress proxy's
+//!    - `state`: what every connection shares (config, token, connector, pool).
+//!    - `upstream`: TCP/TLS connections to TARGET and the idle pool.
+//!    - `readhead`: reads a head that stands alone on its connection (the egress proxy's
 //!      CONNECT answer, a scrape) until [`scan::HeadScanner`] finds its end.
-//! 2. **Process**: [`intake`] (the first token, then its updates from stdin or a file, on a
-//!    thread of their own), [`config`] (the environment, parsed once), [`credential`] (token
-//!    generations: the current one, and older ones while requests use them), [`log`] (one
-//!    write per stderr line, text or JSON), [`metrics`] (counters, gauges and histograms in
-//!    atomics, rendered for Prometheus), [`secret`] (the token type), [`sys`] (the few libc
+//! 2. **Process**: `intake` (the first token, then its updates from stdin or a file, on a
+//!    thread of their own), [`config`] (the environment, parsed once), `credential` (token
+//!    generations: the current one, and the mask set every response masks, which grows as
+//!    tokens come into use), [`log`](mod@log) (one
+//!    write per stderr line, text or JSON), `metrics` (counters, gauges and histograms in
+//!    atomics, rendered for Prometheus), `secret` (the token type), `sys` (the few libc
 //!    calls).
 //! 3. **Pure core**, bytes in, decisions out (fuzzed and split-point tested):
 //!    - [`head`]: parses and validates a request head, decides framing and route.
@@ -52,18 +55,19 @@
 //!
 //! # The journey of one request
 //!
-//! [`server`] accepts; [`connection`] reads bytes into the connection buffer until
+//! `server` accepts; `connection` reads bytes into the connection buffer until
 //! [`scan::HeadScanner`] finds the blank line (bounded in size and by the header deadline).
 //! [`head::parse_request`] validates the head, refuses anything it cannot frame with
 //! certainty (400/501, connection closed, nothing forwarded), routes `/health` to a local
 //! answer, checks the phantom token, and has [`rewrite`] write a fresh upstream head:
 //! TARGET's base path + the client's path and query, `Host` of TARGET, the client's fields
 //! minus credentials and hop-by-hop fields, one canonical framing field, and our
-//! `Authorization` last. [`exchange::forward`] takes a pooled or new upstream connection,
+//! `Authorization` last. `exchange::forward` takes a pooled or new upstream connection,
 //! writes the head with the first body bytes, streams the rest of the body (Content-Length
 //! as is, chunked re-encoded canonically), and meanwhile reads the response head
 //! ([`response`]), relays it minus hop-by-hop fields, then relays each body read at once,
-//! masking the token ([`tracker`]), until the body ends by its framing. [`persist::settle`]
+//! masking every token in the credential store's mask set as it is at each read
+//! ([`tracker`]), until the body ends by its framing. [`persist::settle`]
 //! then decides from the exchange's final state whether the client connection is kept,
 //! closed or reset and whether the upstream connection returns to the pool.
 

@@ -8,7 +8,7 @@
 //! leave in one `write`: a busy proxy writes a batch per syscall instead of a line per request
 //! (profiled: the per-request line was one of five syscalls of a small POST). A
 //! batch holds whole lines and stays under PIPE_BUF, so lines are still never split or
-//! interleaved; [`flush`] runs when a worker parks or stops and before the process exits.
+//! interleaved; [`Log::flush`] runs when a worker parks or stops and before the process exits.
 //!
 //! Two formats (`LOG_FORMAT`): `text`, `proxy: <message>` as always; `json`, one object a
 //! line with a UTC RFC 3339 `ts`, an `event` name, the event's fields, and `message` (the

@@ -56,7 +56,7 @@ pub enum TokenError {
     InvalidByte,
     /// stdin could not be read.
     Unreadable,
-    /// Could be read as a chunk-size line (see [`could_be_chunk_size`]).
+    /// Could be read as a chunk-size line (see `could_be_chunk_size`).
     ChunkSizeLike,
 }
 
