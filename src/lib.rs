@@ -12,6 +12,7 @@
 //! that the pure core uses neither tokio nor sockets, files or processes.
 //!
 //! 1. **I/O**, from the entry point down (`main.rs` is above all of them):
+//!    - [`check`]: `--check`, the configuration read as a start reads it, nothing served.
 //!    - [`run`]: starts one proxy (bind, then serve with a token) and drains it; the handle
 //!      names its addresses. `main.rs` adds only the process: stdin, signals, exit codes.
 //!    - [`scrape`]: the metrics listener (`METRICS_ADDR`), `GET /metrics` only.
@@ -46,7 +47,8 @@
 //!    - [`scrub`]: masks the real token wherever it appears in a response.
 //!    - [`egress`]: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
 //! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
-//!    bound), [`syntax`] (small grammar helpers), [`error`] (every failure and, in one table,
+//!    bound), [`settings`] (every setting's name, default and `--help` line), [`syntax`]
+//!    (small grammar helpers), [`error`] (every failure and, in one table,
 //!    its side, status, metric reason, connect step and static message), [`target`]
 //!    (TARGET's parsed form).
 //!
@@ -74,6 +76,7 @@
 // The I/O and process modules are private: nothing outside starts a connection by hand.
 
 // 1. I/O
+pub mod check;
 mod connection;
 mod exchange;
 mod readhead;
@@ -110,6 +113,7 @@ pub mod tracker;
 // 4. Bottom
 pub mod error;
 pub mod limits;
+pub mod settings;
 pub mod syntax;
 pub mod target;
 
@@ -119,7 +123,7 @@ pub use secret::{Token, TokenError, TokenHeader};
 
 /// What the binary does to the process before the token exists, and after it was read.
 pub mod process {
-    pub use crate::sys::{close_stdin, harden_process};
+    pub use crate::sys::{close_stdin, harden_process, EchoOff};
 }
 
 /// The crate's version, from Cargo.toml; `--version` prints it, and CHANGELOG.md has a
