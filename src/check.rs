@@ -62,11 +62,16 @@ pub fn effective(cfg: &Config) -> String {
         ),
         (
             "METRICS_ADDR",
-            cfg.metrics
-                .map_or("unset (off)".into(), |a| a.to_string()),
+            cfg.metrics.map_or("unset (off)".into(), |a| a.to_string()),
         ),
-        ("LOG_FORMAT", if cfg.log_json { "json" } else { "text" }.into()),
-        ("LOG_TIMESTAMPS", if cfg.log_timestamps { "on" } else { "off" }.into()),
+        (
+            "LOG_FORMAT",
+            if cfg.log_json { "json" } else { "text" }.into(),
+        ),
+        (
+            "LOG_TIMESTAMPS",
+            if cfg.log_timestamps { "on" } else { "off" }.into(),
+        ),
         (
             "OAUTH_BETA",
             match cfg.oauth_beta {

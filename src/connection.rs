@@ -79,7 +79,9 @@ async fn serve_requests(
                     Err(p) => {
                         let seq = proxy.log.next_seq();
                         let started = session.began.take().unwrap_or_else(Instant::now);
-                        let about = Logged::unparsed(started, current.number, seq);
+                        let method = refused_line(&client.buf, &mut session.log_path);
+                        let path = &session.log_path;
+                        let about = Logged::refused(&method, path, started, current.number, seq);
                         return client.reject(proxy, p, &mut session.out, about).await;
                     }
                 },
@@ -166,7 +168,8 @@ impl Session {
         let req = match head::parse_request(head, &cfg.limits, &rw, &mut self.up_head) {
             Ok(r) => r,
             Err(p) => {
-                let about = Logged::unparsed(began, g.number, seq);
+                let method = refused_line(head, &mut self.log_path);
+                let about = Logged::refused(&method, &self.log_path, began, g.number, seq);
                 return client.reject(proxy, p, &mut self.out, about).await;
             }
         };
@@ -430,16 +433,47 @@ struct Logged<'a> {
     health: bool,
 }
 
-impl Logged<'static> {
+impl<'a> Logged<'a> {
     /// A request refused before its head was parsed.
-    fn unparsed(started: Instant, generation: u64, seq: u64) -> Logged<'static> {
+    fn refused(
+        method: &'a str,
+        path: &'a str,
+        started: Instant,
+        generation: u64,
+        seq: u64,
+    ) -> Logged<'a> {
         Logged {
-            method: "-",
-            path: "-",
+            method,
+            path,
             started,
             generation,
             seq,
             health: false,
+        }
+    }
+}
+
+/// The method and path (without query, escaped into `path`) of a head the proxy refused, for
+/// its access line, when its request line is whole and has the shape of one (RFC 9112 §3:
+/// method SP request-target SP HTTP-version); otherwise `-` for both.
+fn refused_line(buf: &[u8], path: &mut String) -> String {
+    path.clear();
+    let line = memchr::memmem::find(buf, b"\r\n").map(|n| &buf[..n]);
+    let mut parts = line.unwrap_or(b"").split(|&b| b == b' ');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(t), Some(v), None)
+            if (1..=32).contains(&m.len())
+                && m.iter().all(|&b| crate::syntax::is_tchar(b))
+                && v.starts_with(b"HTTP/") =>
+        {
+            let t = t.split(|&b| b == b'?').next().unwrap_or(b"");
+            crate::log::escape_into(path, t, limits::LOG_PATH_MAX);
+            // tchar is ASCII.
+            String::from_utf8_lossy(m).into_owned()
+        }
+        _ => {
+            path.push('-');
+            "-".to_string()
         }
     }
 }

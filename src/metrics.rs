@@ -171,8 +171,10 @@ impl Metrics {
         let name = format!("{PREFIX}_exchange_duration_seconds");
         let help = "Time from a request head read to the end of its response, /health apart.";
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        self.exchange.render_series(&mut out, &name, "route=\"forward\",");
-        self.health.render_series(&mut out, &name, "route=\"health\",");
+        self.exchange
+            .render_series(&mut out, &name, "route=\"forward\",");
+        self.health
+            .render_series(&mut out, &name, "route=\"health\",");
         let _ = writeln!(
             out,
             "# HELP {PREFIX}_build_info The version and commit this binary was built from.\n# TYPE {PREFIX}_build_info gauge\n{PREFIX}_build_info{{version=\"{}\",commit=\"{}\"}} 1",

@@ -61,15 +61,13 @@ pub struct Bound {
 /// the listeners. No token is needed yet, and none is read.
 pub fn bind(cfg: Config, log: Arc<Log>) -> Result<Bound, StartError> {
     let connector = Connector::new(&cfg, log.clone())?;
-    let listener = TcpListener::bind(cfg.listen)
-        .map_err(|e| bind_error("LISTEN_PORT", cfg.listen, &e))?;
+    let listener =
+        TcpListener::bind(cfg.listen).map_err(|e| bind_error("LISTEN_PORT", cfg.listen, &e))?;
     if !sys::set_listen_backlog(listener.as_fd(), limits::LISTEN_BACKLOG) {
         crate::log!(log, "warning: could not raise the listen backlog");
     }
     let metrics = match cfg.metrics {
-        Some(at) => {
-            Some(TcpListener::bind(at).map_err(|e| bind_error("METRICS_ADDR", at, &e))?)
-        }
+        Some(at) => Some(TcpListener::bind(at).map_err(|e| bind_error("METRICS_ADDR", at, &e))?),
         None => None,
     };
     Ok(Bound {
