@@ -453,7 +453,7 @@ impl<'a> Logged<'a> {
     }
 }
 
-/// The method and path (without query, escaped into `path`) of a head the proxy refused, for
+/// The method and path (without query or fragment, escaped into `path`) of a head the proxy refused, for
 /// its access line, when its request line is whole and has the shape of one (RFC 9112 §3:
 /// method SP request-target SP HTTP-version); otherwise `-` for both.
 fn refused_line(buf: &[u8], path: &mut String) -> String {
@@ -466,7 +466,8 @@ fn refused_line(buf: &[u8], path: &mut String) -> String {
                 && m.iter().all(|&b| crate::syntax::is_tchar(b))
                 && v.starts_with(b"HTTP/") =>
         {
-            let t = t.split(|&b| b == b'?').next().unwrap_or(b"");
+            // As a forwarded request's: without query, nor a fragment (which none may have).
+            let t = t.split(|&b| b == b'?' || b == b'#').next().unwrap_or(b"");
             crate::log::escape_into(path, t, limits::LOG_PATH_MAX);
             // tchar is ASCII.
             String::from_utf8_lossy(m).into_owned()

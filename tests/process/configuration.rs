@@ -117,7 +117,7 @@ fn a_bad_duration_is_rejected_with_its_setting_name() {
 }
 
 #[test]
-fn the_startup_line_names_the_listen_address_and_the_target() {
+fn the_startup_line_names_the_listen_address_the_target_and_the_version() {
     let up = Upstream::plain().serve(handlers::echo_head());
     let proxy = process_proxy_for(&up, &[]);
     let line = proxy
@@ -126,14 +126,13 @@ fn the_startup_line_names_the_listen_address_and_the_target() {
         .find(|l| l.starts_with("proxy: listening on "))
         .expect("startup line")
         .to_string();
-    assert_eq!(
-        line,
-        format!(
-            "proxy: listening on {}, target {}",
-            proxy.addr(),
-            up.target_url()
-        )
+    let version = format!("; agent-loop-proxy {}", env!("CARGO_PKG_VERSION"));
+    let start = format!(
+        "proxy: listening on {}, target {}{version}",
+        proxy.addr(),
+        up.target_url()
     );
+    assert!(line.starts_with(&start), "{line}");
     assert!(proxy.addr().ip().is_loopback());
     assert_ne!(proxy.port(), 0);
 }
