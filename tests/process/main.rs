@@ -16,4 +16,5 @@ mod healthcheck;
 mod lifecycle;
 mod operator_signals;
 mod shutdown;
+mod signals;
 mod token_intake;
