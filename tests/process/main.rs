@@ -17,4 +17,5 @@ mod lifecycle;
 mod operator_signals;
 mod shutdown;
 mod signals;
+mod terminal;
 mod token_intake;
