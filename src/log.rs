@@ -10,8 +10,9 @@
 //! batch holds whole lines and stays under PIPE_BUF, so lines are still never split or
 //! interleaved; [`flush`] runs when a worker parks or stops and before the process exits.
 //!
-//! Two formats (`LOG_FORMAT`): `text`, `proxy: <message>` as always; `json`, one object a
-//! line with a UTC RFC 3339 `ts`, an `event` name, the event's fields, and `message` (the
+//! Two formats (`LOG_FORMAT`): `text`, `proxy: <message>` as always (after a UTC RFC 3339
+//! time with `LOG_TIMESTAMPS=on`); `json`, one object a line with a UTC RFC 3339 `ts`, a
+//! `level` (`info`, `warn`, `error`), an `event` name, the event's fields, and `message` (the
 //! text line without its `proxy: ` prefix). Nothing a peer sent reaches either unescaped.
 
 use std::cell::Cell;
