@@ -126,18 +126,4 @@ pub mod process {
     pub use crate::sys::{close_stdin, harden_process, EchoOff};
 }
 
-/// The crate's version, from Cargo.toml; `--version` prints it, and CHANGELOG.md has a
-/// section for it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The git commit the binary was built from (a 12-digit short hash, set by build.rs), so a
-/// binary can be traced to its sources between releases. `None` for a build outside a git
-/// checkout: a source archive, or the Docker image (its build context leaves `.git` out).
-pub const COMMIT: Option<&str> = non_empty(option_env!("AGENT_LOOP_PROXY_COMMIT"));
-
-const fn non_empty(s: Option<&'static str>) -> Option<&'static str> {
-    match s {
-        Some(s) if !s.is_empty() => Some(s),
-        _ => None,
-    }
-}
+pub use settings::{COMMIT, VERSION};

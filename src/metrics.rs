@@ -292,12 +292,12 @@ fn class(status: u16) -> usize {
 }
 
 fn crate_version() -> &'static str {
-    crate::VERSION
+    crate::settings::VERSION
 }
 
 /// The commit, or `unknown` for a build outside a git checkout.
 fn crate_commit() -> &'static str {
-    crate::COMMIT.unwrap_or("unknown")
+    crate::settings::COMMIT.unwrap_or("unknown")
 }
 
 /// The one prefix of the proxy's metric names.

@@ -259,9 +259,9 @@ fn announce(proxy: &Proxy, addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
     if let Some(at) = &metrics {
         log.event(&Event::Metrics { listen: at });
     }
-    let version = match crate::COMMIT {
-        Some(c) => format!("{} (commit {c})", crate::VERSION),
-        None => crate::VERSION.to_string(),
+    let version = match crate::settings::COMMIT {
+        Some(c) => format!("{} (commit {c})", crate::settings::VERSION),
+        None => crate::settings::VERSION.to_string(),
     };
     log.event(&Event::Startup {
         listen: &addr,

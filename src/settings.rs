@@ -3,7 +3,25 @@
 //! `--help` is printed from this table, the parser asks only for names in it (a debug
 //! assertion in `config`), and a repository test checks that the README's settings table
 //! lists the same names with the same defaults, so the three cannot drift apart. It also
-//! tells an operator's typo from a variable that is none of ours ([`suspicious`]).
+//! tells an operator's typo from a variable that is none of ours ([`suspicious`]). The
+//! version and commit the binary reports (`--version`, the startup line, `build_info`) are
+//! here too, so every layer may name them.
+
+/// The crate's version, from Cargo.toml; `--version` prints it, and CHANGELOG.md has a
+/// section for it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git commit the binary was built from (a 12-digit short hash, set by build.rs), so a
+/// binary can be traced to its sources between releases. `None` for a build outside a git
+/// checkout: a source archive, or the Docker image (its build context leaves `.git` out).
+pub const COMMIT: Option<&str> = non_empty(option_env!("AGENT_LOOP_PROXY_COMMIT"));
+
+const fn non_empty(s: Option<&'static str>) -> Option<&'static str> {
+    match s {
+        Some(s) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
 
 /// One setting: the variables that set it (an egress proxy has an upper- and a lower-case
 /// spelling), its default as the README writes it, and one line for `--help`.
