@@ -34,7 +34,6 @@ pub fn effective(cfg: &Config) -> String {
         p.as_ref()
             .map_or("unset".into(), |p| p.display().to_string())
     };
-    let (l, t) = (&cfg.limits, &cfg.timeouts);
     let egress = match &cfg.egress {
         Some((proxy, from)) => format!("{proxy} (from {from})"),
         None => "unset (direct)".into(),
@@ -44,7 +43,7 @@ pub fn effective(cfg: &Config) -> String {
         TokenSource::StdinUpdates => ("stdin".into(), "unset".into()),
         TokenSource::File(p) => ("unset".into(), p.display().to_string()),
     };
-    let rows: [(&str, String); 34] = [
+    let mut rows: Vec<(&str, String)> = vec![
         ("LISTEN_ADDR:LISTEN_PORT", cfg.listen.to_string()),
         ("TARGET", cfg.target.to_string()),
         ("TARGET_CA_FILE", path(&cfg.ca_file)),
@@ -81,6 +80,19 @@ pub fn effective(cfg: &Config) -> String {
             }
             .into(),
         ),
+    ];
+    rows.extend(bounds(cfg));
+    let mut out = String::new();
+    for (name, value) in rows {
+        let _ = writeln!(out, "{name}={value}");
+    }
+    out
+}
+
+/// The timeouts and limits in effect.
+fn bounds(cfg: &Config) -> Vec<(&'static str, String)> {
+    let (l, t) = (&cfg.limits, &cfg.timeouts);
+    vec![
         ("SHUTDOWN_GRACE", duration(t.shutdown_grace)),
         ("HEADER_TIMEOUT", duration(t.header)),
         ("KEEPALIVE_TIMEOUT", duration(t.keepalive)),
@@ -104,12 +116,7 @@ pub fn effective(cfg: &Config) -> String {
         ("MAX_BODY_BYTES", l.max_body_bytes.to_string()),
         ("MAX_CHUNK_EXT", l.max_chunk_ext.to_string()),
         ("MAX_TRAILER_BYTES", l.max_trailer_bytes.to_string()),
-    ];
-    let mut out = String::new();
-    for (name, value) in rows {
-        let _ = writeln!(out, "{name}={value}");
-    }
-    out
+    ]
 }
 
 /// `15s`, or `500ms` when not whole seconds: as the setting is written.
@@ -119,5 +126,29 @@ fn duration(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every setting of the table has its line (the listen pair and the egress variables
+    /// one line each).
+    #[test]
+    fn every_setting_is_shown() {
+        let cfg = Config::from_vars(|_| None).unwrap();
+        let shown = effective(&cfg);
+        for s in crate::settings::SETTINGS {
+            let key = match s.names[0] {
+                "LISTEN_PORT" | "LISTEN_ADDR" => "LISTEN_ADDR:LISTEN_PORT",
+                "HTTPS_PROXY" | "HTTP_PROXY" | "NO_PROXY" => "egress proxy",
+                n => n,
+            };
+            assert!(
+                shown.contains(&format!("\n{key}=")) || shown.starts_with(&format!("{key}=")),
+                "{key}"
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@
 //!    - [`check`]: `--check`, the configuration read as a start reads it, nothing served.
 //!    - [`run`]: starts one proxy (bind, then serve with a token) and drains it; the handle
 //!      names its addresses. `main.rs` adds only the process: stdin, signals, exit codes.
-//!    - [`scrape`]: the metrics listener (`METRICS_ADDR`), `GET /metrics` only.
+//!    - [`scrape`]: the metrics listener (`METRICS_ADDR`), `GET` and `HEAD /metrics` only.
 //!    - [`server`]: the accept loop and the drain.
 //!    - [`connection`]: one client connection: socket and buffer, reading heads, the proxy's
 //!      own answers, the log line, lingering close or reset.
