@@ -69,6 +69,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// One JSON object per log line (`LOG_FORMAT=json`).
     pub log_json: bool,
+    /// Text lines start with an RFC 3339 time (`LOG_TIMESTAMPS=on`).
+    pub log_timestamps: bool,
     /// Merge the OAuth beta flag into `anthropic-beta` (`OAUTH_BETA`): `None` is `auto`
     /// (an `sk-ant-oat` token sent to `https://api.anthropic.com`), decided once the token is read.
     pub oauth_beta: Option<bool>,
@@ -122,6 +124,7 @@ impl Config {
             allow: None,
             metrics: None,
             log_json: false,
+            log_timestamps: false,
             oauth_beta: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -136,7 +139,10 @@ impl Config {
 
     /// Reads settings through `get`, so tests can pass a map.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let var = |name: &'static str| get(name).filter(|v| !v.is_empty());
+        let var = |name: &'static str| {
+            debug_assert!(crate::settings::is_known(name), "{name} is not in settings");
+            get(name).filter(|v| !v.is_empty())
+        };
         let target = match var("TARGET") {
             Some(t) => Target::parse(&t).map_err(|r| ConfigError::new("TARGET", r))?,
             None => Target::parse(limits::DEFAULT_TARGET).expect("default target parses"),
@@ -161,6 +167,11 @@ impl Config {
             None | Some("text") => false,
             Some("json") => true,
             Some(_) => return Err(ConfigError::new("LOG_FORMAT", "must be text or json")),
+        };
+        cfg.log_timestamps = match var("LOG_TIMESTAMPS").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(_) => return Err(ConfigError::new("LOG_TIMESTAMPS", "must be on or off")),
         };
         cfg.credentials(&var)?;
         read_limits(&var, &mut cfg.limits)?;
@@ -471,6 +482,20 @@ mod tests {
         assert_eq!(e.unwrap_err().setting, "TOKEN_FILE");
         let c = from(&[("TOKEN_FILE", "/run/secrets/t")]).unwrap();
         assert_eq!(c.token_source, TokenSource::File("/run/secrets/t".into()));
+    }
+
+    /// The defaults `--help` and the README state are the parser's: setting each to its
+    /// stated default changes nothing.
+    #[test]
+    fn the_settings_table_states_the_parsers_defaults() {
+        let plain = format!("{:?}", from(&[]).unwrap());
+        for s in crate::settings::SETTINGS {
+            if s.default.starts_with("unset") {
+                continue;
+            }
+            let set = from(&[(s.names[0], s.default)]).unwrap();
+            assert_eq!(format!("{set:?}"), plain, "{}", s.names[0]);
+        }
     }
 
     #[test]

@@ -56,6 +56,7 @@ async fn serve_requests(
         up_head: Zeroizing::new(Vec::new()),
         out: Vec::new(),
         log_path: String::new(),
+        began: None,
         served: 0,
         shutdown,
         idle_since: TokioInstant::now(),
@@ -75,7 +76,14 @@ async fn serve_requests(
                     Ok(Head::Closed) => return ClientFate::Close,
                     // Idle: let go of the old token now, not at the next request.
                     Ok(Head::Rotated) => break,
-                    Err(p) => return client.reject(proxy, p, &mut session.out).await,
+                    Err(p) => {
+                        let seq = proxy.log.next_seq();
+                        let started = session.began.take().unwrap_or_else(Instant::now);
+                        let method = refused_line(&client.buf, &mut session.log_path);
+                        let path = &session.log_path;
+                        let about = Logged::refused(&method, path, started, current.number, seq);
+                        return client.reject(proxy, p, &mut session.out, about).await;
+                    }
                 },
             };
             if !proxy.creds.is_current(&current) {
@@ -110,6 +118,9 @@ struct Session {
     /// The proxy's own answers and response heads are rendered here.
     out: Vec<u8>,
     log_path: String,
+    /// When the first byte of the head being read arrived: a request refused before its head
+    /// was parsed is timed from here.
+    began: Option<Instant>,
     served: u32,
     shutdown: watch::Receiver<bool>,
     /// When the connection was accepted, then when its last exchange ended: the first head's
@@ -127,6 +138,7 @@ impl Session {
     ) -> Result<Head, Problem> {
         let t = &proxy.cfg.timeouts;
         let wait = Wait {
+            began: &mut self.began,
             first: self.served == 0,
             idle_since: self.idle_since,
             shutdown: &self.shutdown,
@@ -148,12 +160,18 @@ impl Session {
     ) -> ClientFate {
         let cfg = &proxy.cfg;
         let started = Instant::now();
+        let began = self.began.take().unwrap_or(started);
+        let seq = proxy.log.next_seq();
         self.served += 1;
         let head = &client.buf[..head_len];
         let rw = proxy.rewrite(g);
         let req = match head::parse_request(head, &cfg.limits, &rw, &mut self.up_head) {
             Ok(r) => r,
-            Err(p) => return client.reject(proxy, p, &mut self.out).await,
+            Err(p) => {
+                let method = refused_line(head, &mut self.log_path);
+                let about = Logged::refused(&method, &self.log_path, began, g.number, seq);
+                return client.reject(proxy, p, &mut self.out, about).await;
+            }
         };
         set_log_path(&mut self.log_path, &client.buf[req.path.clone()]);
         client.buf.advance(head_len);
@@ -196,14 +214,15 @@ impl Session {
                 o
             }
         };
-        record(
-            proxy,
-            req.method,
-            &self.log_path,
-            &outcome,
+        let about = Logged {
+            method: req.method.as_str(),
+            path: &self.log_path,
             started,
-            g.number,
-        );
+            generation: g.number,
+            seq,
+            health: req.route == Route::Health,
+        };
+        record(proxy, &about, &outcome);
         self.idle_since = TokioInstant::now();
         outcome.client
     }
@@ -211,6 +230,8 @@ impl Session {
 
 /// What a head read waits on besides the client's bytes.
 struct Wait<'a> {
+    /// Set when the first byte of a head arrives.
+    began: &'a mut Option<Instant>,
     /// No request was served yet: the head deadline runs from `idle_since` (accept).
     first: bool,
     /// Accept, or the end of the last exchange: fixed while the connection waits, so a wake-up
@@ -244,6 +265,7 @@ impl Client {
     ) -> Result<Head, Problem> {
         let mut shutdown = wait.shutdown.clone();
         let rotations = wait.rotations;
+        let began = wait.began;
         // The first request's head deadline runs from accept; later ones from their first
         // byte, after a keep-alive idle wait that runs from the end of the last exchange.
         let mut deadline = wait.first.then(|| wait.idle_since + t.header);
@@ -251,6 +273,9 @@ impl Client {
         loop {
             if let Some(n) = scanner.scan(&self.buf, limits)? {
                 return Ok(Head::Ready(n));
+            }
+            if !self.buf.is_empty() && began.is_none() {
+                *began = Some(Instant::now());
             }
             if !self.buf.is_empty() && deadline.is_none() {
                 deadline = Some(TokioInstant::now() + t.header);
@@ -301,18 +326,26 @@ impl Client {
         }
     }
 
-    /// The proxy's own answer to a request it refused before routing; then it closes.
-    async fn reject(&mut self, proxy: &Proxy, p: Problem, out: &mut Vec<u8>) -> ClientFate {
-        proxy.metrics.answered_by_proxy(p.reason());
-        log_error(&proxy.log, p);
-        if p == Problem::ClientAborted {
-            return ClientFate::Close;
-        }
-        let fate = persist::settle(End::Answered { in_sync: false }, ClientTerms::CLOSING).client;
-        answer::error(p, false, fate != ClientFate::Keep, out);
-        self.send_own(proxy, out, p.status(), fate, Some(p))
-            .await
-            .client
+    /// The proxy's own answer to a request it refused before routing (its head could not be
+    /// read or parsed), counted and logged like any other; then it closes. A client that
+    /// closed mid-head gets no answer, but its line still says what it would have been.
+    async fn reject(
+        &mut self,
+        proxy: &Proxy,
+        p: Problem,
+        out: &mut Vec<u8>,
+        about: Logged<'_>,
+    ) -> ClientFate {
+        let outcome = if p == Problem::ClientAborted {
+            Outcome::answered(p.status(), 0, Some(p), ClientFate::Close)
+        } else {
+            let terms = ClientTerms::CLOSING;
+            let fate = persist::settle(End::Answered { in_sync: false }, terms).client;
+            answer::error(p, false, fate != ClientFate::Keep, out);
+            self.send_own(proxy, out, p.status(), fate, Some(p)).await
+        };
+        record(proxy, &about, &outcome);
+        outcome.client
     }
 
     async fn health(&mut self, proxy: &Proxy, req: &Request, out: &mut Vec<u8>) -> Outcome {
@@ -387,32 +420,88 @@ fn set_log_path(log_path: &mut String, path: &[u8]) {
     crate::log::escape_into(log_path, path, limits::LOG_PATH_MAX);
 }
 
-/// Counts the request in metrics, writes its log line (docs/http-rules.md §10.3): method, path
-/// without query, status, bytes, duration, the upstream's request id; plus a failure line
-/// with its static reason and side. Nothing else from a request.
-fn record(
-    proxy: &Proxy,
-    method: Method,
-    path: &str,
-    o: &Outcome,
+/// What the access line says of a request besides its outcome.
+struct Logged<'a> {
+    /// `-` when the request line could not be parsed.
+    method: &'a str,
+    /// Escaped; `-` when the request line could not be parsed.
+    path: &'a str,
     started: Instant,
     generation: u64,
-) {
-    let elapsed = started.elapsed();
+    seq: u64,
+    /// `GET /health`: timed apart from the exchanges.
+    health: bool,
+}
+
+impl<'a> Logged<'a> {
+    /// A request refused before its head was parsed.
+    fn refused(
+        method: &'a str,
+        path: &'a str,
+        started: Instant,
+        generation: u64,
+        seq: u64,
+    ) -> Logged<'a> {
+        Logged {
+            method,
+            path,
+            started,
+            generation,
+            seq,
+            health: false,
+        }
+    }
+}
+
+/// The method and path (without query or fragment, escaped into `path`) of a head the proxy refused, for
+/// its access line, when its request line is whole and has the shape of one (RFC 9112 §3:
+/// method SP request-target SP HTTP-version); otherwise `-` for both.
+fn refused_line(buf: &[u8], path: &mut String) -> String {
+    path.clear();
+    let line = memchr::memmem::find(buf, b"\r\n").map(|n| &buf[..n]);
+    let mut parts = line.unwrap_or(b"").split(|&b| b == b' ');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(t), Some(v), None)
+            if (1..=32).contains(&m.len())
+                && m.iter().all(|&b| crate::syntax::is_tchar(b))
+                && v.starts_with(b"HTTP/") =>
+        {
+            // As a forwarded request's: without query, nor a fragment (which none may have).
+            let t = t.split(|&b| b == b'?' || b == b'#').next().unwrap_or(b"");
+            crate::log::escape_into(path, t, limits::LOG_PATH_MAX);
+            // tchar is ASCII.
+            String::from_utf8_lossy(m).into_owned()
+        }
+        _ => {
+            path.push('-');
+            "-".to_string()
+        }
+    }
+}
+
+/// Counts the request in metrics and writes its access line (docs/http-rules.md §10.3):
+/// method, path without query, status, bytes, duration, the upstream's request id; plus a
+/// failure line with its static reason, side and the request's `seq`. Every request, the
+/// proxy's own refusals included, passes here once, so the counters, the byte totals, the
+/// histogram and the access lines count the same requests. Nothing else from a request.
+fn record(proxy: &Proxy, about: &Logged<'_>, o: &Outcome) {
+    let elapsed = about.started.elapsed();
     let m: &Metrics = &proxy.metrics;
     let log: &Log = &proxy.log;
-    m.exchange.observe(elapsed);
+    m.observe_exchange(about.health, elapsed);
     if o.upstream_answered {
         m.answered_by_upstream(o.status);
     } else {
-        m.answered_by_proxy(o.failure.map_or(Reason::Health, Problem::reason));
+        let reason = o.failure.map_or(Reason::Health, Problem::reason);
+        m.answered_by_proxy(reason, o.status);
     }
     m.bytes_down.fetch_add(o.bytes, Relaxed);
     m.bytes_up.fetch_add(o.bytes_up, Relaxed);
     m.tokens_masked.fetch_add(o.masked, Relaxed);
     log.event(&Event::Request(&RequestLine {
-        method: method.as_str(),
-        path,
+        seq: about.seq,
+        method: about.method,
+        path: about.path,
         status: o.status,
         bytes_up: o.bytes_up,
         bytes_down: o.bytes,
@@ -420,25 +509,21 @@ fn record(
         head_ms: o.head_after.map(|d| d.as_millis() as u64),
         reused: o.reused,
         request_id: o.request_id.as_str(),
-        token_generation: generation,
+        token_generation: about.generation,
     }));
     if let Some(p) = o.failure {
-        log_error(log, p);
-    }
-    if o.credential_rejected {
-        m.credential_rejected.fetch_add(1, Relaxed);
-        log.event(&Event::CredentialRejected {
-            status: o.status,
-            generation,
+        log.event(&Event::Error {
+            side: p.side().as_str(),
+            reason: p.message(),
+            detail: p.detail(),
+            seq: Some(about.seq),
         });
     }
-}
-
-/// A failure's line: which side, and its static reason.
-fn log_error(log: &Log, p: Problem) {
-    log.event(&Event::Error {
-        side: p.side().as_str(),
-        reason: p.message(),
-        detail: p.detail(),
-    });
+    if o.credential_rejected {
+        m.credential_rejected(o.status);
+        log.event(&Event::CredentialRejected {
+            status: o.status,
+            generation: about.generation,
+        });
+    }
 }

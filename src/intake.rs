@@ -6,7 +6,8 @@
 //!   the last token keeps serving.
 //! - `TOKEN_FILE=path`: the file's first line, and again whenever the file changes: written
 //!   in place, replaced, or swapped behind a symlink (Kubernetes secret volumes), checked
-//!   every [`TOKEN_FILE_POLL`] and read once a new version has settled ([`FileWatch`]).
+//!   every [`TOKEN_FILE_POLL`] and read once a new version has settled ([`FileWatch`]); or at
+//!   once when asked ([`Reload`], SIGHUP), if the new version is old enough to have settled.
 //!
 //! Every token passes the same checks ([`Token::new`]); a refused one is logged with its
 //! static reason only, and the current token stays.
@@ -16,8 +17,8 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, TokenSource};
 use crate::credential::Credentials;
@@ -152,14 +153,42 @@ pub struct Swapper {
     pub log: Arc<Log>,
 }
 
-/// Starts the thread that swaps replacements into `to.creds`, if there are any to wait for.
-pub fn spawn_updates(updates: Updates, to: Swapper) {
+/// Asks the `TOKEN_FILE` watcher to look at the file now instead of at its next poll: the
+/// operator's SIGHUP after replacing it.
+#[derive(Clone, Default)]
+pub struct Reload(Arc<(Mutex<bool>, Condvar)>);
+
+impl Reload {
+    /// Wakes the watcher; it reads the file if a new version is there.
+    pub fn request(&self) {
+        let (asked, wake) = &*self.0;
+        *asked.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_one();
+    }
+
+    /// Waits up to `poll`, or until asked; returns whether asked (and clears it).
+    fn wait(&self, poll: Duration) -> bool {
+        let (asked, wake) = &*self.0;
+        let guard = asked.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut guard, _) = wake
+            .wait_timeout_while(guard, poll, |asked| !*asked)
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *guard)
+    }
+}
+
+/// Starts the thread that swaps replacements into `to.creds`, if there are any to wait for;
+/// for `TOKEN_FILE`, returns the handle that makes it look at the file now.
+pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<Reload> {
     let log = to.log.clone();
+    let mut reload = None;
     let body: Box<dyn FnOnce() + Send> = match updates {
-        Updates::None => return,
+        Updates::None => return None,
         Updates::Stdin(lines) => Box::new(move || from_stdin(lines, &to)),
         Updates::File { path, header, seen } => {
-            Box::new(move || watch_file(&path, &header, seen, &to))
+            let asked = Reload::default();
+            reload = Some(asked.clone());
+            Box::new(move || watch_file(&path, &header, seen, &to, &asked))
         }
     };
     // A thread, not a task: both sources block (a pipe read, a sleep between stats).
@@ -171,7 +200,9 @@ pub fn spawn_updates(updates: Updates, to: Swapper) {
             log,
             "warning: cannot start the token-update thread; the token will not change"
         );
+        return None;
     }
+    reload
 }
 
 impl Swapper {
@@ -214,16 +245,27 @@ fn from_stdin(mut lines: TokenLines<Box<dyn Read + Send>>, to: &Swapper) {
     }
 }
 
-fn watch_file(path: &Path, header: &TokenHeader, seen: Option<Fingerprint>, to: &Swapper) {
+fn watch_file(
+    path: &Path,
+    header: &TokenHeader,
+    seen: Option<Fingerprint>,
+    to: &Swapper,
+    reload: &Reload,
+) {
     let mut watch = FileWatch::new(seen);
     loop {
-        std::thread::sleep(TOKEN_FILE_POLL);
+        let asked = reload.wait(TOKEN_FILE_POLL);
         // The proxy is gone (a library user stopped it): nobody needs the file any more.
         if Arc::strong_count(&to.creds) == 1 {
             return;
         }
         let now = fingerprint(path);
-        if !watch.settled(now, Instant::now()) {
+        let due = if asked {
+            due_on_request(&mut watch, now, to)
+        } else {
+            watch.settled(now, Instant::now())
+        };
+        if !due {
             continue;
         }
         let read = read_file(path, header);
@@ -244,6 +286,28 @@ fn watch_file(path: &Path, header: &TokenHeader, seen: Option<Fingerprint>, to: 
             }
         }
     }
+}
+
+/// Whether version `now` is to be read at once, on request: it is not the one read last, and
+/// it last changed at least [`TOKEN_FILE_SETTLE`] ago (the test at startup). One still being
+/// written is left to the poll, which reads it once it settles.
+fn due_on_request(watch: &mut FileWatch, now: Option<Fingerprint>, to: &Swapper) -> bool {
+    let g = to.creds.current().number;
+    if now == watch.seen {
+        crate::log!(
+            to.log,
+            "token reload: TOKEN_FILE unchanged; keeping generation {g}"
+        );
+        return false;
+    }
+    if now.is_none_or(|f| f.settled(std::time::SystemTime::now())) {
+        return true;
+    }
+    crate::log!(
+        to.log,
+        "token reload: TOKEN_FILE is being written; it is read once it settles"
+    );
+    watch.settled(now, Instant::now())
 }
 
 /// When a version of `TOKEN_FILE` may be read: once it differs from the last one read and its

@@ -14,9 +14,10 @@
 //! [`log`](mod@log), the pure core and the bottom are public.
 //!
 //! 1. **I/O**, from the entry point down (`main.rs` is above all of them):
-//!    - [`run`](mod@run): starts one proxy (bind, then serve with a token) and drains it; the handle
-//!      names its addresses. `main.rs` adds only the process: stdin, signals, exit codes.
-//!    - `scrape`: the metrics listener (`METRICS_ADDR`), `GET /metrics` only.
+//!    - `check`: `--check`, the configuration read as a start reads it, nothing served.
+//!    - [`run`](mod@run): starts one proxy (bind, then serve with a token) and drains it; the
+//!      handle names its addresses. `main.rs` adds only the process: stdin, signals, exit codes.
+//!    - `scrape`: the metrics listener (`METRICS_ADDR`), `GET` and `HEAD /metrics` only.
 //!    - `server`: the accept loop and the drain.
 //!    - `connection`: one client connection: socket and buffer, reading heads, the proxy's
 //!      own answers, the log line, lingering close or reset.
@@ -49,7 +50,8 @@
 //!    - [`scrub`]: masks the real token wherever it appears in a response.
 //!    - [`egress`]: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
 //! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
-//!    bound), [`syntax`] (small grammar helpers), [`error`] (every failure and, in one table,
+//!    bound), [`settings`] (every setting's name, default and `--help` line), [`syntax`]
+//!    (small grammar helpers), [`error`] (every failure and, in one table,
 //!    its side, status, metric reason, connect step and static message), [`target`]
 //!    (TARGET's parsed form).
 //!
@@ -78,6 +80,7 @@
 // The I/O and process modules are private: nothing outside starts a connection by hand.
 
 // 1. I/O
+mod check;
 mod connection;
 mod exchange;
 mod readhead;
@@ -114,6 +117,7 @@ pub mod tracker;
 // 4. Bottom
 pub mod error;
 pub mod limits;
+pub mod settings;
 pub mod syntax;
 pub mod target;
 
@@ -123,21 +127,8 @@ pub use secret::{Token, TokenError, TokenHeader};
 
 /// What the binary does to the process before the token exists, and after it was read.
 pub mod process {
-    pub use crate::sys::{close_stdin, harden_process};
+    pub use crate::sys::{close_stdin, harden_process, EchoOff};
 }
 
-/// The crate's version, from Cargo.toml; `--version` prints it, and CHANGELOG.md has a
-/// section for it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The git commit the binary was built from (a 12-digit short hash, set by build.rs), so a
-/// binary can be traced to its sources between releases. `None` for a build outside a git
-/// checkout: a source archive, or the Docker image (its build context leaves `.git` out).
-pub const COMMIT: Option<&str> = non_empty(option_env!("AGENT_LOOP_PROXY_COMMIT"));
-
-const fn non_empty(s: Option<&'static str>) -> Option<&'static str> {
-    match s {
-        Some(s) if !s.is_empty() => Some(s),
-        _ => None,
-    }
-}
+pub use check::check;
+pub use settings::{COMMIT, VERSION};

@@ -10,13 +10,15 @@
 //! batch holds whole lines and stays under PIPE_BUF, so lines are still never split or
 //! interleaved; [`Log::flush`] runs when a worker parks or stops and before the process exits.
 //!
-//! Two formats (`LOG_FORMAT`): `text`, `proxy: <message>` as always; `json`, one object a
-//! line with a UTC RFC 3339 `ts`, an `event` name, the event's fields, and `message` (the
+//! Two formats (`LOG_FORMAT`): `text`, `proxy: <message>` as always (after a UTC RFC 3339
+//! time with `LOG_TIMESTAMPS=on`); `json`, one object a line with a UTC RFC 3339 `ts`, a
+//! `level` (`info`, `warn`, `error`), an `event` name, the event's fields, and `message` (the
 //! text line without its `proxy: ` prefix). Nothing a peer sent reaches either unescaped.
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,9 +55,13 @@ pub enum Sink {
 /// proxy's shared state, so two proxies in one process keep their lines apart.
 pub struct Log {
     json: bool,
+    /// Text lines start with an RFC 3339 time (`LOG_TIMESTAMPS=on`).
+    timestamps: bool,
     sink: Sink,
     /// Lines waiting to be written, and when the first of them came.
     batch: Mutex<(Vec<u8>, Option<Instant>)>,
+    /// The last request sequence number handed out ([`Log::next_seq`]).
+    seq: AtomicU64,
 }
 
 impl Log {
@@ -63,14 +69,28 @@ impl Log {
     pub fn new(json: bool, sink: Sink) -> Log {
         Log {
             json,
+            timestamps: false,
             sink,
             batch: Mutex::new((Vec::new(), None)),
+            seq: AtomicU64::new(0),
         }
+    }
+
+    /// The same log, with an RFC 3339 time before each text line (JSON lines have `ts`).
+    pub fn with_timestamps(mut self, on: bool) -> Log {
+        self.timestamps = on;
+        self
     }
 
     /// Text lines on stderr: what the process uses until the configuration is read.
     pub fn stderr() -> Log {
         Log::new(false, Sink::Stderr)
+    }
+
+    /// A new request's sequence number (1, 2, ...): its access line and its error lines carry
+    /// it, so they can be joined.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Whether lines are JSON objects.
@@ -129,27 +149,41 @@ impl Log {
         self.flush();
     }
 
-    /// Writes `proxy: <args>` as one line (an `event: "log"` in JSON).
+    /// Writes `proxy: <args>` as one line (an `event: "log"` in JSON, level `warn` when the
+    /// line is a `warning: `, else `info`).
     pub fn line(&self, args: fmt::Arguments<'_>) {
-        self.write_event("log", &[], |out| {
-            let _ = fmt::write(out, args);
-        });
+        let mut msg = String::with_capacity(128);
+        let _ = fmt::write(&mut msg, args);
+        let level = if msg.starts_with("warning:") {
+            "warn"
+        } else {
+            "info"
+        };
+        self.write_event("log", level, &[], |out| out.push_str(&msg));
     }
 
     /// Writes one event: its text line, or its JSON object; both from the one value.
     pub fn event(&self, e: &Event<'_>) {
-        let mut fields = [("", Value::Null); 10];
+        let mut fields = [("", Value::Null); FIELDS_MAX];
         // The text format has no fields: they are gathered only for JSON.
         let n = if self.json { e.fields(&mut fields) } else { 0 };
-        self.write_event(e.name(), &fields[..n], |out| e.text(out));
+        self.write_event(e.name(), e.level(), &fields[..n], |out| e.text(out));
     }
 
-    /// The line of an event named `name` with `fields`, whose text `text` writes.
-    fn write_event(&self, name: &str, fields: &[(&str, Value<'_>)], text: impl Fn(&mut String)) {
+    /// The line of an event named `name` at `level` with `fields`, whose text `text` writes.
+    fn write_event(
+        &self,
+        name: &str,
+        level: &str,
+        fields: &[(&str, Value<'_>)],
+        text: impl Fn(&mut String),
+    ) {
         let mut buf = String::with_capacity(256);
         if self.json {
             buf.push_str("{\"ts\":\"");
             rfc3339(&mut buf, SystemTime::now());
+            buf.push_str("\",\"level\":\"");
+            buf.push_str(level);
             buf.push_str("\",\"event\":");
             json_str(&mut buf, name);
             for (key, value) in fields {
@@ -171,6 +205,10 @@ impl Log {
             json_str(&mut buf, &message);
             buf.push('}');
         } else {
+            if self.timestamps {
+                rfc3339(&mut buf, SystemTime::now());
+                buf.push(' ');
+            }
             buf.push_str("proxy: ");
             text(&mut buf);
         }
@@ -183,8 +221,13 @@ impl Log {
 /// its text line are both rendered from it.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
-    /// Where the proxy listens and what it forwards to.
-    Startup { listen: &'a str, target: &'a str },
+    /// Where the proxy listens (and its metrics, if on), what it forwards to, its version.
+    Startup {
+        listen: &'a str,
+        target: &'a str,
+        metrics: Option<&'a str>,
+        version: &'a str,
+    },
     /// Where the metrics listener listens.
     Metrics { listen: &'a str },
     /// One request and its answer.
@@ -194,6 +237,8 @@ pub enum Event<'a> {
         side: &'a str,
         reason: &'static str,
         detail: Option<u16>,
+        /// The request it belongs to (its access line's `seq`).
+        seq: Option<u64>,
     },
     /// The upstream answered 401 or 403 to the credential of this generation.
     CredentialRejected { status: u16, generation: u64 },
@@ -209,8 +254,11 @@ pub enum Event<'a> {
 /// nothing else from it.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLine<'a> {
+    /// The request's sequence number ([`Log::next_seq`]).
+    pub seq: u64,
+    /// `-` when the request line could not be parsed.
     pub method: &'a str,
-    /// Already escaped.
+    /// Already escaped; `-` when the request line could not be parsed.
     pub path: &'a str,
     pub status: u16,
     pub bytes_up: u64,
@@ -223,7 +271,19 @@ pub struct RequestLine<'a> {
     pub token_generation: u64,
 }
 
+/// The most fields an event has.
+const FIELDS_MAX: usize = 12;
+
 impl Event<'_> {
+    /// The `level` of its JSON object.
+    fn level(&self) -> &'static str {
+        match self {
+            Event::Error { .. } | Event::Fatal { .. } => "error",
+            Event::CredentialRejected { .. } => "warn",
+            _ => "info",
+        }
+    }
+
     /// The `event` of its JSON object.
     fn name(&self) -> &'static str {
         match self {
@@ -239,15 +299,23 @@ impl Event<'_> {
     }
 
     /// Its fields, into `out`; returns how many.
-    fn fields<'s>(&'s self, out: &mut [(&'static str, Value<'s>); 10]) -> usize {
+    fn fields<'s>(&'s self, out: &mut [(&'static str, Value<'s>); FIELDS_MAX]) -> usize {
         let num = |n: u64| Value::Num(n);
         let list: &[(&'static str, Value<'s>)] = match *self {
-            Event::Startup { listen, target } => &[
+            Event::Startup {
+                listen,
+                target,
+                metrics,
+                version,
+            } => &[
                 ("listen", Value::Str(listen)),
                 ("target", Value::Str(target)),
+                ("metrics", metrics.map_or(Value::Null, Value::Str)),
+                ("version", Value::Str(version)),
             ],
             Event::Metrics { listen } => &[("listen", Value::Str(listen))],
             Event::Request(r) => &[
+                ("seq", num(r.seq)),
                 ("method", Value::Str(r.method)),
                 ("path", Value::Str(r.path)),
                 ("status", num(u64::from(r.status))),
@@ -259,9 +327,13 @@ impl Event<'_> {
                 ("request_id", r.request_id.map_or(Value::Null, Value::Str)),
                 ("token_generation", num(r.token_generation)),
             ],
-            Event::Error { side, reason, .. } => {
-                &[("side", Value::Str(side)), ("reason", Value::Str(reason))]
-            }
+            Event::Error {
+                side, reason, seq, ..
+            } => &[
+                ("side", Value::Str(side)),
+                ("reason", Value::Str(reason)),
+                ("seq", seq.map_or(Value::Null, num)),
+            ],
             Event::CredentialRejected { status, generation } => &[
                 ("status", num(u64::from(status))),
                 ("token_generation", num(generation)),
@@ -277,8 +349,17 @@ impl Event<'_> {
     /// Its text line, without the `proxy: ` prefix.
     fn text(&self, out: &mut String) {
         let _ = match *self {
-            Event::Startup { listen, target } => {
-                write!(out, "listening on {listen}, target {target}")
+            Event::Startup {
+                listen,
+                target,
+                metrics,
+                version,
+            } => {
+                let _ = write!(out, "listening on {listen}, target {target}");
+                if let Some(m) = metrics {
+                    let _ = write!(out, ", metrics on {m}");
+                }
+                write!(out, "; agent-loop-proxy {version}")
             }
             Event::Metrics { listen } => write!(out, "metrics on {listen}"),
             Event::Request(r) => {
@@ -293,6 +374,7 @@ impl Event<'_> {
                 side,
                 reason,
                 detail,
+                ..
             } => {
                 let _ = write!(out, "error: {side}: {reason}");
                 match detail {

@@ -12,33 +12,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_loop_proxy::config::{Config, TokenSource};
-use agent_loop_proxy::limits::{self, HEALTHCHECK_TIMEOUT};
+use agent_loop_proxy::limits::HEALTHCHECK_TIMEOUT;
 use agent_loop_proxy::log::{self, Log, Sink};
 use agent_loop_proxy::process as sys;
 use agent_loop_proxy::run::{self, StartError};
 
-/// `--help`, with the defaults taken from [`limits`].
+/// `--help`: usage, then every setting from the one table the parser reads.
 fn help() -> String {
     format!(
         "\
-agent-loop-proxy: credential-injection reverse proxy for sandboxed AI coding agents
+agent-loop-proxy {version}: credential-injection reverse proxy for sandboxed AI coding agents
 
 USAGE:
     printf '%s\\n' \"$TOKEN\" | agent-loop-proxy     read the token from stdin, serve
+    agent-loop-proxy --check                      check the configuration (no token read); exit 0 or 1
     agent-loop-proxy healthcheck                  GET /health on LISTEN_PORT; exit 0 if 200
     agent-loop-proxy --help | --version
 
-The real token is read from stdin (one line) or TOKEN_FILE and kept only in memory. Configuration comes
-from the environment: LISTEN_PORT ({port}), LISTEN_ADDR (127.0.0.1), TARGET
-({target}), TARGET_CA_FILE, PHANTOM_TOKEN, TOKEN_HEADER (authorization |
-x-api-key | another field name), TOKEN_UPDATES (stdin: each further line replaces the
-token), TOKEN_FILE (read the token from this file, and again when it changes),
-ALLOW_REQUESTS (METHOD /path[*], ...), OAUTH_BETA (auto | on | off), SHUTDOWN_GRACE
-({grace}s), and the limits and timeouts listed in the README.
-",
-        port = limits::DEFAULT_LISTEN_PORT,
-        target = limits::DEFAULT_TARGET,
-        grace = limits::SHUTDOWN_GRACE.as_secs(),
+The real token is read from stdin (one line) or TOKEN_FILE and kept only in memory.
+SIGTERM/SIGINT drain and exit; SIGHUP re-reads TOKEN_FILE; SIGUSR1/SIGUSR2 are ignored.
+
+SETTINGS (environment variables; an empty value counts as unset):
+    {name:<30} {default:<26} meaning
+{table}",
+        version = agent_loop_proxy::VERSION,
+        name = "name",
+        default = "default",
+        table = agent_loop_proxy::settings::help_table(),
     )
 }
 
@@ -61,6 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         (Some("healthcheck"), None) => return healthcheck(),
+        (Some("--check"), None) => return check(),
         // The argument is not echoed: a token pasted by mistake must not reach a log.
         _ => return fail(&Log::stderr(), "proxy: unknown argument; see --help"),
     }
@@ -72,10 +73,41 @@ fn main() -> ExitCode {
             return fail(&Log::new(json, Sink::Stderr), &e.to_string());
         }
     };
-    let log = Arc::new(Log::new(cfg.log_json, Sink::Stderr));
+    let log = Arc::new(Log::new(cfg.log_json, Sink::Stderr).with_timestamps(cfg.log_timestamps));
+    warn_unknown(&log);
     match serve(cfg, &log) {
         Ok(code) => code,
         Err(e) => fail(&log, &e.0),
+    }
+}
+
+/// Warns of each variable that looks like a setting but is none (a typo, most likely): its
+/// name only, never its value.
+fn warn_unknown(log: &Log) {
+    for (name, _) in std::env::vars_os() {
+        if let Some(w) = agent_loop_proxy::settings::suspicious(&name.to_string_lossy()) {
+            agent_loop_proxy::log!(log, "{w}");
+        }
+    }
+}
+
+/// `--check`: the configuration as a start reads it (CA files parsed, TOKEN_FILE opened),
+/// nothing bound and no token read; the effective settings on stdout, exit 0; or the
+/// `proxy: SETTING: ...` line and exit 1.
+fn check() -> ExitCode {
+    let cfg = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(&Log::stderr(), &e.to_string()),
+    };
+    let log = Arc::new(Log::new(cfg.log_json, Sink::Stderr).with_timestamps(cfg.log_timestamps));
+    warn_unknown(&log);
+    match agent_loop_proxy::check(&cfg, log.clone()) {
+        Ok(settings) => {
+            print!("{settings}");
+            println!("configuration ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&log, &e.to_string()),
     }
 }
 
@@ -90,7 +122,7 @@ fn serve(cfg: Config, log: &Arc<Log>) -> Result<ExitCode, StartError> {
         );
     }
     let stdin = dup_stdin()?;
-    let (token, updates) = bound.first_token(stdin)?;
+    let (token, updates) = read_token(&bound, stdin, stdin_updates)?;
     if !stdin_updates {
         sys::close_stdin();
     }
@@ -99,11 +131,28 @@ fn serve(cfg: Config, log: &Arc<Log>) -> Result<ExitCode, StartError> {
         let mut signals = Signals::new()
             .map_err(|_| StartError("proxy: cannot install signal handlers".into()))?;
         let running = bound.start(token, updates)?;
-        signals.recv().await;
+        loop {
+            match signals.recv().await {
+                Sig::Stop => break,
+                Sig::Reload => running.reload_token(),
+                Sig::Other(name) => agent_loop_proxy::log!(log, "{name} received; ignored"),
+            }
+        }
         running.shutdown();
-        tokio::select! {
-            _ = running.join() => {}
-            _ = signals.recv() => agent_loop_proxy::log!(log, "second signal; exiting now"),
+        let join = running.join();
+        tokio::pin!(join);
+        loop {
+            tokio::select! {
+                _ = &mut join => break,
+                sig = signals.recv() => match sig {
+                    Sig::Stop => {
+                        agent_loop_proxy::log!(log, "second signal; exiting now");
+                        break;
+                    }
+                    Sig::Reload => agent_loop_proxy::log!(log, "SIGHUP during the drain; ignored"),
+                    Sig::Other(name) => agent_loop_proxy::log!(log, "{name} received; ignored"),
+                },
+            }
         }
         Ok::<_, StartError>(ExitCode::SUCCESS)
     });
@@ -140,6 +189,37 @@ fn fail(log: &Log, msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The first token. With a terminal on stdin (a person at it, not a launcher's pipe) and the
+/// token to come from it: a prompt on stderr and echo off while it is typed, restored after.
+/// `TOKEN_UPDATES=stdin` keeps reading lines for the whole run, which a terminal cannot do
+/// without echo: refused.
+fn read_token(
+    bound: &run::Bound,
+    stdin: std::fs::File,
+    stdin_updates: bool,
+) -> Result<(agent_loop_proxy::Token, agent_loop_proxy::Updates), StartError> {
+    use std::io::IsTerminal;
+    let from_stdin = !matches!(bound.config().token_source, TokenSource::File(_));
+    if !from_stdin || !stdin.is_terminal() {
+        return bound.first_token(stdin);
+    }
+    if stdin_updates {
+        return Err(StartError(
+            "proxy: TOKEN_UPDATES: stdin is a terminal; pipe the tokens in, or use TOKEN_FILE"
+                .into(),
+        ));
+    }
+    // On fd 0 itself: the duplicate is closed once the line is read.
+    let quiet = sys::EchoOff::new(std::io::stdin().as_fd());
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(b"agent-loop-proxy: token (input hidden): ");
+    let _ = err.flush();
+    drop(err);
+    let read = bound.first_token(stdin);
+    drop(quiet);
+    read
+}
+
 /// A duplicate of fd 0, read directly (no std buffer keeps a copy of the token).
 fn dup_stdin() -> Result<std::fs::File, StartError> {
     let fd = std::io::stdin()
@@ -149,10 +229,25 @@ fn dup_stdin() -> Result<std::fs::File, StartError> {
     Ok(std::fs::File::from(fd))
 }
 
-/// SIGTERM and SIGINT as one stream.
+/// What a signal asks for.
+enum Sig {
+    /// SIGTERM, SIGINT: drain and exit.
+    Stop,
+    /// SIGHUP: re-read the token source (a closed terminal sends it too: it never kills).
+    Reload,
+    /// SIGUSR1, SIGUSR2: nothing, but their default action would kill without a drain.
+    Other(&'static str),
+}
+
+/// The signals the proxy handles, as one stream. Every signal whose default action ends the
+/// process and that an operator or a terminal may send is caught, so none kills without a
+/// drain.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -161,13 +256,19 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
-    async fn recv(&mut self) {
+    async fn recv(&mut self) -> Sig {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Sig::Stop,
+            _ = self.int.recv() => Sig::Stop,
+            _ = self.hup.recv() => Sig::Reload,
+            _ = self.usr1.recv() => Sig::Other("SIGUSR1"),
+            _ = self.usr2.recv() => Sig::Other("SIGUSR2"),
         }
     }
 }
@@ -192,7 +293,8 @@ fn healthcheck() -> ExitCode {
             .filter(|d| !d.is_zero())
             .ok_or(std::io::ErrorKind::TimedOut)
     };
-    let ok = (|| -> std::io::Result<bool> {
+    // Ok: the status line's first 12 bytes, or fewer if the connection closed first.
+    let answer = (|| -> std::io::Result<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(&addr, left()?)?;
         s.set_write_timeout(Some(left()?))?;
         s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
@@ -201,17 +303,25 @@ fn healthcheck() -> ExitCode {
         while got < head.len() {
             s.set_read_timeout(Some(left()?))?;
             match s.read(&mut head[got..])? {
-                0 => return Ok(false),
+                0 => break,
                 n => got += n,
             }
         }
-        Ok(&head == b"HTTP/1.1 200")
+        Ok(head[..got].to_vec())
     })();
-    match ok {
-        Ok(true) => ExitCode::SUCCESS,
-        _ => fail(
-            &Log::stderr(),
-            "proxy: healthcheck: no healthy proxy on LISTEN_PORT",
-        ),
-    }
+    let why = match answer {
+        Ok(head) if head == b"HTTP/1.1 200" => return ExitCode::SUCCESS,
+        // The status digits only: nothing else a peer sent is echoed.
+        Ok(head) => match head.strip_prefix(b"HTTP/1.1 ") {
+            Some(code) if code.len() == 3 && code.iter().all(u8::is_ascii_digit) => {
+                format!("answered {}", String::from_utf8_lossy(code))
+            }
+            _ => "no HTTP/1.1 answer".to_string(),
+        },
+        Err(e) => e.kind().to_string(),
+    };
+    fail(
+        &Log::stderr(),
+        &format!("proxy: healthcheck: {addr} (LISTEN_PORT): {why}"),
+    )
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 /// The label sets are defined with the problems they classify, so the two cannot disagree.
 pub use crate::error::{ConnectStep, Reason};
 
-/// The status classes of RFC 9110 §15 (1xx-5xx), the `class` label of upstream answers.
+/// The status classes of RFC 9110 §15 (1xx-5xx), the `code` label of every answer.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Bucket bounds, in seconds: milliseconds to ten minutes (a long non-streaming call).
@@ -48,14 +48,28 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// Its buckets, sum and count; `labels` (`route="health",`, or empty) before `le`.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, c) in self.counts.iter().enumerate() {
             cumulative += c.load(Relaxed);
             let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
         }
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        let braces = labels.trim_end_matches(',');
+        let braces = if braces.is_empty() {
+            String::new()
+        } else {
+            format!("{{{braces}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {cumulative}"
+        );
     }
 }
 
@@ -63,9 +77,10 @@ impl Histogram {
 pub struct Metrics {
     /// Answered by the upstream, by status class (1xx-5xx: index 0-4).
     upstream_class: [AtomicU64; STATUS_CLASSES.len()],
-    /// Answered by the proxy itself, by [`Reason`].
-    proxy_reason: [AtomicU64; Reason::COUNT],
-    pub credential_rejected: AtomicU64,
+    /// Answered by the proxy itself, by [`Reason`] and status class.
+    proxy_reason: [[AtomicU64; STATUS_CLASSES.len()]; Reason::COUNT],
+    /// Upstream 401 and 403 answers to the injected credential.
+    credential_rejected: [AtomicU64; 2],
     pub tokens_masked: AtomicU64,
     pub upstream_opened: AtomicU64,
     pub upstream_reused: AtomicU64,
@@ -77,7 +92,10 @@ pub struct Metrics {
     pub streams: AtomicI64,
     pub token_generation: AtomicU64,
     pub response_head: Histogram,
-    pub exchange: Histogram,
+    /// Every request but `/health`, from its head to the end of its answer.
+    exchange: Histogram,
+    /// `/health` requests, timed apart so they do not pull the exchanges' quantiles down.
+    health: Histogram,
 }
 
 impl Default for Metrics {
@@ -91,8 +109,9 @@ impl Metrics {
     pub const fn new() -> Metrics {
         Metrics {
             upstream_class: [const { AtomicU64::new(0) }; STATUS_CLASSES.len()],
-            proxy_reason: [const { AtomicU64::new(0) }; Reason::COUNT],
-            credential_rejected: AtomicU64::new(0),
+            proxy_reason: [const { [const { AtomicU64::new(0) }; STATUS_CLASSES.len()] };
+                Reason::COUNT],
+            credential_rejected: [const { AtomicU64::new(0) }; 2],
             tokens_masked: AtomicU64::new(0),
             upstream_opened: AtomicU64::new(0),
             upstream_reused: AtomicU64::new(0),
@@ -104,18 +123,33 @@ impl Metrics {
             token_generation: AtomicU64::new(1),
             response_head: Histogram::new(),
             exchange: Histogram::new(),
+            health: Histogram::new(),
         }
     }
 
     /// A request the upstream answered with `status`.
     pub fn answered_by_upstream(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1;
-        self.upstream_class[class].fetch_add(1, Relaxed);
+        self.upstream_class[class(status)].fetch_add(1, Relaxed);
     }
 
-    /// A request the proxy answered itself (or could not answer).
-    pub fn answered_by_proxy(&self, reason: Reason) {
-        self.proxy_reason[reason.index()].fetch_add(1, Relaxed);
+    /// A request the proxy answered itself with `status` (or would have: a client gone).
+    pub fn answered_by_proxy(&self, reason: Reason, status: u16) {
+        self.proxy_reason[reason.index()][class(status)].fetch_add(1, Relaxed);
+    }
+
+    /// The upstream answered `status` (401 or 403) to the injected credential.
+    pub fn credential_rejected(&self, status: u16) {
+        let i = usize::from(status == 403);
+        self.credential_rejected[i].fetch_add(1, Relaxed);
+    }
+
+    /// How long a request took, from its head to the end of its answer.
+    pub fn observe_exchange(&self, health: bool, d: Duration) {
+        if health {
+            self.health.observe(d);
+        } else {
+            self.exchange.observe(d);
+        }
     }
 
     /// A new upstream connection that failed at `step`.
@@ -134,10 +168,18 @@ impl Metrics {
             &format!("{PREFIX}_upstream_response_head_seconds"),
             "Time from the request head sent upstream to the final response head.",
         );
-        self.exchange.render(
-            &mut out,
-            &format!("{PREFIX}_exchange_duration_seconds"),
-            "Time from a request head read to the end of its response.",
+        let name = format!("{PREFIX}_exchange_duration_seconds");
+        let help = "Time from a request head read to the end of its response, /health apart.";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.exchange
+            .render_series(&mut out, &name, "route=\"forward\",");
+        self.health
+            .render_series(&mut out, &name, "route=\"health\",");
+        let _ = writeln!(
+            out,
+            "# HELP {PREFIX}_build_info The version and commit this binary was built from.\n# TYPE {PREFIX}_build_info gauge\n{PREFIX}_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            crate_version(),
+            crate_commit()
         );
         process.render(&mut out);
         out
@@ -145,31 +187,38 @@ impl Metrics {
 
     fn render_requests(&self, out: &mut String) {
         let name = format!("{PREFIX}_requests_total");
-        let help = "Requests, by who answered: the upstream (by status class) or the proxy itself (by reason).";
+        let help = "Requests, by who answered (source), status class (code) and the proxy's reason (none for the upstream's answers).";
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (class, c) in STATUS_CLASSES.iter().zip(&self.upstream_class) {
+        for (code, c) in STATUS_CLASSES.iter().zip(&self.upstream_class) {
             let v = c.load(Relaxed);
             let _ = writeln!(
                 out,
-                "{name}{{answered_by=\"upstream\",class=\"{class}\"}} {v}"
+                "{name}{{source=\"upstream\",code=\"{code}\",reason=\"none\"}} {v}"
             );
         }
-        for (r, c) in Reason::ALL.iter().zip(&self.proxy_reason) {
-            let (reason, v) = (r.label(), c.load(Relaxed));
-            let _ = writeln!(
-                out,
-                "{name}{{answered_by=\"proxy\",reason=\"{reason}\"}} {v}"
-            );
+        // The proxy's rows appear once counted: most reason and class pairs never occur.
+        for (r, row) in Reason::ALL.iter().zip(&self.proxy_reason) {
+            for (code, c) in STATUS_CLASSES.iter().zip(row) {
+                let (reason, v) = (r.label(), c.load(Relaxed));
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{source=\"proxy\",code=\"{code}\",reason=\"{reason}\"}} {v}"
+                    );
+                }
+            }
         }
     }
 
     fn render_counters(&self, out: &mut String) {
+        let name = format!("{PREFIX}_credential_rejected_total");
+        let help = "Upstream answers 401 or 403 to the injected credential, by status.";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (status, c) in ["401", "403"].iter().zip(&self.credential_rejected) {
+            let v = c.load(Relaxed);
+            let _ = writeln!(out, "{name}{{status=\"{status}\"}} {v}");
+        }
         let counters = [
-            (
-                "credential_rejected_total",
-                "Upstream answers 401 or 403 to the injected credential.",
-                &self.credential_rejected,
-            ),
             (
                 "tokens_masked_total",
                 "Occurrences of the real token masked in responses.",
@@ -235,6 +284,20 @@ impl Metrics {
             );
         }
     }
+}
+
+/// The index of `status`'s class in [`STATUS_CLASSES`].
+fn class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1
+}
+
+fn crate_version() -> &'static str {
+    crate::settings::VERSION
+}
+
+/// The commit, or `unknown` for a build outside a git checkout.
+fn crate_commit() -> &'static str {
+    crate::settings::COMMIT.unwrap_or("unknown")
 }
 
 /// The one prefix of the proxy's metric names.

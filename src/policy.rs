@@ -88,6 +88,11 @@ impl AllowList {
         Ok(AllowList { entries })
     }
 
+    /// How many entries the list has (`--check` reports it).
+    pub fn entries(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Whether `method` on `path` (without the query) is allowed.
     pub fn allows(&self, method: &str, path: &[u8]) -> bool {
         let mut decoded = [0u8; 256];

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::credential::Credentials;
-use crate::intake::{self, Swapper, Updates};
+use crate::intake::{self, Reload, Swapper, Updates};
 use crate::limits;
 use crate::log::{Event, Log};
 use crate::metrics::Metrics;
@@ -61,22 +61,15 @@ pub struct Bound {
 /// the listeners. No token is needed yet, and none is read.
 pub fn bind(cfg: Config, log: Arc<Log>) -> Result<Bound, StartError> {
     let connector = Connector::new(&cfg, log.clone())?;
-    let listener = TcpListener::bind(cfg.listen).map_err(|_| {
-        StartError(
-            "proxy: LISTEN_PORT: cannot listen on LISTEN_ADDR:LISTEN_PORT (in use or not permitted)"
-                .into(),
-        )
-    })?;
+    let listener =
+        TcpListener::bind(cfg.listen).map_err(|e| bind_error("LISTEN_PORT", cfg.listen, &e))?;
     if !sys::set_listen_backlog(listener.as_fd(), limits::LISTEN_BACKLOG) {
         crate::log!(log, "warning: could not raise the listen backlog");
     }
-    let metrics = cfg
-        .metrics
-        .map(TcpListener::bind)
-        .transpose()
-        .map_err(|_| {
-            StartError("proxy: METRICS_ADDR: cannot listen there (in use or not permitted)".into())
-        })?;
+    let metrics = match cfg.metrics {
+        Some(at) => Some(TcpListener::bind(at).map_err(|e| bind_error("METRICS_ADDR", at, &e))?),
+        None => None,
+    };
     Ok(Bound {
         cfg,
         log,
@@ -84,6 +77,15 @@ pub fn bind(cfg: Config, log: Arc<Log>) -> Result<Bound, StartError> {
         listener,
         metrics,
     })
+}
+
+/// A listener that could not be bound: the setting, the address and the cause (`address in
+/// use`, `permission denied`, ...), as the operating system classes it.
+fn bind_error(setting: &str, at: SocketAddr, e: &std::io::Error) -> StartError {
+    StartError(format!(
+        "proxy: {setting}: cannot listen on {at}: {}",
+        e.kind()
+    ))
 }
 
 impl Bound {
@@ -124,7 +126,7 @@ impl Bound {
             metrics: metrics.clone(),
             log: log.clone(),
         };
-        intake::spawn_updates(updates, swapper);
+        let reload = intake::spawn_updates(updates, swapper);
         let listener = register(listener, "the listener")?;
         let addr = local_addr_tokio(&listener);
         let metrics_addr = match metrics_listener {
@@ -154,6 +156,7 @@ impl Bound {
             shutdown: tx,
             task,
             log,
+            reload,
         })
     }
 }
@@ -184,6 +187,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Drained>,
     log: Arc<Log>,
+    /// Wakes the `TOKEN_FILE` watcher; `None` for a token from stdin.
+    reload: Option<Reload>,
 }
 
 impl Running {
@@ -206,6 +211,21 @@ impl Running {
     /// finish within `SHUTDOWN_GRACE`.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Re-reads the token source now (SIGHUP): `TOKEN_FILE` is read at once if a new
+    /// version of it has settled; a token from stdin has nothing to re-read, which is logged.
+    pub fn reload_token(&self) {
+        match &self.reload {
+            Some(r) => {
+                crate::log!(self.log, "token reload: reading TOKEN_FILE");
+                r.request();
+            }
+            None => crate::log!(
+                self.log,
+                "token reload: the token comes from stdin; nothing to re-read (ignored)"
+            ),
+        }
     }
 
     /// Waits for the drain that [`Running::shutdown`] began.
@@ -235,12 +255,19 @@ fn announce(proxy: &Proxy, addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
             "warning: could not lock the token in memory (mlock); it may be swapped"
         );
     }
-    if let Some(at) = metrics_addr.map(|a| a.to_string()) {
-        log.event(&Event::Metrics { listen: &at });
+    let metrics = metrics_addr.map(|a| a.to_string());
+    if let Some(at) = &metrics {
+        log.event(&Event::Metrics { listen: at });
     }
+    let version = match crate::settings::COMMIT {
+        Some(c) => format!("{} (commit {c})", crate::settings::VERSION),
+        None => crate::settings::VERSION.to_string(),
+    };
     log.event(&Event::Startup {
         listen: &addr,
         target: &target,
+        metrics: metrics.as_deref(),
+        version: &version,
     });
 }
 

@@ -1,5 +1,5 @@
 //! The metrics listener (`METRICS_ADDR`): `GET /metrics` answers the Prometheus text
-//! exposition; anything else 404. It is a separate socket from the sandbox's port, serves
+//! exposition, `HEAD /metrics` its head; anything else 404. It is a separate socket from the sandbox's port, serves
 //! one request per connection, and bounds everything a peer controls (head size, time,
 //! concurrency).
 //!
@@ -118,11 +118,15 @@ async fn scrape(
     };
     heard.store(true, Ordering::Relaxed);
     let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or(b"");
-    let wanted = line == b"GET /metrics HTTP/1.1" || line == b"GET /metrics HTTP/1.0";
-    let response = if wanted {
+    let (get, head) = (b"GET /metrics HTTP/1.", b"HEAD /metrics HTTP/1.");
+    let version_ok = |rest: &[u8]| rest == b"1" || rest == b"0";
+    let is = |prefix: &[u8]| line.strip_prefix(prefix).is_some_and(version_ok);
+    let response = if is(get) || is(head) {
         let body = metrics.render(&process_stats(started));
+        // HEAD: the same head, with the length the body would have (RFC 9110 §9.3.2).
+        let shown = if is(head) { "" } else { body.as_str() };
         format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{shown}",
             body.len()
         )
     } else {

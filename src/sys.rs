@@ -185,3 +185,40 @@ pub fn close_stdin() {
         }
     }
 }
+
+/// A terminal whose echo was turned off, restored to its earlier settings when dropped: a
+/// token typed at the prompt is not shown on the screen (nor left in a scrollback).
+pub struct EchoOff {
+    fd: std::os::fd::RawFd,
+    saved: libc::termios,
+}
+
+impl EchoOff {
+    /// Turns echo off on the terminal `fd` (keeping the echo of the newline, so the line
+    /// still ends); `None` if `fd` is not a terminal or its settings cannot be changed.
+    pub fn new(fd: std::os::fd::BorrowedFd<'_>) -> Option<EchoOff> {
+        use std::os::fd::AsRawFd;
+        let fd = fd.as_raw_fd();
+        // SAFETY: termios is plain data; tcgetattr fills it for a descriptor we borrow.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `saved` is a valid termios we own.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return None;
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        quiet.c_lflag |= libc::ECHONL;
+        // SAFETY: tcsetattr reads a valid termios we own.
+        if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
+            return None;
+        }
+        Some(EchoOff { fd, saved })
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: tcsetattr reads the termios saved from this descriptor.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}

@@ -124,8 +124,8 @@ fn drive_every_outcome(up: &Upstream) -> (Proxy, SocketAddr) {
     let big = format!("POST /status/200 HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1000\r\n\r\n");
     roundtrip(proxy.addr(), big).assert_proxy_error(413, "request_too_large");
     assert_eq!(roundtrip(proxy.addr(), get("/health")).status(), 200);
-    // Ten routed requests log a request event; the two refused before routing log errors.
-    assert!(proxy.wait_for_stderr_count("\"event\":\"request\"", 10, IO_TIMEOUT));
+    // Every request logs a request event, the two refused before routing included.
+    assert!(proxy.wait_for_stderr_count("\"event\":\"request\"", 12, IO_TIMEOUT));
     (proxy, addr)
 }
 
@@ -137,54 +137,72 @@ fn each_outcome_class_moves_its_counter() {
     let p = "agent_loop_proxy";
     for (series, want) in [
         (
-            "requests_total{answered_by=\"upstream\",class=\"2xx\"}",
+            "requests_total{source=\"upstream\",code=\"2xx\",reason=\"none\"}",
             2.0,
         ),
         (
-            "requests_total{answered_by=\"upstream\",class=\"3xx\"}",
+            "requests_total{source=\"upstream\",code=\"3xx\",reason=\"none\"}",
             1.0,
         ),
         (
-            "requests_total{answered_by=\"upstream\",class=\"4xx\"}",
+            "requests_total{source=\"upstream\",code=\"4xx\",reason=\"none\"}",
             2.0,
         ),
         (
-            "requests_total{answered_by=\"upstream\",class=\"5xx\"}",
+            "requests_total{source=\"upstream\",code=\"5xx\",reason=\"none\"}",
             1.0,
         ),
         (
-            "requests_total{answered_by=\"proxy\",reason=\"timeout\"}",
+            "requests_total{source=\"proxy\",code=\"5xx\",reason=\"timeout\"}",
             1.0,
         ),
         (
-            "requests_total{answered_by=\"proxy\",reason=\"phantom_refused\"}",
+            "requests_total{source=\"proxy\",code=\"4xx\",reason=\"phantom_refused\"}",
             1.0,
         ),
         (
-            "requests_total{answered_by=\"proxy\",reason=\"policy_refused\"}",
+            "requests_total{source=\"proxy\",code=\"4xx\",reason=\"policy_refused\"}",
             1.0,
         ),
         (
-            "requests_total{answered_by=\"proxy\",reason=\"malformed\"}",
+            "requests_total{source=\"proxy\",code=\"4xx\",reason=\"malformed\"}",
             1.0,
         ),
         (
-            "requests_total{answered_by=\"proxy\",reason=\"too_large\"}",
+            "requests_total{source=\"proxy\",code=\"4xx\",reason=\"too_large\"}",
             1.0,
         ),
         (
-            "requests_total{answered_by=\"proxy\",reason=\"health\"}",
+            "requests_total{source=\"proxy\",code=\"2xx\",reason=\"health\"}",
             1.0,
         ),
-        ("credential_rejected_total", 1.0),
+        ("credential_rejected_total{status=\"401\"}", 1.0),
+        ("credential_rejected_total{status=\"403\"}", 0.0),
         ("tokens_masked_total", 1.0),
         ("upstream_response_head_seconds_count", 6.0),
-        ("exchange_duration_seconds_count", 10.0),
+        ("exchange_duration_seconds_count{route=\"forward\"}", 11.0),
+        ("exchange_duration_seconds_count{route=\"health\"}", 1.0),
         ("streams_in_progress", 0.0),
         ("token_generation", 1.0),
     ] {
         assert_eq!(sample(&m, &format!("{p}_{series}")), want, "{series}\n{m}");
     }
+    // Every request is counted once, under one label scheme: the rows add up to the requests.
+    let total: f64 = m
+        .lines()
+        .filter(|l| l.starts_with(&format!("{p}_requests_total{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total, 12.0, "{m}");
+    let build = format!(
+        "{p}_build_info{{version=\"{}\",commit=\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with(&build) && l.ends_with("\"} 1")),
+        "{m}"
+    );
     assert!(sample(&m, &format!("{p}_upstream_connections_opened_total")) >= 1.0);
     assert!(sample(&m, &format!("{p}_upstream_connections_reused_total")) >= 1.0);
     assert!(sample(&m, &format!("{p}_request_bytes_total")) > 100.0);
@@ -215,6 +233,23 @@ fn neither_the_exposition_nor_the_json_log_holds_the_token_phantom_or_a_header_v
             "{ts}"
         );
         assert!(v["event"].is_string(), "{line}");
+        let level = v["level"].as_str().expect("level");
+        let want = match v["event"].as_str().unwrap() {
+            "error" | "fatal" => "error",
+            "credential_rejected" => "warn",
+            "log" if v["message"].as_str().unwrap().starts_with("warning:") => "warn",
+            _ => "info",
+        };
+        assert_eq!(level, want, "{line}");
+        if v["event"] == "error" {
+            // An error names its request: the access line with the same seq.
+            let seq = v["seq"].as_u64().expect("seq");
+            let access = format!("\"event\":\"request\",\"seq\":{seq},");
+            assert!(
+                log.contains(&access),
+                "no access line for seq {seq}: {line}"
+            );
+        }
         if v["event"] == "request" {
             requests += 1;
             for field in [
@@ -225,13 +260,14 @@ fn neither_the_exposition_nor_the_json_log_holds_the_token_phantom_or_a_header_v
                 "bytes_down",
                 "duration_ms",
                 "reused",
+                "seq",
             ] {
                 assert!(!v[field].is_null(), "{field} missing: {line}");
             }
             assert!(!v["path"].as_str().unwrap().contains('?'));
         }
     }
-    assert_eq!(requests, 10);
+    assert_eq!(requests, 12);
     let with_id = log
         .lines()
         .filter(|l| l.contains("\"request_id\":\"req_01ABC-def\""))
@@ -256,6 +292,9 @@ fn the_metrics_listener_answers_get_metrics_only_and_the_sandbox_port_never_does
     ] {
         assert_eq!(get_raw(addr, req).0, "HTTP/1.1 404 Not Found", "{req:?}");
     }
+    // HEAD /metrics: the head a GET gets, without the body (RFC 9110 §9.3.2).
+    let (status, body) = get_raw(addr, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", ""));
     // A head over the scrape limit, or with bare LF line endings, is closed unanswered at
     // once (not when the scrape times out).
     let long = format!(
@@ -357,7 +396,7 @@ fn a_real_prometheus_scrapes_the_proxy() {
                 .as_array()
                 .is_some_and(|t| t.iter().any(|t| t["health"] == "up"));
         }
-        let q = "/api/v1/query?query=agent_loop_proxy_requests_total%7Banswered_by%3D%22upstream%22%2Cclass%3D%222xx%22%7D";
+        let q = "/api/v1/query?query=agent_loop_proxy_requests_total%7Bsource%3D%22upstream%22%2Ccode%3D%222xx%22%7D";
         if let Some(v) = query(q) {
             counted |= v["data"]["result"][0]["value"][1]
                 .as_str()

@@ -85,3 +85,73 @@ fn trace_is_refused_with_405_and_nothing_is_forwarded() {
     r.assert_proxy_error(405, "invalid_request_error");
     up.assert_untouched();
 }
+
+/// Every refusal class gets one access line, as a forwarded request does: method (or `-`
+/// when the request line is unusable), path, status, bytes, duration; and its error line.
+#[test]
+fn each_refusal_class_gets_one_access_line() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let envs = [("MAX_BODY_BYTES", "100"), ("MAX_REQUEST_LINE", "64")];
+    let proxy = proxy_for(&up, &envs);
+    // A request line over the limit, still unfinished: no method or path to show.
+    let long = format!("GET /{}", "a".repeat(100));
+    let big_field = format!(
+        "GET /f HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(40_000)
+    );
+    let cases: [(&[u8], u16, &str); 8] = [
+        (
+            b"GET /h HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            400,
+            "GET /h 400 ",
+        ),
+        (b"\x16\x03\x01garbage\r\n\r\n", 400, "- - 400 "),
+        (
+            b"TRACE /t?q=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            405,
+            "TRACE /t 405 ",
+        ),
+        (
+            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+            413,
+            "POST /p 413 ",
+        ),
+        (long.as_bytes(), 414, "- - 414 "),
+        (
+            b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n",
+            417,
+            "POST /e 417 ",
+        ),
+        (big_field.as_bytes(), 431, "GET /f 431 "),
+        (
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+            "POST /c 501 ",
+        ),
+    ];
+    for (i, (req, status, line)) in cases.iter().enumerate() {
+        let r = answer(&proxy, req).unwrap_or_else(|| panic!("no answer to case {i}"));
+        assert_eq!(r.status(), *status, "case {i}");
+        let want = format!("proxy: {line}");
+        assert!(
+            proxy.wait_for_stderr_count("proxy: error: client: ", i + 1, IO_TIMEOUT)
+                && proxy.wait_for_stderr(&want, IO_TIMEOUT),
+            "no access line {want:?}:\n{}",
+            proxy.stderr_so_far()
+        );
+        let access = proxy
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.starts_with(&want))
+            .unwrap();
+        let rest = access.strip_prefix(&want).unwrap();
+        assert!(rest.ends_with("ms") && rest.contains("B "), "{access}");
+    }
+    let access_lines = proxy
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.ends_with("ms") && !l.contains("listening"))
+        .count();
+    assert_eq!(access_lines, cases.len(), "{}", proxy.stderr_so_far());
+    up.assert_untouched();
+}

@@ -1,5 +1,6 @@
-//! The integration tests for what only a process shows: stdin and its closing, exit codes,
-//! signals, the `healthcheck` subcommand, `--help` and `--version`, configuration errors
+//! The integration tests for what only a process shows: stdin and its closing (a terminal
+//! on it included), exit codes, signals, the `healthcheck` subcommand, `--help`, `--check`
+//! and `--version`, configuration errors
 //! before stdin is read, /proc (non-dumpable, the token never in argv or the environment),
 //! uids and resource limits. Everything else runs in process, in `tests/it`, whose harness
 //! this binary shares.
@@ -16,4 +17,6 @@ mod healthcheck;
 mod lifecycle;
 mod operator_signals;
 mod shutdown;
+mod signals;
+mod terminal;
 mod token_intake;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The modules top-down, as src/lib.rs lists them, with their layer.
 const ORDER: &[(&str, Layer)] = &[
+    ("check", Layer::Io),
     ("run", Layer::Io),
     ("scrape", Layer::Io),
     ("server", Layer::Io),
@@ -38,6 +39,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("egress", Layer::Pure),
     ("error", Layer::Bottom),
     ("limits", Layer::Bottom),
+    ("settings", Layer::Bottom),
     ("syntax", Layer::Bottom),
     ("target", Layer::Bottom),
 ];

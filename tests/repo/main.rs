@@ -4,3 +4,4 @@
 mod layering;
 mod release;
 mod security_rules;
+mod settings_table;

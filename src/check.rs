@@ -1,0 +1,154 @@
+//! `agent-loop-proxy --check`: the configuration read as a start would read it, without
+//! binding, reading a token or serving. What a start checks beyond parsing is done too: the
+//! TLS client is built (the CA files parsed) and `TOKEN_FILE` opened (not read). The effective
+//! settings are returned for printing; secrets only as `set` or `unset`.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError, TokenSource};
+use crate::log::Log;
+use crate::upstream::Connector;
+
+/// Checks what a start would check beyond the parser; on success, the effective settings,
+/// one `NAME=value` line each.
+pub fn check(cfg: &Config, log: Arc<Log>) -> Result<String, ConfigError> {
+    Connector::new(cfg, log)?;
+    if let TokenSource::File(path) = &cfg.token_source {
+        let readable = std::fs::File::open(path)
+            .and_then(|f| f.metadata())
+            .is_ok_and(|m| m.is_file());
+        if !readable {
+            let why = "cannot be read (missing, or not readable by this user)";
+            return Err(ConfigError::new("TOKEN_FILE", why));
+        }
+    }
+    Ok(effective(cfg))
+}
+
+/// The settings in effect, in the order of `--help`.
+pub fn effective(cfg: &Config) -> String {
+    let set = |b: bool| if b { "set" } else { "unset" }.to_string();
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map_or("unset".into(), |p| p.display().to_string())
+    };
+    let egress = match &cfg.egress {
+        Some((proxy, from)) => format!("{proxy} (from {from})"),
+        None => "unset (direct)".into(),
+    };
+    let (updates, file) = match &cfg.token_source {
+        TokenSource::StdinOnce => ("unset".into(), "unset".into()),
+        TokenSource::StdinUpdates => ("stdin".into(), "unset".into()),
+        TokenSource::File(p) => ("unset".into(), p.display().to_string()),
+    };
+    let mut rows: Vec<(&str, String)> = vec![
+        ("LISTEN_ADDR:LISTEN_PORT", cfg.listen.to_string()),
+        ("TARGET", cfg.target.to_string()),
+        ("TARGET_CA_FILE", path(&cfg.ca_file)),
+        ("TARGET_EXTRA_CA_FILE", path(&cfg.extra_ca_file)),
+        ("egress proxy", egress),
+        ("PHANTOM_TOKEN", set(cfg.phantom.is_some())),
+        ("TOKEN_HEADER", cfg.token_header.name().to_string()),
+        ("TOKEN_UPDATES", updates),
+        ("TOKEN_FILE", file),
+        (
+            "ALLOW_REQUESTS",
+            cfg.allow
+                .as_ref()
+                .map_or("unset (all)".into(), |a| format!("{} entries", a.entries())),
+        ),
+        (
+            "METRICS_ADDR",
+            cfg.metrics.map_or("unset (off)".into(), |a| a.to_string()),
+        ),
+        (
+            "LOG_FORMAT",
+            if cfg.log_json { "json" } else { "text" }.into(),
+        ),
+        (
+            "LOG_TIMESTAMPS",
+            if cfg.log_timestamps { "on" } else { "off" }.into(),
+        ),
+        (
+            "OAUTH_BETA",
+            match cfg.oauth_beta {
+                None => "auto",
+                Some(true) => "on",
+                Some(false) => "off",
+            }
+            .into(),
+        ),
+    ];
+    rows.extend(bounds(cfg));
+    let mut out = String::new();
+    for (name, value) in rows {
+        let _ = writeln!(out, "{name}={value}");
+    }
+    out
+}
+
+/// The timeouts and limits in effect.
+fn bounds(cfg: &Config) -> Vec<(&'static str, String)> {
+    let (l, t) = (&cfg.limits, &cfg.timeouts);
+    vec![
+        ("SHUTDOWN_GRACE", duration(t.shutdown_grace)),
+        ("HEADER_TIMEOUT", duration(t.header)),
+        ("KEEPALIVE_TIMEOUT", duration(t.keepalive)),
+        ("CONNECT_TIMEOUT", duration(t.connect)),
+        ("TLS_TIMEOUT", duration(t.tls)),
+        ("RESPONSE_TIMEOUT", duration(t.response)),
+        ("CLIENT_IDLE_TIMEOUT", duration(t.client_idle)),
+        ("UPSTREAM_IDLE_TIMEOUT", duration(t.upstream_idle)),
+        ("CLIENT_WRITE_TIMEOUT", duration(t.client_write)),
+        ("POOL_IDLE_TIMEOUT", duration(t.pool_idle)),
+        ("POOL_MAX_IDLE", cfg.pool_max_idle.to_string()),
+        ("MAX_CONNECTIONS", l.max_connections.to_string()),
+        (
+            "MAX_REQUESTS_PER_CONNECTION",
+            l.max_requests_per_connection.to_string(),
+        ),
+        ("MAX_REQUEST_LINE", l.max_request_line.to_string()),
+        ("MAX_FIELD_LINE", l.max_field_line.to_string()),
+        ("MAX_HEAD_BYTES", l.max_head_bytes.to_string()),
+        ("MAX_HEADERS", l.max_headers.to_string()),
+        ("MAX_BODY_BYTES", l.max_body_bytes.to_string()),
+        ("MAX_CHUNK_EXT", l.max_chunk_ext.to_string()),
+        ("MAX_TRAILER_BYTES", l.max_trailer_bytes.to_string()),
+    ]
+}
+
+/// `15s`, or `500ms` when not whole seconds: as the setting is written.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every setting of the table has its line (the listen pair and the egress variables
+    /// one line each).
+    #[test]
+    fn every_setting_is_shown() {
+        let cfg = Config::from_vars(|_| None).unwrap();
+        let shown = effective(&cfg);
+        for s in crate::settings::SETTINGS {
+            let key = match s.names[0] {
+                "LISTEN_PORT" | "LISTEN_ADDR" => "LISTEN_ADDR:LISTEN_PORT",
+                "HTTPS_PROXY" | "HTTP_PROXY" | "NO_PROXY" => "egress proxy",
+                n => n,
+            };
+            assert!(
+                shown.contains(&format!("\n{key}=")) || shown.starts_with(&format!("{key}=")),
+                "{key}"
+            );
+        }
+    }
+}
