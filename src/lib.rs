@@ -9,9 +9,10 @@
 //! The modules form layers, listed top-down. A module imports only modules listed after it
 //! (in its own layer or below), never upwards, so the graph has no cycles and reads one way.
 //! `tests/repo/layering.rs` checks this order, that the bottom imports nothing of the crate,
-//! and that the pure core uses neither tokio nor sockets, files or processes. The I/O and
-//! process modules are private (their names below are for the reader); [`run`](mod@run), [`config`],
-//! [`log`](mod@log), the pure core and the bottom are public.
+//! and that the pure core uses neither tokio nor sockets, files or processes. Linked below
+//! are the public modules: the entry point and what it takes ([`run`](mod@run),
+//! [`config`], [`log`](mod@log), [`settings`]), and the pure core and bottom that the fuzz
+//! targets, benches and tests drive; the others are private.
 //!
 //! 1. **I/O**, from the entry point down (`main.rs` is above all of them):
 //!    - `check`: `--check`, the configuration read as a start reads it, nothing served.
@@ -37,18 +38,18 @@
 //! 3. **Pure core**, bytes in, decisions out (fuzzed and split-point tested):
 //!    - [`head`]: parses and validates a request head, decides framing and route.
 //!    - [`rewrite`]: writes the upstream request head.
-//!    - [`policy`]: the allow-list of methods and paths (`ALLOW_REQUESTS`).
+//!    - `policy`: the allow-list of methods and paths (`ALLOW_REQUESTS`).
 //!    - [`relaybuf`]: the relay buffer of one response body: reads in, what to send out.
 //!    - [`tracker`]: one response body as it streams: its end, masking, de-chunking.
 //!    - [`response`]: parses the upstream response head and writes the client's.
-//!    - [`answer`]: the proxy's own answers (health, Anthropic-shaped errors).
+//!    - `answer`: the proxy's own answers (health, Anthropic-shaped errors).
 //!    - [`framing`]: framing fields (RFC 9112 §6.3), the chunked decoder and encoder, the
 //!      request-body framer.
 //!    - [`scan`]: finds the end of a head, request or response.
-//!    - [`persist`]: every keep-alive decision: the exchange's final state in, each
+//!    - `persist`: every keep-alive decision: the exchange's final state in, each
 //!      connection's fate out.
 //!    - [`scrub`]: masks the real token wherever it appears in a response.
-//!    - [`egress`]: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
+//!    - `egress`: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
 //! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
 //!    bound), [`settings`] (every setting's name, default and `--help` line), [`syntax`]
 //!    (small grammar helpers), [`error`] (every failure and, in one table,
@@ -69,7 +70,7 @@
 //! as is, chunked re-encoded canonically), and meanwhile reads the response head
 //! ([`response`]), relays it minus hop-by-hop fields, then relays each body read at once,
 //! masking every token in the credential store's mask set as it is at each read
-//! ([`tracker`]), until the body ends by its framing. [`persist::settle`]
+//! ([`tracker`]), until the body ends by its framing. `persist::settle`
 //! then decides from the exchange's final state whether the client connection is kept,
 //! closed or reset and whether the upstream connection returns to the pool.
 
@@ -101,12 +102,12 @@ mod secret;
 mod sys;
 
 // 3. Pure core
-pub mod answer;
-pub mod egress;
+mod answer;
+mod egress;
 pub mod framing;
 pub mod head;
-pub mod persist;
-pub mod policy;
+mod persist;
+mod policy;
 pub mod relaybuf;
 pub mod response;
 pub mod rewrite;
