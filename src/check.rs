@@ -27,6 +27,33 @@ pub fn check(cfg: &Config, log: Arc<Log>) -> Result<String, ConfigError> {
     Ok(effective(cfg))
 }
 
+/// `TOKEN_COMMAND`'s rows: the program's name and how many arguments (an argument may name a
+/// secret's path, so none is shown), the variables passed, the timeout and the interval.
+fn command_rows(source: &TokenSource) -> [String; 4] {
+    let TokenSource::Command(c) = source else {
+        return [
+            "unset".into(),
+            "unset (none)".into(),
+            "-".into(),
+            "-".into(),
+        ];
+    };
+    let program = std::path::Path::new(&c.argv[0])
+        .file_name()
+        .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+    let env = if c.env.is_empty() {
+        "unset (none)".into()
+    } else {
+        c.env.join(",")
+    };
+    [
+        format!("{program} and {} arguments", c.argv.len() - 1),
+        env,
+        duration(c.timeout),
+        c.refresh.map_or("0".into(), duration),
+    ]
+}
+
 /// The settings in effect, in the order of `--help`.
 pub fn effective(cfg: &Config) -> String {
     let set = |b: bool| if b { "set" } else { "unset" }.to_string();
@@ -42,7 +69,9 @@ pub fn effective(cfg: &Config) -> String {
         TokenSource::StdinOnce => ("unset".into(), "unset".into()),
         TokenSource::StdinUpdates => ("stdin".into(), "unset".into()),
         TokenSource::File(p) => ("unset".into(), p.display().to_string()),
+        TokenSource::Command(_) => ("unset".into(), "unset".into()),
     };
+    let command = command_rows(&cfg.token_source);
     let mut rows: Vec<(&str, String)> = vec![
         ("LISTEN_ADDR:LISTEN_PORT", cfg.listen.to_string()),
         ("TARGET", cfg.target.to_string()),
@@ -53,6 +82,10 @@ pub fn effective(cfg: &Config) -> String {
         ("TOKEN_HEADER", cfg.token_header.name().to_string()),
         ("TOKEN_UPDATES", updates),
         ("TOKEN_FILE", file),
+        ("TOKEN_COMMAND", command[0].clone()),
+        ("TOKEN_COMMAND_ENV", command[1].clone()),
+        ("TOKEN_COMMAND_TIMEOUT", command[2].clone()),
+        ("TOKEN_REFRESH_INTERVAL", command[3].clone()),
         (
             "ALLOW_REQUESTS",
             cfg.allow

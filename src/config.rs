@@ -88,6 +88,22 @@ pub enum TokenSource {
     StdinUpdates,
     /// `TOKEN_FILE`: read from this file, and again whenever it changes.
     File(PathBuf),
+    /// `TOKEN_COMMAND`: the output of a program, run again before the token expires.
+    Command(CommandSource),
+}
+
+/// `TOKEN_COMMAND` and the settings that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSource {
+    /// The program and its arguments, run directly (no shell).
+    pub argv: Vec<String>,
+    /// `TOKEN_COMMAND_ENV`: the names of the variables passed through; no other reaches it.
+    pub env: Vec<String>,
+    /// `TOKEN_COMMAND_TIMEOUT`: then its process group is killed.
+    pub timeout: Duration,
+    /// `TOKEN_REFRESH_INTERVAL`: run again this often when the answer gives no expiry;
+    /// `None` (0, the default): only when asked (SIGHUP).
+    pub refresh: Option<Duration>,
 }
 
 /// The phantom token (`PHANTOM_TOKEN`): the sandbox's proof that it may use the proxy.
@@ -207,16 +223,7 @@ impl Config {
         if let Some(h) = var("TOKEN_HEADER") {
             self.token_header = token_header(&h)?;
         }
-        self.token_source = match (var("TOKEN_UPDATES").as_deref(), var("TOKEN_FILE")) {
-            (None, None) => TokenSource::StdinOnce,
-            (Some("stdin"), None) => TokenSource::StdinUpdates,
-            (Some("stdin"), Some(_)) => {
-                let why = "cannot be combined with TOKEN_UPDATES=stdin (one source of tokens)";
-                return Err(err("TOKEN_FILE", why));
-            }
-            (Some(_), _) => return Err(err("TOKEN_UPDATES", "must be stdin (or unset)")),
-            (None, Some(path)) => TokenSource::File(PathBuf::from(path)),
-        };
+        self.token_source = token_source(var)?;
         if let Some(list) = var("ALLOW_REQUESTS") {
             let list = AllowList::parse(&list).map_err(|r| err("ALLOW_REQUESTS", r))?;
             self.allow = Some(list);
@@ -229,6 +236,80 @@ impl Config {
         };
         Ok(())
     }
+}
+
+/// Where the token comes from: exactly one source so an
+/// operator never wonders which of two wins; two together name both.
+fn token_source(var: &impl Fn(&'static str) -> Option<String>) -> Result<TokenSource, ConfigError> {
+    let err = ConfigError::new;
+    let updates = match var("TOKEN_UPDATES").as_deref() {
+        None => false,
+        Some("stdin") => true,
+        Some(_) => return Err(err("TOKEN_UPDATES", "must be stdin (or unset)")),
+    };
+    let file = var("TOKEN_FILE");
+    let command = var("TOKEN_COMMAND");
+    let given: Vec<&'static str> = [
+        ("TOKEN_UPDATES=stdin", updates),
+        ("TOKEN_FILE", file.is_some()),
+        ("TOKEN_COMMAND", command.is_some()),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| *name)
+    .collect();
+    if let [first, second, ..] = given[..] {
+        let setting = second.split('=').next().unwrap_or(second);
+        let why = format!("cannot be combined with {first} (one source of tokens)");
+        return Err(ConfigError::new(setting, why));
+    }
+    Ok(match (updates, file, command) {
+        (true, _, _) => TokenSource::StdinUpdates,
+        (_, Some(path), _) => TokenSource::File(PathBuf::from(path)),
+        (_, _, Some(argv)) => TokenSource::Command(command_source(var, &argv)?),
+        _ => TokenSource::StdinOnce,
+    })
+}
+
+/// `TOKEN_COMMAND` (a JSON array of strings: argv, program first) and its settings.
+fn command_source(
+    var: &impl Fn(&'static str) -> Option<String>,
+    argv: &str,
+) -> Result<CommandSource, ConfigError> {
+    let why = "must be a JSON array of strings, the program first, like [\"op\", \"read\", \"op://v/i/f\"]";
+    let argv = crate::flatjson::string_array(argv.as_bytes())
+        .ok()
+        .filter(|a| a.first().is_some_and(|p| !p.is_empty()))
+        .filter(|a| a.iter().all(|s| !s.contains('\0')))
+        .ok_or(ConfigError::new("TOKEN_COMMAND", why))?;
+    let mut env = Vec::new();
+    for name in var("TOKEN_COMMAND_ENV").iter().flat_map(|l| l.split(',')) {
+        let name = name.trim();
+        let ok = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            let why = "must be a comma list of variable names";
+            return Err(ConfigError::new("TOKEN_COMMAND_ENV", why));
+        }
+        env.push(name.to_string());
+    }
+    let mut timeout = limits::TOKEN_COMMAND_TIMEOUT;
+    duration(var, "TOKEN_COMMAND_TIMEOUT", &mut timeout)?;
+    let refresh = match var("TOKEN_REFRESH_INTERVAL").as_deref() {
+        None | Some("0") => None,
+        Some(_) => {
+            let mut every = Duration::ZERO;
+            duration(var, "TOKEN_REFRESH_INTERVAL", &mut every)?;
+            Some(every)
+        }
+    };
+    Ok(CommandSource {
+        argv,
+        env,
+        timeout,
+        refresh,
+    })
 }
 
 /// `TOKEN_HEADER`: `authorization` (Bearer), `x-api-key`, or any other field name for the raw
@@ -480,6 +561,45 @@ mod tests {
         assert_eq!(c.token_source, TokenSource::StdinUpdates);
         let e = from(&[("TOKEN_UPDATES", "stdin"), ("TOKEN_FILE", "/run/secrets/t")]);
         assert_eq!(e.unwrap_err().setting, "TOKEN_FILE");
+        let e = from(&[("TOKEN_FILE", "/t"), ("TOKEN_COMMAND", r#"["x"]"#)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "proxy: TOKEN_COMMAND: cannot be combined with TOKEN_FILE (one source of tokens)"
+        );
+        let e = from(&[("TOKEN_UPDATES", "stdin"), ("TOKEN_COMMAND", r#"["x"]"#)]);
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("with TOKEN_UPDATES=stdin"));
+        let c = from(&[
+            ("TOKEN_COMMAND", r#"["gh", "auth", "token"]"#),
+            ("TOKEN_COMMAND_ENV", "HOME, GH_CONFIG_DIR"),
+            ("TOKEN_REFRESH_INTERVAL", "30m"),
+        ])
+        .unwrap();
+        let TokenSource::Command(cmd) = c.token_source else {
+            panic!("a command source")
+        };
+        assert_eq!(cmd.argv, ["gh", "auth", "token"]);
+        assert_eq!(cmd.env, ["HOME", "GH_CONFIG_DIR"]);
+        assert_eq!(cmd.timeout, Duration::from_secs(10));
+        assert_eq!(cmd.refresh, Some(Duration::from_secs(1800)));
+        for bad in [
+            &[("TOKEN_COMMAND", "gh auth token")][..],
+            &[("TOKEN_COMMAND", "[]")],
+            &[("TOKEN_COMMAND", r#"[""]"#)],
+            &[("TOKEN_COMMAND", r#"["x"]"#), ("TOKEN_COMMAND_ENV", "A B")],
+            &[
+                ("TOKEN_COMMAND", r#"["x"]"#),
+                ("TOKEN_COMMAND_TIMEOUT", "0"),
+            ],
+            &[
+                ("TOKEN_COMMAND", r#"["x"]"#),
+                ("TOKEN_REFRESH_INTERVAL", "1h1m"),
+            ],
+        ] {
+            assert!(from(bad).is_err(), "{bad:?}");
+        }
         let c = from(&[("TOKEN_FILE", "/run/secrets/t")]).unwrap();
         assert_eq!(c.token_source, TokenSource::File("/run/secrets/t".into()));
     }

@@ -141,6 +141,14 @@ impl Credentials {
         Arc::ptr_eq(&self.lock().current, g)
     }
 
+    /// Whether `token` is the current generation's token: an update that brings it again is
+    /// no rotation. Compared in time independent of where the bytes differ.
+    pub fn holds(&self, token: &Token) -> bool {
+        let current = self.current();
+        let (a, b) = (current.token.as_bytes(), token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
+    }
+
     /// A receiver that wakes when the current generation changes.
     pub fn changed(&self) -> watch::Receiver<u64> {
         self.notify.subscribe()
@@ -264,6 +272,15 @@ mod tests {
             0,
             "the first token was dropped (and wiped)"
         );
+    }
+
+    #[test]
+    fn the_store_tells_the_current_token_again() {
+        let c = Credentials::new(token("sk-first"), OFF);
+        assert!(c.holds(&token("sk-first")));
+        assert!(!c.holds(&token("sk-firs")) && !c.holds(&token("sk-firsT")));
+        c.swap(token("sk-second"));
+        assert!(!c.holds(&token("sk-first")) && c.holds(&token("sk-second")));
     }
 
     #[test]

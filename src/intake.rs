@@ -18,11 +18,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Config, TokenSource};
+use crate::command;
+use crate::config::{CommandSource, Config, TokenSource};
 use crate::credential::Credentials;
-use crate::limits::{TOKEN_FILE_POLL, TOKEN_FILE_SETTLE, TOKEN_FILE_START_WAIT};
+use crate::limits::{
+    TOKEN_FILE_POLL, TOKEN_FILE_SETTLE, TOKEN_FILE_START_WAIT, TOKEN_RETRY_MAX, TOKEN_RETRY_MIN,
+};
 use crate::log::{Event, Log};
 use crate::metrics::Metrics;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
@@ -38,6 +41,12 @@ pub enum Updates {
         path: PathBuf,
         header: TokenHeader,
         seen: Option<Fingerprint>,
+    },
+    /// `TOKEN_COMMAND`, run again before the first token expires (or on its interval).
+    Command {
+        src: CommandSource,
+        header: TokenHeader,
+        expires: Option<SystemTime>,
     },
 }
 
@@ -106,6 +115,20 @@ pub fn first_token(
             let path = path.clone();
             Ok((token, Updates::File { path, header, seen }))
         }
+        TokenSource::Command(src) => {
+            let got = command::fetch(src, &header)
+                .map_err(|why| format!("proxy: TOKEN_COMMAND: {why}"))?;
+            let src = src.clone();
+            let expires = got.expires;
+            Ok((
+                got.token,
+                Updates::Command {
+                    src,
+                    header,
+                    expires,
+                },
+            ))
+        }
     }
 }
 
@@ -153,22 +176,33 @@ pub struct Swapper {
     pub log: Arc<Log>,
 }
 
-/// Asks the `TOKEN_FILE` watcher to look at the file now instead of at its next poll: the
-/// operator's SIGHUP after replacing it.
-#[derive(Clone, Default)]
-pub struct Reload(Arc<(Mutex<bool>, Condvar)>);
+/// Asks the `TOKEN_FILE` watcher to look at the file now instead of at its next poll, or the
+/// `TOKEN_COMMAND` runner to run it now: the operator's SIGHUP.
+#[derive(Clone)]
+pub struct Reload {
+    wake: Arc<(Mutex<bool>, Condvar)>,
+    /// The setting re-read (`TOKEN_FILE`, `TOKEN_COMMAND`), for the log.
+    pub source: &'static str,
+}
 
 impl Reload {
+    fn new(source: &'static str) -> Reload {
+        Reload {
+            wake: Arc::default(),
+            source,
+        }
+    }
+
     /// Wakes the watcher; it reads the file if a new version is there.
     pub fn request(&self) {
-        let (asked, wake) = &*self.0;
+        let (asked, wake) = &*self.wake;
         *asked.lock().unwrap_or_else(|e| e.into_inner()) = true;
         wake.notify_one();
     }
 
     /// Waits up to `poll`, or until asked; returns whether asked (and clears it).
     fn wait(&self, poll: Duration) -> bool {
-        let (asked, wake) = &*self.0;
+        let (asked, wake) = &*self.wake;
         let guard = asked.lock().unwrap_or_else(|e| e.into_inner());
         let (mut guard, _) = wake
             .wait_timeout_while(guard, poll, |asked| !*asked)
@@ -186,9 +220,18 @@ pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<Reload> {
         Updates::None => return None,
         Updates::Stdin(lines) => Box::new(move || from_stdin(lines, &to)),
         Updates::File { path, header, seen } => {
-            let asked = Reload::default();
+            let asked = Reload::new("TOKEN_FILE");
             reload = Some(asked.clone());
             Box::new(move || watch_file(&path, &header, seen, &to, &asked))
+        }
+        Updates::Command {
+            src,
+            header,
+            expires,
+        } => {
+            let asked = Reload::new("TOKEN_COMMAND");
+            reload = Some(asked.clone());
+            Box::new(move || run_command(&src, &header, expires, &to, &asked))
         }
     };
     // A thread, not a task: both sources block (a pipe read, a sleep between stats).
@@ -206,7 +249,15 @@ pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<Reload> {
 }
 
 impl Swapper {
+    /// Makes `token` current, unless it is the current one already: the same token again
+    /// (a rewrite of the same content, a command's same answer) is no rotation and makes no
+    /// generation.
     fn swap(&self, token: Token) {
+        if self.creds.holds(&token) {
+            let g = self.creds.current().number;
+            crate::log!(self.log, "token unchanged (generation {g})");
+            return;
+        }
         let locked = token.is_locked();
         let generation = self.creds.swap(token);
         self.metrics
@@ -283,6 +334,62 @@ fn watch_file(
                     to.log,
                     "token update refused: TOKEN_FILE {why}; keeping generation {g}"
                 );
+            }
+        }
+    }
+}
+
+/// When to run the command again after a token that expires at `expires` (or none) came in.
+fn next_run(src: &CommandSource, expires: Option<SystemTime>) -> Option<Instant> {
+    let after = match expires {
+        Some(at) => {
+            let lifetime = at.duration_since(SystemTime::now()).unwrap_or_default();
+            command::refresh_after(lifetime, command::jitter())
+        }
+        None => src.refresh?,
+    };
+    Some(Instant::now() + after)
+}
+
+/// Runs `TOKEN_COMMAND` again when due (before the token expires, on its interval) or asked
+/// (SIGHUP). A failure keeps the current token and is retried after [`TOKEN_RETRY_MIN`],
+/// doubling up to [`TOKEN_RETRY_MAX`]. One thread: one run at a time.
+fn run_command(
+    src: &CommandSource,
+    header: &TokenHeader,
+    expires: Option<SystemTime>,
+    to: &Swapper,
+    reload: &Reload,
+) {
+    let mut due = next_run(src, expires);
+    let mut retry = TOKEN_RETRY_MIN;
+    loop {
+        let poll = due.map_or(TOKEN_FILE_POLL, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(TOKEN_FILE_POLL)
+        });
+        let asked = reload.wait(poll);
+        // The proxy is gone (a library user stopped it): nothing needs a token any more.
+        if Arc::strong_count(&to.creds) == 1 {
+            return;
+        }
+        if !asked && due.is_none_or(|d| Instant::now() < d) {
+            continue;
+        }
+        match command::fetch(src, header) {
+            Ok(got) => {
+                to.swap(got.token);
+                due = next_run(src, got.expires);
+                retry = TOKEN_RETRY_MIN;
+            }
+            Err(why) => {
+                let g = to.creds.current().number;
+                crate::log!(
+                    to.log,
+                    "token refresh failed: TOKEN_COMMAND {why}; keeping generation {g}"
+                );
+                due = Some(Instant::now() + retry);
+                retry = (retry * 2).min(TOKEN_RETRY_MAX);
             }
         }
     }

@@ -27,8 +27,9 @@
 //!    - `upstream`: TCP/TLS connections to TARGET and the idle pool.
 //!    - `readhead`: reads a head that stands alone on its connection (the egress proxy's
 //!      CONNECT answer, a scrape) until [`scan::HeadScanner`] finds its end.
-//! 2. **Process**: `intake` (the first token, then its updates from stdin or a file, on a
-//!    thread of their own), [`config`] (the environment, parsed once), `credential` (token
+//! 2. **Process**: `intake` (the first token, then its updates from stdin, a file or a
+//!    command, on a thread of their own), `command` (runs `TOKEN_COMMAND`, confined, and
+//!    decides when to run it again), [`config`] (the environment, parsed once), `credential` (token
 //!    generations: the current one, and the mask set every response masks, which grows as
 //!    tokens come into use), [`log`](mod@log) (one
 //!    write per stderr line, text or JSON), `metrics` (counters, gauges and histograms in
@@ -49,6 +50,7 @@
 //!      connection's fate out.
 //!    - [`scrub`]: masks the real token wherever it appears in a response.
 //!    - [`egress`]: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
+//!    - [`flatjson`]: the little JSON read: `TOKEN_COMMAND`'s argv, a token command's answer.
 //! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
 //!    bound), [`settings`] (every setting's name, default and `--help` line), [`syntax`]
 //!    (small grammar helpers), [`error`] (every failure and, in one table,
@@ -91,6 +93,7 @@ mod state;
 mod upstream;
 
 // 2. Process
+mod command;
 pub mod config;
 mod credential;
 mod intake;
@@ -103,6 +106,7 @@ mod sys;
 // 3. Pure core
 pub mod answer;
 pub mod egress;
+pub mod flatjson;
 pub mod framing;
 pub mod head;
 pub mod persist;

@@ -136,6 +136,19 @@ pub const TOKEN_FILE_SETTLE: Duration = Duration::from_secs(1);
 /// How long startup waits for `TOKEN_FILE` to settle (a file caught while it is written) before
 /// it reads what is there.
 pub const TOKEN_FILE_START_WAIT: Duration = Duration::from_secs(3);
+/// How long a `TOKEN_COMMAND` may run (`TOKEN_COMMAND_TIMEOUT`); then its process group is
+/// killed.
+pub const TOKEN_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes read from a token command's stdout: a token, or a small JSON answer, is far
+/// less; more is a refusal, not a truncation.
+pub const TOKEN_COMMAND_MAX_OUTPUT: usize = 64 * 1024;
+/// A token with a known expiry is refreshed no later than this before it ends.
+pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(120);
+/// The first retry after a failed refresh; each further one waits twice as long, up to
+/// [`TOKEN_RETRY_MAX`].
+pub const TOKEN_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between retries of a failing token source.
+pub const TOKEN_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Longest path written to the log.
 pub const LOG_PATH_MAX: usize = 256;
 

@@ -187,7 +187,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Drained>,
     log: Arc<Log>,
-    /// Wakes the `TOKEN_FILE` watcher; `None` for a token from stdin.
+    /// Wakes the `TOKEN_FILE` watcher or the `TOKEN_COMMAND` runner; `None` for stdin.
     reload: Option<Reload>,
 }
 
@@ -214,11 +214,12 @@ impl Running {
     }
 
     /// Re-reads the token source now (SIGHUP): `TOKEN_FILE` is read at once if a new
-    /// version of it has settled; a token from stdin has nothing to re-read, which is logged.
+    /// version of it has settled, `TOKEN_COMMAND` is run; a token from stdin has nothing to
+    /// re-read, which is logged.
     pub fn reload_token(&self) {
         match &self.reload {
             Some(r) => {
-                crate::log!(self.log, "token reload: reading TOKEN_FILE");
+                crate::log!(self.log, "token reload: reading {}", r.source);
                 r.request();
             }
             None => crate::log!(

@@ -99,6 +99,26 @@ pub const SETTINGS: &[Setting] = &[
         "read the token from this file, again when it changes",
     ),
     s(
+        &["TOKEN_COMMAND"],
+        "unset",
+        "JSON argv of a program that prints the token (no shell)",
+    ),
+    s(
+        &["TOKEN_COMMAND_ENV"],
+        "unset (none)",
+        "comma list of variables passed to TOKEN_COMMAND",
+    ),
+    s(
+        &["TOKEN_COMMAND_TIMEOUT"],
+        "10s",
+        "TOKEN_COMMAND run time -> its process group killed",
+    ),
+    s(
+        &["TOKEN_REFRESH_INTERVAL"],
+        "0",
+        "re-run TOKEN_COMMAND this often without an expiry (0: never)",
+    ),
+    s(
         &["ALLOW_REQUESTS"],
         "unset (all)",
         "METHOD /path[*], ... the sandbox may send",

@@ -19,4 +19,5 @@ mod operator_signals;
 mod shutdown;
 mod signals;
 mod terminal;
+mod token_command;
 mod token_intake;
