@@ -206,6 +206,7 @@ impl Session {
                     req: &req,
                     up_head: &self.up_head,
                     terms,
+                    generation: g,
                 };
                 let o = client.forward(&x, out).await;
                 // The credential is not needed until the next request: wipe it now.

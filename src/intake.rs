@@ -28,6 +28,7 @@ use crate::limits::{
 };
 use crate::log::{Event, Log};
 use crate::metrics::Metrics;
+use crate::refetch::Refetch;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
 
 /// Where the replacements come from, once the first token is in.
@@ -212,29 +213,37 @@ impl Reload {
 }
 
 /// Starts the thread that swaps replacements into `to.creds`, if there are any to wait for;
-/// for `TOKEN_FILE`, returns the handle that makes it look at the file now.
-pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<Reload> {
+/// for a source that can be re-read (`TOKEN_FILE`, `TOKEN_COMMAND`), returns the handle that
+/// makes it look now (SIGHUP) and the one a 401 asks for a new token through.
+pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<(Reload, Arc<Refetch>)> {
     let log = to.log.clone();
-    let mut reload = None;
+    let reread = |source| {
+        let reload = Reload::new(source);
+        let wake = reload.clone();
+        let refetch = Refetch::new(Box::new(move || wake.request()));
+        (reload, refetch)
+    };
+    let mut handles = None;
     let body: Box<dyn FnOnce() + Send> = match updates {
         Updates::None => return None,
         Updates::Stdin(lines) => Box::new(move || from_stdin(lines, &to)),
         Updates::File { path, header, seen } => {
-            let asked = Reload::new("TOKEN_FILE");
-            reload = Some(asked.clone());
-            Box::new(move || watch_file(&path, &header, seen, &to, &asked))
+            let (reload, refetch) = reread("TOKEN_FILE");
+            handles = Some((reload.clone(), refetch.clone()));
+            Box::new(move || watch_file(&path, &header, seen, &to, &reload, &refetch))
         }
         Updates::Command {
             src,
             header,
             expires,
         } => {
-            let asked = Reload::new("TOKEN_COMMAND");
-            reload = Some(asked.clone());
-            Box::new(move || run_command(&src, &header, expires, &to, &asked))
+            let (reload, refetch) = reread("TOKEN_COMMAND");
+            handles = Some((reload.clone(), refetch.clone()));
+            Box::new(move || run_command(&src, &header, expires, &to, &reload, &refetch))
         }
     };
-    // A thread, not a task: both sources block (a pipe read, a sleep between stats).
+    // A thread, not a task: every source blocks (a pipe read, a sleep between stats, a
+    // helper's run).
     let spawned = std::thread::Builder::new()
         .name("token-updates".into())
         .spawn(body);
@@ -245,7 +254,7 @@ pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<Reload> {
         );
         return None;
     }
-    reload
+    handles
 }
 
 impl Swapper {
@@ -302,6 +311,7 @@ fn watch_file(
     seen: Option<Fingerprint>,
     to: &Swapper,
     reload: &Reload,
+    refetch: &Refetch,
 ) {
     let mut watch = FileWatch::new(seen);
     loop {
@@ -310,31 +320,47 @@ fn watch_file(
         if Arc::strong_count(&to.creds) == 1 {
             return;
         }
-        let now = fingerprint(path);
-        let due = if asked {
-            due_on_request(&mut watch, now, to)
-        } else {
-            watch.settled(now, Instant::now())
-        };
-        if !due {
-            continue;
+        // A rejection's re-fetch is a request to look now, as SIGHUP is.
+        let round = refetch.take();
+        look_at_file(path, header, &mut watch, asked, to);
+        if let Some(r) = round {
+            refetch.finish(r);
         }
-        let read = read_file(path, header);
-        // A write that began during the read makes it a torn one: wait for that version to
-        // settle instead (the token read is dropped, and wiped, unused).
-        if !watch.read_done(now, fingerprint(path), Instant::now()) {
-            continue;
-        }
-        match read {
-            Ok(token) => to.swap(token),
-            Err(e) => {
-                let g = to.creds.current().number;
-                let why = file_reason(e);
-                crate::log!(
-                    to.log,
-                    "token update refused: TOKEN_FILE {why}; keeping generation {g}"
-                );
-            }
+    }
+}
+
+/// One look at `TOKEN_FILE`: read it if a new version settled (or, `asked`, is there).
+fn look_at_file(
+    path: &Path,
+    header: &TokenHeader,
+    watch: &mut FileWatch,
+    asked: bool,
+    to: &Swapper,
+) {
+    let now = fingerprint(path);
+    let due = if asked {
+        due_on_request(watch, now, to)
+    } else {
+        watch.settled(now, Instant::now())
+    };
+    if !due {
+        return;
+    }
+    let read = read_file(path, header);
+    // A write that began during the read makes it a torn one: wait for that version to
+    // settle instead (the token read is dropped, and wiped, unused).
+    if !watch.read_done(now, fingerprint(path), Instant::now()) {
+        return;
+    }
+    match read {
+        Ok(token) => to.swap(token),
+        Err(e) => {
+            let g = to.creds.current().number;
+            let why = file_reason(e);
+            crate::log!(
+                to.log,
+                "token update refused: TOKEN_FILE {why}; keeping generation {g}"
+            );
         }
     }
 }
@@ -360,6 +386,7 @@ fn run_command(
     expires: Option<SystemTime>,
     to: &Swapper,
     reload: &Reload,
+    refetch: &Refetch,
 ) {
     let mut due = next_run(src, expires);
     let mut retry = TOKEN_RETRY_MIN;
@@ -373,7 +400,8 @@ fn run_command(
         if Arc::strong_count(&to.creds) == 1 {
             return;
         }
-        if !asked && due.is_none_or(|d| Instant::now() < d) {
+        let round = refetch.take();
+        if !asked && round.is_none() && due.is_none_or(|d| Instant::now() < d) {
             continue;
         }
         match command::fetch(src, header) {
@@ -391,6 +419,9 @@ fn run_command(
                 due = Some(Instant::now() + retry);
                 retry = (retry * 2).min(TOKEN_RETRY_MAX);
             }
+        }
+        if let Some(r) = round {
+            refetch.finish(r);
         }
     }
 }

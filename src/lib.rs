@@ -29,7 +29,8 @@
 //!      CONNECT answer, a scrape) until [`scan::HeadScanner`] finds its end.
 //! 2. **Process**: `intake` (the first token, then its updates from stdin, a file or a
 //!    command, on a thread of their own), `command` (runs `TOKEN_COMMAND`, confined, and
-//!    decides when to run it again), [`config`] (the environment, parsed once), `credential` (token
+//!    decides when to run it again), `refetch` (a 401 asks the source for a new token and
+//!    waits for it, bounded, before its head is relayed), [`config`] (the environment, parsed once), `credential` (token
 //!    generations: the current one, and the mask set every response masks, which grows as
 //!    tokens come into use), [`log`](mod@log) (one
 //!    write per stderr line, text or JSON), `metrics` (counters, gauges and histograms in
@@ -99,6 +100,7 @@ mod credential;
 mod intake;
 pub mod log;
 mod metrics;
+mod refetch;
 mod secret;
 #[allow(unsafe_code)]
 mod sys;

@@ -149,6 +149,10 @@ pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(120);
 pub const TOKEN_RETRY_MIN: Duration = Duration::from_secs(1);
 /// The longest wait between retries of a failing token source.
 pub const TOKEN_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a 401 waits for the re-fetch it asked for before it is relayed: a token source
+/// that takes longer (a slow helper) still brings its token, for the requests that follow,
+/// but this 401 goes out without `x-should-retry`.
+pub const REFETCH_WAIT: Duration = Duration::from_secs(5);
 /// Longest path written to the log.
 pub const LOG_PATH_MAX: usize = 256;
 

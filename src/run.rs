@@ -126,7 +126,7 @@ impl Bound {
             metrics: metrics.clone(),
             log: log.clone(),
         };
-        let reload = intake::spawn_updates(updates, swapper);
+        let (reload, refetch) = intake::spawn_updates(updates, swapper).unzip();
         let listener = register(listener, "the listener")?;
         let addr = local_addr_tokio(&listener);
         let metrics_addr = match metrics_listener {
@@ -146,6 +146,7 @@ impl Bound {
             pool,
             metrics,
             log: log.clone(),
+            refetch,
         });
         announce(&proxy, addr, metrics_addr);
         let (tx, rx) = watch::channel(false);

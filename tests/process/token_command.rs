@@ -275,3 +275,83 @@ fn two_sources_of_tokens_are_a_configuration_error_naming_both() {
         "proxy: TOKEN_COMMAND: cannot be combined with TOKEN_FILE (one source of tokens)"
     );
 }
+
+/// A fake upstream that knows one token: 200 for it, an Anthropic-shaped 401 for any other.
+fn knows_only(token: &'static str) -> impl Fn(&mut UpConn) + Send + Sync + 'static {
+    move |c: &mut UpConn| {
+        while let Some(req) = c.read_request() {
+            let known = req.head.all("authorization") == [format!("Bearer {token}").as_bytes()];
+            let reply: &[u8] = if known {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            } else {
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 76\r\n\r\n{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\",\"message\":\"invalid\"}}"
+            };
+            if c.send(reply).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn should_retry(r: &Response) -> Vec<String> {
+    r.head
+        .all("x-should-retry")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn a_401_refetches_the_token_and_tells_the_client_to_retry() {
+    let dir = scratch_dir("rejected");
+    // Run 1 prints a token the upstream does not know; run 2 the one it does.
+    let cmd = counting(&dir, "$t");
+    let up = Upstream::plain().serve(knows_only("sk-ant-cmd-tok-2"));
+    let proxy = start(&up, &[("TOKEN_COMMAND", &cmd)]);
+    let first = roundtrip(proxy.addr(), get("/v1/models"));
+    assert_eq!(first.status(), 401);
+    assert_eq!(should_retry(&first), ["true"], "{}", first.head.raw_str());
+    assert!(proxy.wait_for_stderr("token updated (generation 2)", LOG_BOUND));
+    let retry = roundtrip(proxy.addr(), get("/v1/models"));
+    assert_eq!(retry.status(), 200);
+    assert_eq!(
+        bearers(&up),
+        ["Bearer sk-ant-cmd-tok-1", "Bearer sk-ant-cmd-tok-2"]
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_401_the_refetch_cannot_cure_is_relayed_unchanged_and_not_refetched_at_once() {
+    let dir = scratch_dir("revoked");
+    let d = dir.display();
+    // The same revoked token every time; count the runs.
+    let cmd = script(
+        &dir,
+        &format!("echo x >> {d}/runs\necho sk-ant-cmd-revoked\n"),
+    );
+    let up = Upstream::plain().serve(knows_only("sk-ant-cmd-other"));
+    let proxy = start(&up, &[("TOKEN_COMMAND", &cmd)]);
+    for _ in 0..3 {
+        let r = roundtrip(proxy.addr(), get("/v1/models"));
+        assert_eq!(r.status(), 401);
+        assert!(should_retry(&r).is_empty(), "{}", r.head.raw_str());
+    }
+    assert!(proxy.wait_for_stderr("proxy: token unchanged (generation 1)", LOG_BOUND));
+    let runs = fs::read_to_string(dir.join("runs"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(runs, 2, "the start, then one re-fetch within the backoff");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_401_with_a_token_from_stdin_is_relayed_unchanged() {
+    let up = Upstream::plain().serve(knows_only("sk-ant-cmd-other"));
+    let target = up.target_url();
+    let proxy = ProcessProxy::spawn(&[("TARGET", &target)], "sk-ant-cmd-stdin");
+    let r = roundtrip(proxy.addr(), get("/v1/models"));
+    assert_eq!(r.status(), 401);
+    assert!(should_retry(&r).is_empty(), "{}", r.head.raw_str());
+}

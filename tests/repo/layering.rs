@@ -20,6 +20,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("readhead", Layer::Io),
     ("intake", Layer::Process),
     ("command", Layer::Process),
+    ("refetch", Layer::Process),
     ("config", Layer::Process),
     ("credential", Layer::Process),
     ("log", Layer::Process),
