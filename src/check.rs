@@ -29,13 +29,15 @@ pub fn check(cfg: &Config, log: Arc<Log>) -> Result<String, ConfigError> {
 
 /// `TOKEN_COMMAND`'s rows: the program's name and how many arguments (an argument may name a
 /// secret's path, so none is shown), the variables passed, the timeout and the interval.
-fn command_rows(source: &TokenSource) -> [String; 4] {
+fn command_rows(source: &TokenSource) -> [String; 5] {
     let TokenSource::Command(c) = source else {
+        let unused = || "-".to_string();
         return [
             "unset".into(),
             "unset (none)".into(),
-            "-".into(),
-            "-".into(),
+            unused(),
+            unused(),
+            unused(),
         ];
     };
     let program = std::path::Path::new(&c.argv[0])
@@ -51,6 +53,7 @@ fn command_rows(source: &TokenSource) -> [String; 4] {
         env,
         duration(c.timeout),
         c.refresh.map_or("0".into(), duration),
+        duration(c.stale_grace),
     ]
 }
 
@@ -86,6 +89,7 @@ pub fn effective(cfg: &Config) -> String {
         ("TOKEN_COMMAND_ENV", command[1].clone()),
         ("TOKEN_COMMAND_TIMEOUT", command[2].clone()),
         ("TOKEN_REFRESH_INTERVAL", command[3].clone()),
+        ("TOKEN_STALE_GRACE", command[4].clone()),
         (
             "ALLOW_REQUESTS",
             cfg.allow

@@ -104,6 +104,9 @@ pub struct CommandSource {
     /// `TOKEN_REFRESH_INTERVAL`: run again this often when the answer gives no expiry;
     /// `None` (0, the default): only when asked (SIGHUP).
     pub refresh: Option<Duration>,
+    /// `TOKEN_STALE_GRACE`: how long a token without a known expiry keeps serving once the
+    /// command fails.
+    pub stale_grace: Duration,
 }
 
 /// The phantom token (`PHANTOM_TOKEN`): the sandbox's proof that it may use the proxy.
@@ -304,11 +307,14 @@ fn command_source(
             Some(every)
         }
     };
+    let mut stale_grace = limits::TOKEN_STALE_GRACE;
+    duration(var, "TOKEN_STALE_GRACE", &mut stale_grace)?;
     Ok(CommandSource {
         argv,
         env,
         timeout,
         refresh,
+        stale_grace,
     })
 }
 

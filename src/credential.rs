@@ -105,6 +105,10 @@ pub struct Credentials {
     notify: watch::Sender<u64>,
     /// Decides each generation's `oauth_beta`.
     beta: BetaRule,
+    /// Until when (milliseconds since the Unix epoch) the current token may be sent; 0: for
+    /// as long as it is current. Set by the source (the token's expiry, or the stale grace
+    /// once a source fails); one load per request.
+    usable_until_ms: AtomicU64,
 }
 
 impl Credentials {
@@ -124,6 +128,7 @@ impl Credentials {
             last_number: AtomicU64::new(1),
             notify: watch::Sender::new(1),
             beta,
+            usable_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -147,6 +152,32 @@ impl Credentials {
         let current = self.current();
         let (a, b) = (current.token.as_bytes(), token.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
+    }
+
+    /// Sets until when the current token may be sent (`None`: for as long as it is current).
+    pub fn set_usable_until(&self, until: Option<std::time::SystemTime>) {
+        let ms = until.map_or(0, |t| {
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis());
+            u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+        });
+        self.usable_until_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Until when the current token may be sent, if there is a limit.
+    pub fn usable_until(&self) -> Option<std::time::SystemTime> {
+        match self.usable_until_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// Whether the current token may be sent now: no request goes upstream with a token past
+    /// its expiry, or past the stale grace of a failing source.
+    pub fn usable(&self) -> bool {
+        self.usable_until()
+            .is_none_or(|until| std::time::SystemTime::now() < until)
     }
 
     /// A receiver that wakes when the current generation changes.
@@ -281,6 +312,21 @@ mod tests {
         assert!(!c.holds(&token("sk-firs")) && !c.holds(&token("sk-firsT")));
         c.swap(token("sk-second"));
         assert!(!c.holds(&token("sk-first")) && c.holds(&token("sk-second")));
+    }
+
+    #[test]
+    fn a_token_is_usable_until_its_limit() {
+        use std::time::{Duration, SystemTime};
+        let c = Credentials::new(token("sk-first"), OFF);
+        assert!(c.usable() && c.usable_until().is_none());
+        c.set_usable_until(Some(SystemTime::now() + Duration::from_secs(60)));
+        assert!(c.usable());
+        c.set_usable_until(Some(SystemTime::now() - Duration::from_secs(1)));
+        assert!(!c.usable());
+        c.set_usable_until(Some(std::time::UNIX_EPOCH));
+        assert!(!c.usable(), "the epoch itself is a limit, not none");
+        c.set_usable_until(None);
+        assert!(c.usable());
     }
 
     #[test]

@@ -374,12 +374,15 @@ fn next_run(src: &CommandSource, expires: Option<SystemTime>) -> Option<Instant>
         }
         None => src.refresh?,
     };
-    Some(Instant::now() + after)
+    // A token that expired already (or nearly) is not asked for again at once, in a loop.
+    Some(Instant::now() + after.max(TOKEN_RETRY_MIN))
 }
 
 /// Runs `TOKEN_COMMAND` again when due (before the token expires, on its interval) or asked
-/// (SIGHUP). A failure keeps the current token and is retried after [`TOKEN_RETRY_MIN`],
-/// doubling up to [`TOKEN_RETRY_MAX`]. One thread: one run at a time.
+/// (SIGHUP, a 401). A failure keeps the current token until its expiry (or, without one, for
+/// `TOKEN_STALE_GRACE`) and is retried after [`TOKEN_RETRY_MIN`], doubling up to
+/// [`TOKEN_RETRY_MAX`]; past that, requests are answered 503 (the store says the token is
+/// not usable). One thread: one run at a time.
 fn run_command(
     src: &CommandSource,
     header: &TokenHeader,
@@ -390,6 +393,7 @@ fn run_command(
 ) {
     let mut due = next_run(src, expires);
     let mut retry = TOKEN_RETRY_MIN;
+    to.creds.set_usable_until(expires);
     loop {
         let poll = due.map_or(TOKEN_FILE_POLL, |d| {
             d.saturating_duration_since(Instant::now())
@@ -407,6 +411,7 @@ fn run_command(
         match command::fetch(src, header) {
             Ok(got) => {
                 to.swap(got.token);
+                to.creds.set_usable_until(got.expires);
                 due = next_run(src, got.expires);
                 retry = TOKEN_RETRY_MIN;
             }
@@ -416,6 +421,11 @@ fn run_command(
                     to.log,
                     "token refresh failed: TOKEN_COMMAND {why}; keeping generation {g}"
                 );
+                // Without a known expiry, the token serves on for the stale grace only.
+                if to.creds.usable_until().is_none() {
+                    to.creds
+                        .set_usable_until(Some(SystemTime::now() + src.stale_grace));
+                }
                 due = Some(Instant::now() + retry);
                 retry = (retry * 2).min(TOKEN_RETRY_MAX);
             }

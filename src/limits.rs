@@ -142,6 +142,9 @@ pub const TOKEN_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes read from a token command's stdout: a token, or a small JSON answer, is far
 /// less; more is a refusal, not a truncation.
 pub const TOKEN_COMMAND_MAX_OUTPUT: usize = 64 * 1024;
+/// How long a token without a known expiry keeps serving once its command fails
+/// (`TOKEN_STALE_GRACE`); then requests get 503 until the command answers again.
+pub const TOKEN_STALE_GRACE: Duration = Duration::from_secs(300);
 /// A token with a known expiry is refreshed no later than this before it ends.
 pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(120);
 /// The first retry after a failed refresh; each further one waits twice as long, up to

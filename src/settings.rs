@@ -119,6 +119,11 @@ pub const SETTINGS: &[Setting] = &[
         "re-run TOKEN_COMMAND this often without an expiry (0: never)",
     ),
     s(
+        &["TOKEN_STALE_GRACE"],
+        "5m",
+        "TOKEN_COMMAND failing: a token without expiry serves this long",
+    ),
+    s(
         &["ALLOW_REQUESTS"],
         "unset (all)",
         "METHOD /path[*], ... the sandbox may send",

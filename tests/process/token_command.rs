@@ -355,3 +355,48 @@ fn a_401_with_a_token_from_stdin_is_relayed_unchanged() {
     assert_eq!(r.status(), 401);
     assert!(should_retry(&r).is_empty(), "{}", r.head.raw_str());
 }
+
+#[test]
+fn a_source_failing_past_the_stale_grace_gets_503_until_it_answers_again() {
+    let dir = scratch_dir("stale");
+    let d = dir.display();
+    // Answers at the start; then fails while `dir/fail` exists.
+    let cmd = script(
+        &dir,
+        &format!("if [ -e {d}/fail ]; then exit 4; fi\ntouch {d}/fail\necho sk-ant-cmd-stale\n"),
+    );
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = start(
+        &up,
+        &[
+            ("TOKEN_COMMAND", &cmd),
+            ("TOKEN_REFRESH_INTERVAL", "1s"),
+            ("TOKEN_STALE_GRACE", "2s"),
+        ],
+    );
+    let failed = "token refresh failed: TOKEN_COMMAND exited with status 4";
+    assert!(proxy.wait_for_stderr(failed, LOG_BOUND));
+    assert_eq!(roundtrip(proxy.addr(), get("/within-grace")).status(), 200);
+    let deadline = Instant::now() + LOG_BOUND;
+    let refused = loop {
+        let r = roundtrip(proxy.addr(), get("/past-grace"));
+        if r.status() != 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(refused.status(), 503, "{}", refused.head.raw_str());
+    assert_eq!(
+        refused.head.header_str("retry-after").as_deref(),
+        Some("10")
+    );
+    assert!(refused.body_str().contains("proxy: credential unavailable"));
+    let forwarded = up.requests().len();
+    assert_eq!(roundtrip(proxy.addr(), get("/refused")).status(), 503);
+    assert_eq!(up.requests().len(), forwarded, "nothing forwarded");
+    // The source answers again: the token serves again.
+    fs::remove_file(dir.join("fail")).unwrap();
+    assert!(proxy.wait_for_stderr("token unchanged (generation 1)", LOG_BOUND));
+    assert_eq!(roundtrip(proxy.addr(), get("/again")).status(), 200);
+    let _ = fs::remove_dir_all(&dir);
+}
