@@ -28,17 +28,28 @@ pub struct Fetched {
     pub expires: Option<SystemTime>,
 }
 
+/// Why a run gave no token: a fixed reason for the log, and whether the command answered but
+/// its answer was refused (a bad token or JSON: `token_updates_refused_total`).
+pub struct Failed {
+    pub why: String,
+    pub refused: bool,
+}
+
 /// How often the exit of a command whose output ended is checked.
 const EXIT_POLL: Duration = Duration::from_millis(10);
 
 /// Runs the command once and reads its token. The error is a fixed reason for the log.
-pub fn fetch(src: &CommandSource, header: &TokenHeader) -> Result<Fetched, String> {
-    let out = run(src)?;
-    let mut answer =
-        flatjson::token_answer(&out).map_err(|why| format!("printed no usable answer: {why}"))?;
+pub fn fetch(src: &CommandSource, header: &TokenHeader) -> Result<Fetched, Failed> {
+    let out = run(src).map_err(|why| Failed {
+        why,
+        refused: false,
+    })?;
+    let refused = |why| Failed { why, refused: true };
+    let mut answer = flatjson::token_answer(&out)
+        .map_err(|why| refused(format!("printed no usable answer: {why}")))?;
     let token = Token::new(&answer.token, header);
     zeroize::Zeroize::zeroize(&mut answer.token);
-    let token = token.map_err(|e| format!("printed no usable token: {}", e.reason()))?;
+    let token = token.map_err(|e| refused(format!("printed no usable token: {}", e.reason())))?;
     let expires = answer.expiry.map(|e| match e {
         Expiry::In(secs) => SystemTime::now() + Duration::from_secs(secs.unsigned_abs()),
         Expiry::At(at) if at >= 0 => SystemTime::UNIX_EPOCH + Duration::from_secs(at as u64),

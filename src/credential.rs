@@ -109,6 +109,8 @@ pub struct Credentials {
     /// as long as it is current. Set by the source (the token's expiry, or the stale grace
     /// once a source fails); one load per request.
     usable_until_ms: AtomicU64,
+    /// The generation the upstream last answered 401 to (0: none).
+    rejected: AtomicU64,
 }
 
 impl Credentials {
@@ -129,6 +131,7 @@ impl Credentials {
             notify: watch::Sender::new(1),
             beta,
             usable_until_ms: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -178,6 +181,25 @@ impl Credentials {
     pub fn usable(&self) -> bool {
         self.usable_until()
             .is_none_or(|until| std::time::SystemTime::now() < until)
+    }
+
+    /// The upstream answered 401 to a request that carried generation `number`.
+    pub fn mark_rejected(&self, number: u64) {
+        self.rejected.fetch_max(number, Ordering::SeqCst);
+    }
+
+    /// Readiness (`GET /ready`): a usable token is held and the upstream has not rejected
+    /// the current generation; else the one-line reason.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.usable() {
+            return Err(
+                "no usable token: the token source is failing past the token's expiry or grace",
+            );
+        }
+        if self.rejected.load(Ordering::SeqCst) == self.current().number {
+            return Err("the upstream rejected the current token (401)");
+        }
+        Ok(())
     }
 
     /// A receiver that wakes when the current generation changes.
@@ -327,6 +349,17 @@ mod tests {
         assert!(!c.usable(), "the epoch itself is a limit, not none");
         c.set_usable_until(None);
         assert!(c.usable());
+        assert_eq!(c.readiness(), Ok(()));
+        c.mark_rejected(1);
+        assert!(c.readiness().unwrap_err().contains("rejected"));
+        c.swap(token("sk-second"));
+        assert_eq!(
+            c.readiness(),
+            Ok(()),
+            "a new generation is not rejected yet"
+        );
+        c.set_usable_until(Some(std::time::UNIX_EPOCH));
+        assert!(c.readiness().unwrap_err().contains("no usable token"));
     }
 
     #[test]

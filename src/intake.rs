@@ -27,7 +27,7 @@ use crate::limits::{
     TOKEN_FILE_POLL, TOKEN_FILE_SETTLE, TOKEN_FILE_START_WAIT, TOKEN_RETRY_MAX, TOKEN_RETRY_MIN,
 };
 use crate::log::{Event, Log};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshResult, RefreshSource};
 use crate::refetch::Refetch;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
 
@@ -118,7 +118,7 @@ pub fn first_token(
         }
         TokenSource::Command(src) => {
             let got = command::fetch(src, &header)
-                .map_err(|why| format!("proxy: TOKEN_COMMAND: {why}"))?;
+                .map_err(|f| format!("proxy: TOKEN_COMMAND: {}", f.why))?;
             let src = src.clone();
             let expires = got.expires;
             Ok((
@@ -257,21 +257,47 @@ pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<(Reload, Arc<Refet
     handles
 }
 
+/// Milliseconds since the Unix epoch (0 before it), as the metrics keep times.
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Swapper {
+    /// Counts a re-read of `source` (and a refused token).
+    fn count(&self, source: RefreshSource, result: RefreshResult, refused: bool) {
+        self.metrics.token_refreshed(source, result);
+        if refused {
+            self.metrics
+                .token_updates_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The current token's known expiry: the store's limit and the metric.
+    fn expires(&self, at: Option<SystemTime>) {
+        self.creds.set_usable_until(at);
+        let ms = at.map_or(0, |t| epoch_ms(t).max(1));
+        self.metrics.token_expiry_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Makes `token` current, unless it is the current one already: the same token again
     /// (a rewrite of the same content, a command's same answer) is no rotation and makes no
     /// generation.
-    fn swap(&self, token: Token) {
+    fn swap(&self, token: Token) -> RefreshResult {
         if self.creds.holds(&token) {
             let g = self.creds.current().number;
             crate::log!(self.log, "token unchanged (generation {g})");
-            return;
+            return RefreshResult::Unchanged;
         }
         let locked = token.is_locked();
         let generation = self.creds.swap(token);
         self.metrics
             .token_generation
             .store(generation, Ordering::Relaxed);
+        self.metrics
+            .token_last_change_ms
+            .store(epoch_ms(SystemTime::now()), Ordering::Relaxed);
         self.log.event(&Event::TokenUpdated { generation });
         if !locked {
             crate::log!(
@@ -279,6 +305,7 @@ impl Swapper {
                 "warning: could not lock token generation {generation} in memory (mlock); it may be swapped"
             );
         }
+        RefreshResult::Changed
     }
 }
 
@@ -286,7 +313,9 @@ fn from_stdin(mut lines: TokenLines<Box<dyn Read + Send>>, to: &Swapper) {
     let log = &to.log;
     loop {
         match lines.next_line() {
-            Some(Ok(token)) => to.swap(token),
+            Some(Ok(token)) => {
+                to.swap(token);
+            }
             Some(Err(TokenError::Unreadable)) => {
                 let g = to.creds.current().number;
                 crate::log!(
@@ -295,7 +324,12 @@ fn from_stdin(mut lines: TokenLines<Box<dyn Read + Send>>, to: &Swapper) {
                 );
                 return;
             }
-            Some(Err(e)) => crate::log!(log, "token update refused: {}", e.reason()),
+            Some(Err(e)) => {
+                to.metrics
+                    .token_updates_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                crate::log!(log, "token update refused: {}", e.reason());
+            }
             None => {
                 let g = to.creds.current().number;
                 crate::log!(log, "token updates: stdin closed; keeping generation {g}");
@@ -353,8 +387,12 @@ fn look_at_file(
         return;
     }
     match read {
-        Ok(token) => to.swap(token),
+        Ok(token) => {
+            let result = to.swap(token);
+            to.count(RefreshSource::File, result, false);
+        }
         Err(e) => {
+            to.count(RefreshSource::File, RefreshResult::Failed, true);
             let g = to.creds.current().number;
             let why = file_reason(e);
             crate::log!(
@@ -393,7 +431,7 @@ fn run_command(
 ) {
     let mut due = next_run(src, expires);
     let mut retry = TOKEN_RETRY_MIN;
-    to.creds.set_usable_until(expires);
+    to.expires(expires);
     loop {
         let poll = due.map_or(TOKEN_FILE_POLL, |d| {
             d.saturating_duration_since(Instant::now())
@@ -410,13 +448,19 @@ fn run_command(
         }
         match command::fetch(src, header) {
             Ok(got) => {
-                to.swap(got.token);
-                to.creds.set_usable_until(got.expires);
+                let result = to.swap(got.token);
+                to.count(RefreshSource::Command, result, false);
+                to.expires(got.expires);
                 due = next_run(src, got.expires);
                 retry = TOKEN_RETRY_MIN;
             }
-            Err(why) => {
-                let g = to.creds.current().number;
+            Err(failed) => {
+                to.count(
+                    RefreshSource::Command,
+                    RefreshResult::Failed,
+                    failed.refused,
+                );
+                let (g, why) = (to.creds.current().number, failed.why);
                 crate::log!(
                     to.log,
                     "token refresh failed: TOKEN_COMMAND {why}; keeping generation {g}"
@@ -515,74 +559,4 @@ impl FileWatch {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn version(size: u64) -> Option<Fingerprint> {
-        Some(Fingerprint {
-            dev: 1,
-            ino: 2,
-            size,
-            mtime: (size as i64, 0),
-            ctime: (size as i64, 0),
-        })
-    }
-
-    /// A version is read only after it stayed the same for the settle time; a torn write
-    /// (a prefix, then the rest before the prefix settled) reads only the whole token.
-    #[test]
-    fn only_a_version_that_stayed_the_same_for_the_settle_time_is_read() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut w = FileWatch::new(version(40));
-        assert!(!w.settled(version(40), at(250)), "unchanged");
-        assert!(!w.settled(version(20), at(500)), "the prefix, just seen");
-        assert!(!w.settled(version(20), at(750)), "the prefix, not settled");
-        assert!(!w.settled(version(41), at(1000)), "the rest: a new version");
-        assert!(!w.settled(version(41), at(1750)));
-        assert!(w.settled(version(41), at(2000)), "settled");
-        assert!(w.read_done(version(41), version(41), at(2001)));
-        assert!(!w.settled(version(41), at(2250)), "read already");
-    }
-
-    /// A change during the read makes the read not count; the new version settles anew.
-    #[test]
-    fn a_change_during_the_read_discards_it() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut w = FileWatch::new(None);
-        assert!(!w.settled(version(10), at(0)));
-        assert!(w.settled(version(10), at(1000)));
-        assert!(!w.read_done(version(10), version(11), at(1001)));
-        assert!(!w.settled(version(11), at(1250)));
-        assert!(w.settled(version(11), at(2001)));
-        assert!(w.read_done(version(11), version(11), at(2002)));
-    }
-
-    /// At startup, a version changed less than the settle time ago is waited out.
-    #[test]
-    fn a_version_is_settled_once_the_settle_time_passed_since_its_change() {
-        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let f = Fingerprint {
-            mtime: (1_000_000, 0),
-            ctime: (1_000_000, 500_000_000),
-            ..version(1).unwrap()
-        };
-        assert!(!f.settled(at + Duration::from_millis(1400)));
-        assert!(f.settled(at + Duration::from_millis(1500)));
-        assert!(f.settled(at), "a ctime in the future is not waited for");
-    }
-
-    /// A file that disappears is a version too: it is reported once, after settling.
-    #[test]
-    fn a_missing_file_settles_like_any_version() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut w = FileWatch::new(version(10));
-        assert!(!w.settled(None, at(0)));
-        assert!(w.settled(None, at(1000)));
-        assert!(w.read_done(None, None, at(1000)));
-        assert!(!w.settled(None, at(1250)));
-    }
-}
+mod tests;

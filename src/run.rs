@@ -120,6 +120,10 @@ impl Bound {
             metrics: metrics_listener,
         } = self;
         let metrics = Arc::new(Metrics::new());
+        metrics.token_last_change_ms.store(
+            intake::epoch_ms(started),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let creds = Arc::new(Credentials::new(token, cfg.beta_rule()));
         let swapper = Swapper {
             creds: creds.clone(),
@@ -134,7 +138,7 @@ impl Bound {
             Some(m) => {
                 let m = register(m, "the metrics listener")?;
                 let at = local_addr_tokio(&m);
-                tokio::spawn(scrape::serve(m, metrics.clone(), started));
+                tokio::spawn(scrape::serve(m, metrics.clone(), creds.clone(), started));
                 Some(at)
             }
         };

@@ -400,3 +400,83 @@ fn a_source_failing_past_the_stale_grace_gets_503_until_it_answers_again() {
     assert_eq!(roundtrip(proxy.addr(), get("/again")).status(), 200);
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// One raw request to the metrics listener (it closes after answering): (status line, body).
+fn metrics_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LOG_BOUND)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap_or((&all, ""));
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+fn metrics_addr_of(proxy: &ProcessProxy) -> String {
+    assert!(proxy.wait_for_stderr("metrics on ", LOG_BOUND));
+    let text = proxy.stderr_so_far();
+    let line = text.lines().find(|l| l.contains("metrics on ")).unwrap();
+    let at = line.split("metrics on ").nth(1).unwrap();
+    at.split('"').next().unwrap().trim().to_string()
+}
+
+#[test]
+fn ready_turns_503_after_a_rejection_and_200_after_a_new_token_and_the_metrics_say_why() {
+    let dir = scratch_dir("ready");
+    let d = dir.display();
+    // The token is whatever `dir/token` holds; the upstream knows only the good one.
+    fs::write(dir.join("token"), "sk-ant-cmd-revoked\n").unwrap();
+    let cmd = script(
+        &dir,
+        &format!(r#"printf '{{"token": "%s", "expires_in": 3600}}\n' "$(cat {d}/token)""#),
+    );
+    let up = Upstream::plain().serve(knows_only("sk-ant-cmd-good"));
+    let proxy = start(
+        &up,
+        &[("TOKEN_COMMAND", &cmd), ("METRICS_ADDR", "127.0.0.1:0")],
+    );
+    let m = metrics_addr_of(&proxy);
+    assert_eq!(
+        metrics_get(&m, "/ready"),
+        ("HTTP/1.1 200 OK".into(), "ready\n".into())
+    );
+    assert_eq!(roundtrip(proxy.addr(), get("/v1/models")).status(), 401);
+    let (status, why) = metrics_get(&m, "/ready");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(why, "the upstream rejected the current token (401)\n");
+    fs::write(dir.join("token"), "sk-ant-cmd-good\n").unwrap();
+    proxy.signal("HUP");
+    assert!(proxy.wait_for_stderr("token updated (generation 2)", LOG_BOUND));
+    assert_eq!(metrics_get(&m, "/ready").0, "HTTP/1.1 200 OK");
+    assert_eq!(roundtrip(proxy.addr(), get("/v1/models")).status(), 200);
+    let (_, exposition) = metrics_get(&m, "/metrics");
+    let p = "agent_loop_proxy";
+    for line in [
+        format!("{p}_token_refresh_total{{source=\"command\",result=\"unchanged\"}} 1"),
+        format!("{p}_token_refresh_total{{source=\"command\",result=\"changed\"}} 1"),
+        format!("{p}_token_refresh_total{{source=\"command\",result=\"failed\"}} 0"),
+        format!("{p}_token_updates_refused_total 0"),
+    ] {
+        assert!(
+            exposition.lines().any(|l| l == line),
+            "{line}\n{exposition}"
+        );
+    }
+    let value = |name: &str| -> f64 {
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{p}_{name} "))?.parse().ok())
+            .unwrap_or_else(|| panic!("{name}\n{exposition}"))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let expiry = value("token_expiry_timestamp_seconds");
+    assert!((expiry - (now + 3600.0)).abs() < 30.0, "{expiry} vs {now}");
+    assert!((value("token_last_change_timestamp_seconds") - now).abs() < 30.0);
+    let log = proxy.stderr_so_far();
+    assert!(!log.contains("sk-ant-cmd"), "{log}");
+    let _ = fs::remove_dir_all(&dir);
+}
