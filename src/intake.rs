@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::command;
-use crate::config::{CommandSource, Config, TokenSource};
+use crate::command::{self, Failed, Fetched};
+use crate::config::{Config, TokenSource};
 use crate::credential::Credentials;
 use crate::limits::{
     TOKEN_FILE_POLL, TOKEN_FILE_SETTLE, TOKEN_FILE_START_WAIT, TOKEN_RETRY_MAX, TOKEN_RETRY_MIN,
@@ -43,12 +43,24 @@ pub enum Updates {
         header: TokenHeader,
         seen: Option<Fingerprint>,
     },
-    /// `TOKEN_COMMAND`, run again before the first token expires (or on its interval).
-    Command {
-        src: CommandSource,
-        header: TokenHeader,
-        expires: Option<SystemTime>,
-    },
+    /// A source asked again before the token expires (or on its interval): `TOKEN_COMMAND`,
+    /// the federation exchange.
+    Fetch(Refresher),
+}
+
+/// A source the proxy asks for a token itself, and when to ask it again.
+pub struct Refresher {
+    /// One run of the source: a token and its expiry, or a fixed reason.
+    pub fetch: Box<dyn FnMut() -> Result<Fetched, Failed> + Send>,
+    /// Its setting, for the log and SIGHUP's line (`TOKEN_COMMAND`, ...).
+    pub name: &'static str,
+    pub source: RefreshSource,
+    /// Asked again this often when the token has no known expiry; `None`: only when asked.
+    pub every: Option<Duration>,
+    /// How long a token without a known expiry serves on once the source fails.
+    pub stale_grace: Duration,
+    /// The first token's expiry.
+    pub expires: Option<SystemTime>,
 }
 
 /// What tells a file's versions apart, following symlinks: a swapped symlink or a replaced
@@ -119,16 +131,17 @@ pub fn first_token(
         TokenSource::Command(src) => {
             let got = command::fetch(src, &header)
                 .map_err(|f| format!("proxy: TOKEN_COMMAND: {}", f.why))?;
+            let (every, stale_grace) = (src.refresh, src.stale_grace);
             let src = src.clone();
-            let expires = got.expires;
-            Ok((
-                got.token,
-                Updates::Command {
-                    src,
-                    header,
-                    expires,
-                },
-            ))
+            let refresher = Refresher {
+                fetch: Box::new(move || command::fetch(&src, &header)),
+                name: "TOKEN_COMMAND",
+                source: RefreshSource::Command,
+                every,
+                stale_grace,
+                expires: got.expires,
+            };
+            Ok((got.token, Updates::Fetch(refresher)))
         }
     }
 }
@@ -232,14 +245,10 @@ pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<(Reload, Arc<Refet
             handles = Some((reload.clone(), refetch.clone()));
             Box::new(move || watch_file(&path, &header, seen, &to, &reload, &refetch))
         }
-        Updates::Command {
-            src,
-            header,
-            expires,
-        } => {
-            let (reload, refetch) = reread("TOKEN_COMMAND");
+        Updates::Fetch(refresher) => {
+            let (reload, refetch) = reread(refresher.name);
             handles = Some((reload.clone(), refetch.clone()));
-            Box::new(move || run_command(&src, &header, expires, &to, &reload, &refetch))
+            Box::new(move || run_refresher(refresher, &to, &reload, &refetch))
         }
     };
     // A thread, not a task: every source blocks (a pipe read, a sleep between stats, a
@@ -404,34 +413,27 @@ fn look_at_file(
 }
 
 /// When to run the command again after a token that expires at `expires` (or none) came in.
-fn next_run(src: &CommandSource, expires: Option<SystemTime>) -> Option<Instant> {
+fn next_run(every: Option<Duration>, expires: Option<SystemTime>) -> Option<Instant> {
     let after = match expires {
         Some(at) => {
             let lifetime = at.duration_since(SystemTime::now()).unwrap_or_default();
             command::refresh_after(lifetime, command::jitter())
         }
-        None => src.refresh?,
+        None => every?,
     };
     // A token that expired already (or nearly) is not asked for again at once, in a loop.
     Some(Instant::now() + after.max(TOKEN_RETRY_MIN))
 }
 
-/// Runs `TOKEN_COMMAND` again when due (before the token expires, on its interval) or asked
-/// (SIGHUP, a 401). A failure keeps the current token until its expiry (or, without one, for
-/// `TOKEN_STALE_GRACE`) and is retried after [`TOKEN_RETRY_MIN`], doubling up to
-/// [`TOKEN_RETRY_MAX`]; past that, requests are answered 503 (the store says the token is
-/// not usable). One thread: one run at a time.
-fn run_command(
-    src: &CommandSource,
-    header: &TokenHeader,
-    expires: Option<SystemTime>,
-    to: &Swapper,
-    reload: &Reload,
-    refetch: &Refetch,
-) {
-    let mut due = next_run(src, expires);
+/// Asks the source (`TOKEN_COMMAND`, the federation exchange) again when due (before the
+/// token expires, on its interval) or asked (SIGHUP, a 401). A failure keeps the current
+/// token until its expiry (or, without one, for the stale grace) and is retried after
+/// [`TOKEN_RETRY_MIN`], doubling up to [`TOKEN_RETRY_MAX`]; past that, requests are answered
+/// 503 (the store says the token is not usable). One thread: one run at a time.
+fn run_refresher(mut r: Refresher, to: &Swapper, reload: &Reload, refetch: &Refetch) {
+    let mut due = next_run(r.every, r.expires);
     let mut retry = TOKEN_RETRY_MIN;
-    to.expires(expires);
+    to.expires(r.expires);
     loop {
         let poll = due.map_or(TOKEN_FILE_POLL, |d| {
             d.saturating_duration_since(Instant::now())
@@ -446,29 +448,25 @@ fn run_command(
         if !asked && round.is_none() && due.is_none_or(|d| Instant::now() < d) {
             continue;
         }
-        match command::fetch(src, header) {
+        match (r.fetch)() {
             Ok(got) => {
                 let result = to.swap(got.token);
-                to.count(RefreshSource::Command, result, false);
+                to.count(r.source, result, false);
                 to.expires(got.expires);
-                due = next_run(src, got.expires);
+                due = next_run(r.every, got.expires);
                 retry = TOKEN_RETRY_MIN;
             }
             Err(failed) => {
-                to.count(
-                    RefreshSource::Command,
-                    RefreshResult::Failed,
-                    failed.refused,
-                );
-                let (g, why) = (to.creds.current().number, failed.why);
+                to.count(r.source, RefreshResult::Failed, failed.refused);
+                let (g, why, name) = (to.creds.current().number, failed.why, r.name);
                 crate::log!(
                     to.log,
-                    "token refresh failed: TOKEN_COMMAND {why}; keeping generation {g}"
+                    "token refresh failed: {name} {why}; keeping generation {g}"
                 );
                 // Without a known expiry, the token serves on for the stale grace only.
                 if to.creds.usable_until().is_none() {
                     to.creds
-                        .set_usable_until(Some(SystemTime::now() + src.stale_grace));
+                        .set_usable_until(Some(SystemTime::now() + r.stale_grace));
                 }
                 due = Some(Instant::now() + retry);
                 retry = (retry * 2).min(TOKEN_RETRY_MAX);
