@@ -90,6 +90,26 @@ pub enum TokenSource {
     File(PathBuf),
     /// `TOKEN_COMMAND`: the output of a program, run again before the token expires.
     Command(CommandSource),
+    /// Anthropic Workload Identity Federation: the IdP's JWT exchanged for a short-lived
+    /// token at TARGET's `/v1/oauth/token`, again before it expires.
+    Federation(FederationSource),
+}
+
+/// The federation settings, with Anthropic's own variable names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationSource {
+    /// `ANTHROPIC_FEDERATION_RULE_ID` (`fdrl_...`).
+    pub rule_id: String,
+    /// `ANTHROPIC_ORGANIZATION_ID` (a UUID).
+    pub organization_id: String,
+    /// `ANTHROPIC_SERVICE_ACCOUNT_ID` (`svac_...`).
+    pub service_account_id: String,
+    /// `ANTHROPIC_WORKSPACE_ID` (`wrkspc_...` or `default`), when the rule has several.
+    pub workspace_id: Option<String>,
+    /// `ANTHROPIC_IDENTITY_TOKEN_FILE`: the IdP's JWT, read again for every exchange.
+    pub identity_token_file: PathBuf,
+    /// `TOKEN_STALE_GRACE`, for an answer without `expires_in`.
+    pub stale_grace: Duration,
 }
 
 /// `TOKEN_COMMAND` and the settings that go with it.
@@ -252,10 +272,12 @@ fn token_source(var: &impl Fn(&'static str) -> Option<String>) -> Result<TokenSo
     };
     let file = var("TOKEN_FILE");
     let command = var("TOKEN_COMMAND");
+    let federation = FEDERATION_REQUIRED.iter().any(|n| var(n).is_some());
     let given: Vec<&'static str> = [
         ("TOKEN_UPDATES=stdin", updates),
         ("TOKEN_FILE", file.is_some()),
         ("TOKEN_COMMAND", command.is_some()),
+        ("ANTHROPIC_FEDERATION_RULE_ID", federation),
     ]
     .iter()
     .filter(|(_, on)| *on)
@@ -270,7 +292,56 @@ fn token_source(var: &impl Fn(&'static str) -> Option<String>) -> Result<TokenSo
         (true, _, _) => TokenSource::StdinUpdates,
         (_, Some(path), _) => TokenSource::File(PathBuf::from(path)),
         (_, _, Some(argv)) => TokenSource::Command(command_source(var, &argv)?),
+        _ if federation => TokenSource::Federation(federation_source(var)?),
         _ => TokenSource::StdinOnce,
+    })
+}
+
+/// The federation variables any one of which turns federation on; all are then required.
+const FEDERATION_REQUIRED: [&str; 4] = [
+    "ANTHROPIC_FEDERATION_RULE_ID",
+    "ANTHROPIC_ORGANIZATION_ID",
+    "ANTHROPIC_SERVICE_ACCOUNT_ID",
+    "ANTHROPIC_IDENTITY_TOKEN_FILE",
+];
+
+/// The federation settings: every id visible ASCII (they go into a JSON body and are no
+/// secret), the identity token file readable.
+fn federation_source(
+    var: &impl Fn(&'static str) -> Option<String>,
+) -> Result<FederationSource, ConfigError> {
+    let id = |name: &'static str| -> Result<Option<String>, ConfigError> {
+        match var(name) {
+            None => Ok(None),
+            Some(v)
+                if v.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
+            {
+                Ok(Some(v))
+            }
+            Some(_) => Err(ConfigError::new(name, "must be an id of visible ASCII")),
+        }
+    };
+    let required = |name: &'static str| -> Result<String, ConfigError> {
+        id(name)?.ok_or(ConfigError::new(
+            name,
+            "is required with the other federation variables",
+        ))
+    };
+    let file = PathBuf::from(required("ANTHROPIC_IDENTITY_TOKEN_FILE")?);
+    if !file.is_file() {
+        let why = "is not a readable file";
+        return Err(ConfigError::new("ANTHROPIC_IDENTITY_TOKEN_FILE", why));
+    }
+    let mut stale_grace = limits::TOKEN_STALE_GRACE;
+    duration(var, "TOKEN_STALE_GRACE", &mut stale_grace)?;
+    Ok(FederationSource {
+        rule_id: required("ANTHROPIC_FEDERATION_RULE_ID")?,
+        organization_id: required("ANTHROPIC_ORGANIZATION_ID")?,
+        service_account_id: required("ANTHROPIC_SERVICE_ACCOUNT_ID")?,
+        workspace_id: id("ANTHROPIC_WORKSPACE_ID")?,
+        identity_token_file: file,
+        stale_grace,
     })
 }
 

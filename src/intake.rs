@@ -143,6 +143,11 @@ pub fn first_token(
             };
             Ok((got.token, Updates::Fetch(refresher)))
         }
+        // The exchange goes through the upstream connector: `run::Bound::first_token` does
+        // it, and this layer never sees a federation source.
+        TokenSource::Federation(_) => {
+            Err("proxy: federation: no connector to exchange with".into())
+        }
     }
 }
 

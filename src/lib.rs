@@ -23,6 +23,8 @@
 //!      own answers, the log line, lingering close or reset.
 //!    - `exchange`: one exchange as named states: head and body up, head and body down
 //!      (a directory: the state flow, the upload half, the download half, their I/O helpers).
+//!    - `federation`: Workload Identity Federation, the IdP's JWT exchanged for a token at
+//!      TARGET's `/v1/oauth/token` through the upstream connector.
 //!    - `state`: what every connection shares (config, token, connector, pool).
 //!    - `upstream`: TCP/TLS connections to TARGET and the idle pool.
 //!    - `readhead`: reads a head that stands alone on its connection (the egress proxy's
@@ -86,6 +88,7 @@
 mod check;
 mod connection;
 mod exchange;
+mod federation;
 mod readhead;
 pub mod run;
 mod scrape;

@@ -156,6 +156,10 @@ pub const TOKEN_RETRY_MAX: Duration = Duration::from_secs(60);
 /// that takes longer (a slow helper) still brings its token, for the requests that follow,
 /// but this 401 goes out without `x-should-retry`.
 pub const REFETCH_WAIT: Duration = Duration::from_secs(5);
+/// The whole federation token exchange (connect, request, answer).
+pub const FEDERATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of a token exchange's answer (head and body) read.
+pub const FEDERATION_MAX_ANSWER: usize = 64 * 1024;
 /// Longest path written to the log.
 pub const LOG_PATH_MAX: usize = 256;
 

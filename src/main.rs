@@ -202,7 +202,7 @@ fn read_token(
     use std::io::IsTerminal;
     let from_stdin = !matches!(
         bound.config().token_source,
-        TokenSource::File(_) | TokenSource::Command(_)
+        TokenSource::File(_) | TokenSource::Command(_) | TokenSource::Federation(_)
     );
     if !from_stdin || !stdin.is_terminal() {
         return bound.first_token(stdin);

@@ -78,15 +78,21 @@ impl Histogram {
 pub enum RefreshSource {
     File,
     Command,
+    Federation,
 }
 
 impl RefreshSource {
-    pub const ALL: [RefreshSource; 2] = [RefreshSource::File, RefreshSource::Command];
+    pub const ALL: [RefreshSource; 3] = [
+        RefreshSource::File,
+        RefreshSource::Command,
+        RefreshSource::Federation,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             RefreshSource::File => "file",
             RefreshSource::Command => "command",
+            RefreshSource::Federation => "federation",
         }
     }
 }
@@ -311,7 +317,7 @@ impl Metrics {
         }
         let name = format!("{PREFIX}_token_refresh_total");
         let help =
-            "Re-reads of the token source (TOKEN_FILE, TOKEN_COMMAND), by source and result.";
+            "Re-reads of the token source (TOKEN_FILE, TOKEN_COMMAND, federation), by source and result.";
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (source, row) in RefreshSource::ALL.iter().zip(&self.token_refresh) {
             for (result, c) in RefreshResult::ALL.iter().zip(row) {

@@ -16,12 +16,13 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, FederationSource, TokenSource};
 use crate::credential::Credentials;
-use crate::intake::{self, Reload, Swapper, Updates};
+use crate::federation;
+use crate::intake::{self, Refresher, Reload, Swapper, Updates};
 use crate::limits;
 use crate::log::{Event, Log};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshSource};
 use crate::scrape;
 use crate::secret::Token;
 use crate::server;
@@ -105,7 +106,32 @@ impl Bound {
         &self,
         stdin: impl Read + Send + 'static,
     ) -> Result<(Token, Updates), StartError> {
-        intake::first_token(&self.cfg, stdin).map_err(StartError)
+        match &self.cfg.token_source {
+            TokenSource::Federation(src) => self.federated(src),
+            _ => intake::first_token(&self.cfg, stdin).map_err(StartError),
+        }
+    }
+
+    /// The first token from the federation exchange, and the refresher that exchanges again
+    /// (through a clone of the same connector) before it expires.
+    fn federated(&self, src: &FederationSource) -> Result<(Token, Updates), StartError> {
+        let (connector, target) = (self.connector.clone(), self.cfg.target.clone());
+        let header = self.cfg.token_header.clone();
+        let got = federation::exchange_blocking(&connector, &target, src, &header)
+            .map_err(|f| StartError(format!("proxy: federation: {}", f.why)))?;
+        let stale_grace = src.stale_grace;
+        let src = src.clone();
+        let refresher = Refresher {
+            fetch: Box::new(move || {
+                federation::exchange_blocking(&connector, &target, &src, &header)
+            }),
+            name: "the federation exchange",
+            source: RefreshSource::Federation,
+            every: None,
+            stale_grace,
+            expires: got.expires,
+        };
+        Ok((got.token, Updates::Fetch(refresher)))
     }
 
     /// Serves with `token` (and its replacements from `updates`) until [`Running::shutdown`].

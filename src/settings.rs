@@ -124,6 +124,31 @@ pub const SETTINGS: &[Setting] = &[
         "TOKEN_COMMAND failing: a token without expiry serves this long",
     ),
     s(
+        &["ANTHROPIC_FEDERATION_RULE_ID"],
+        "unset",
+        "Workload Identity Federation: the rule (fdrl_...)",
+    ),
+    s(
+        &["ANTHROPIC_ORGANIZATION_ID"],
+        "unset",
+        "federation: the organization (UUID)",
+    ),
+    s(
+        &["ANTHROPIC_SERVICE_ACCOUNT_ID"],
+        "unset",
+        "federation: the service account (svac_...)",
+    ),
+    s(
+        &["ANTHROPIC_WORKSPACE_ID"],
+        "unset",
+        "federation: the workspace (wrkspc_... or default)",
+    ),
+    s(
+        &["ANTHROPIC_IDENTITY_TOKEN_FILE"],
+        "unset",
+        "federation: the IdP's JWT, re-read for every exchange",
+    ),
+    s(
         &["ALLOW_REQUESTS"],
         "unset (all)",
         "METHOD /path[*], ... the sandbox may send",

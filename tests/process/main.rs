@@ -13,6 +13,7 @@ mod configuration;
 mod credential_confinement;
 mod credential_lifecycle;
 mod egress;
+mod federation;
 mod healthcheck;
 mod lifecycle;
 mod operator_signals;

@@ -15,6 +15,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("server", Layer::Io),
     ("connection", Layer::Io),
     ("exchange", Layer::Io),
+    ("federation", Layer::Io),
     ("state", Layer::Io),
     ("upstream", Layer::Io),
     ("readhead", Layer::Io),
