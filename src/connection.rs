@@ -527,11 +527,6 @@ fn record(proxy: &Proxy, about: &Logged<'_>, o: &Outcome) {
     }
     if o.credential_rejected {
         m.credential_rejected(o.status);
-        // A 401 (RFC 9110 §15.5.2) says the credential itself was refused: not ready until
-        // another generation is current. A 403 may be about the request, not the token.
-        if o.status == 401 {
-            proxy.creds.mark_rejected(about.generation);
-        }
         log.event(&Event::CredentialRejected {
             status: o.status,
             generation: about.generation,

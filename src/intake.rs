@@ -298,11 +298,19 @@ impl Swapper {
     /// Makes `token` current, unless it is the current one already: the same token again
     /// (a rewrite of the same content, a command's same answer) is no rotation and makes no
     /// generation.
-    fn swap(&self, token: Token) -> RefreshResult {
+    /// `from`: the re-read it came from, counted before the log line says it (a reader of
+    /// the log then finds the metrics in step).
+    fn swap(&self, token: Token, from: Option<RefreshSource>) {
+        let count = |result| {
+            if let Some(source) = from {
+                self.metrics.token_refreshed(source, result);
+            }
+        };
         if self.creds.holds(&token) {
+            count(RefreshResult::Unchanged);
             let g = self.creds.current().number;
             crate::log!(self.log, "token unchanged (generation {g})");
-            return RefreshResult::Unchanged;
+            return;
         }
         let locked = token.is_locked();
         let generation = self.creds.swap(token);
@@ -312,6 +320,7 @@ impl Swapper {
         self.metrics
             .token_last_change_ms
             .store(epoch_ms(SystemTime::now()), Ordering::Relaxed);
+        count(RefreshResult::Changed);
         self.log.event(&Event::TokenUpdated { generation });
         if !locked {
             crate::log!(
@@ -319,7 +328,6 @@ impl Swapper {
                 "warning: could not lock token generation {generation} in memory (mlock); it may be swapped"
             );
         }
-        RefreshResult::Changed
     }
 }
 
@@ -327,9 +335,7 @@ fn from_stdin(mut lines: TokenLines<Box<dyn Read + Send>>, to: &Swapper) {
     let log = &to.log;
     loop {
         match lines.next_line() {
-            Some(Ok(token)) => {
-                to.swap(token);
-            }
+            Some(Ok(token)) => to.swap(token, None),
             Some(Err(TokenError::Unreadable)) => {
                 let g = to.creds.current().number;
                 crate::log!(
@@ -402,8 +408,7 @@ fn look_at_file(
     }
     match read {
         Ok(token) => {
-            let result = to.swap(token);
-            to.count(RefreshSource::File, result, false);
+            to.swap(token, Some(RefreshSource::File));
         }
         Err(e) => {
             to.count(RefreshSource::File, RefreshResult::Failed, true);
@@ -455,9 +460,9 @@ fn run_refresher(mut r: Refresher, to: &Swapper, reload: &Reload, refetch: &Refe
         }
         match (r.fetch)() {
             Ok(got) => {
-                let result = to.swap(got.token);
-                to.count(r.source, result, false);
+                // The expiry first, so the metrics are in step once the log says "updated".
                 to.expires(got.expires);
+                to.swap(got.token, Some(r.source));
                 due = next_run(r.every, got.expires);
                 retry = TOKEN_RETRY_MIN;
             }

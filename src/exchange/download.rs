@@ -73,11 +73,12 @@ impl<'a> LiveMasks<'a> {
     }
 }
 
-/// What a 401 to this request does before its head is relayed: ask the token source for a
-/// new token and wait for it (see [`Refetch`]); present when the source can be re-read.
+/// What a 401 to this request does before its head is relayed: mark its generation
+/// rejected (readiness), and ask the token source for a new token and wait for it (see
+/// [`Refetch`]) when the source can be re-read.
 #[derive(Clone, Copy)]
 pub(super) struct OnRejection<'a> {
-    pub refetch: &'a Refetch,
+    pub refetch: Option<&'a Refetch>,
     pub generation: &'a Arc<Generation>,
 }
 
@@ -99,7 +100,7 @@ pub(super) struct Download<'a, R, W> {
     stashed: Option<io::Result<usize>>,
     /// The tokens masked in the head and the body.
     masks: LiveMasks<'a>,
-    /// Set by the exchange when the token source can be re-read.
+    /// Set by the exchange: the generation the request carries, and the re-fetch.
     pub(super) on_401: Option<OnRejection<'a>>,
 }
 
@@ -199,15 +200,20 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         }
     }
 
-    /// A 401 (RFC 9110 §15.5.2) to a request whose token can be replaced: before the head is
-    /// relayed, the source is asked for a new token (bounded by `REFETCH_WAIT`); when one
+    /// A 401 (RFC 9110 §15.5.2; a 403 may be about the request, not the token): the
+    /// generation is marked rejected, and, when the token can be replaced, before the head is
+    /// relayed the source is asked for a new token (bounded by `REFETCH_WAIT`); when one
     /// came, the head tells the client to retry.
     async fn after_rejection(&mut self, out: &mut Vec<u8>) {
         let Some(on) = self.on_401 else {
             return;
         };
-        if on
-            .refetch
+        // Before the client can see the 401: a readiness probe after it sees it not ready.
+        self.masks.creds.mark_rejected(on.generation.number);
+        let Some(refetch) = on.refetch else {
+            return;
+        };
+        if refetch
             .after_rejection(self.masks.creds, on.generation)
             .await
         {

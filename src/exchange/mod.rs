@@ -363,15 +363,15 @@ async fn race(
         dechunk: version == Version::Http10,
     };
     let creds = &x.proxy.creds;
-    let on_401 = x.proxy.refetch.as_deref().map(|refetch| OnRejection {
-        refetch,
+    let on_401 = OnRejection {
+        refetch: x.proxy.refetch.as_deref(),
         generation: x.generation,
-    });
+    };
     if body.is_done() {
         // The whole request went out with the head (the usual agent POST): relay the response
         // on the upstream connection itself, without splitting it.
         let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress, creds);
-        down.on_401 = on_401;
+        down.on_401 = Some(on_401);
         down.run(ctx, version, out).await;
         return Raced {
             upload: UploadState::Sent,
@@ -400,7 +400,7 @@ async fn race(
         );
         let mut download =
             Download::new(&mut upstream_read, &mut client_write, t, &progress, creds);
-        download.on_401 = on_401;
+        download.on_401 = Some(on_401);
         let mut upload = UploadState::Running;
         {
             let down = download.run(ctx, version, out);

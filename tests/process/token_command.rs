@@ -332,7 +332,7 @@ fn a_401_the_refetch_cannot_cure_is_relayed_unchanged_and_not_refetched_at_once(
     );
     let up = Upstream::plain().serve(knows_only("sk-ant-cmd-other"));
     let proxy = start(&up, &[("TOKEN_COMMAND", &cmd)]);
-    for _ in 0..3 {
+    for _ in 0..10 {
         let r = roundtrip(proxy.addr(), get("/v1/models"));
         assert_eq!(r.status(), 401);
         assert!(should_retry(&r).is_empty(), "{}", r.head.raw_str());
@@ -342,7 +342,9 @@ fn a_401_the_refetch_cannot_cure_is_relayed_unchanged_and_not_refetched_at_once(
         .unwrap()
         .lines()
         .count();
-    assert_eq!(runs, 2, "the start, then one re-fetch within the backoff");
+    // The start, then one re-fetch, and another only once the backoff (1 s, then 2 s) passed:
+    // ten quick 401s do not run it ten times.
+    assert!((2..=3).contains(&runs), "{runs} runs");
     let _ = fs::remove_dir_all(&dir);
 }
 
