@@ -38,6 +38,9 @@ pub fn error(problem: Problem, head_only: bool, close: bool, out: &mut Vec<u8>) 
     out.clear();
     push_status_line(out, status, reason(status).as_bytes());
     push_field(out, b"Content-Type", b"application/json");
+    if let Some(secs) = problem.retry_after() {
+        push_field(out, b"Retry-After", secs.to_string().as_bytes());
+    }
     end_head(out, body.len(), close);
     if !head_only {
         out.extend_from_slice(body.as_bytes());
@@ -96,6 +99,11 @@ mod tests {
             assert!(s.starts_with(&format!("HTTP/1.1 {status} ")), "{p:?}");
             assert!(s.contains(&format!("\"type\":\"{kind}\"")), "{p:?}");
         }
+        error(Problem::CredentialUnavailable, false, false, &mut out);
+        let s = String::from_utf8(out.clone()).unwrap();
+        assert!(s.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{s}");
+        assert!(s.contains("\r\nRetry-After: 10\r\n"), "{s}");
+        assert!(s.ends_with(r#""type":"api_error","message":"proxy: credential unavailable"}}"#));
         health(false, false, &mut out);
         assert!(out.ends_with(b"\r\n\r\nagent-loop-proxy ok"));
     }

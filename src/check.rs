@@ -27,6 +27,54 @@ pub fn check(cfg: &Config, log: Arc<Log>) -> Result<String, ConfigError> {
     Ok(effective(cfg))
 }
 
+/// The federation rows: the ids (no secrets) and the identity token file's path.
+fn federation_rows(source: &TokenSource) -> [String; 5] {
+    let TokenSource::Federation(f) = source else {
+        return std::array::from_fn(|_| "unset".to_string());
+    };
+    [
+        f.rule_id.clone(),
+        f.organization_id.clone(),
+        f.service_account_id.clone(),
+        f.workspace_id.clone().unwrap_or_else(|| "unset".into()),
+        f.identity_token_file.display().to_string(),
+    ]
+}
+
+/// `TOKEN_COMMAND`'s rows: the program's name and how many arguments (an argument may name a
+/// secret's path, so none is shown), the variables passed, the timeout and the interval.
+fn command_rows(source: &TokenSource) -> [String; 5] {
+    let unused = || "-".to_string();
+    let TokenSource::Command(c) = source else {
+        let grace = match source {
+            TokenSource::Federation(f) => duration(f.stale_grace),
+            _ => unused(),
+        };
+        return [
+            "unset".into(),
+            "unset (none)".into(),
+            unused(),
+            unused(),
+            grace,
+        ];
+    };
+    let program = std::path::Path::new(&c.argv[0])
+        .file_name()
+        .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+    let env = if c.env.is_empty() {
+        "unset (none)".into()
+    } else {
+        c.env.join(",")
+    };
+    [
+        format!("{program} and {} arguments", c.argv.len() - 1),
+        env,
+        duration(c.timeout),
+        c.refresh.map_or("0".into(), duration),
+        duration(c.stale_grace),
+    ]
+}
+
 /// The settings in effect, in the order of `--help`.
 pub fn effective(cfg: &Config) -> String {
     let set = |b: bool| if b { "set" } else { "unset" }.to_string();
@@ -42,7 +90,10 @@ pub fn effective(cfg: &Config) -> String {
         TokenSource::StdinOnce => ("unset".into(), "unset".into()),
         TokenSource::StdinUpdates => ("stdin".into(), "unset".into()),
         TokenSource::File(p) => ("unset".into(), p.display().to_string()),
+        TokenSource::Command(_) | TokenSource::Federation(_) => ("unset".into(), "unset".into()),
     };
+    let federation = federation_rows(&cfg.token_source);
+    let command = command_rows(&cfg.token_source);
     let mut rows: Vec<(&str, String)> = vec![
         ("LISTEN_ADDR:LISTEN_PORT", cfg.listen.to_string()),
         ("TARGET", cfg.target.to_string()),
@@ -53,6 +104,16 @@ pub fn effective(cfg: &Config) -> String {
         ("TOKEN_HEADER", cfg.token_header.name().to_string()),
         ("TOKEN_UPDATES", updates),
         ("TOKEN_FILE", file),
+        ("TOKEN_COMMAND", command[0].clone()),
+        ("TOKEN_COMMAND_ENV", command[1].clone()),
+        ("TOKEN_COMMAND_TIMEOUT", command[2].clone()),
+        ("TOKEN_REFRESH_INTERVAL", command[3].clone()),
+        ("TOKEN_STALE_GRACE", command[4].clone()),
+        ("ANTHROPIC_FEDERATION_RULE_ID", federation[0].clone()),
+        ("ANTHROPIC_ORGANIZATION_ID", federation[1].clone()),
+        ("ANTHROPIC_SERVICE_ACCOUNT_ID", federation[2].clone()),
+        ("ANTHROPIC_WORKSPACE_ID", federation[3].clone()),
+        ("ANTHROPIC_IDENTITY_TOKEN_FILE", federation[4].clone()),
         (
             "ALLOW_REQUESTS",
             cfg.allow

@@ -88,6 +88,45 @@ pub enum TokenSource {
     StdinUpdates,
     /// `TOKEN_FILE`: read from this file, and again whenever it changes.
     File(PathBuf),
+    /// `TOKEN_COMMAND`: the output of a program, run again before the token expires.
+    Command(CommandSource),
+    /// Anthropic Workload Identity Federation: the IdP's JWT exchanged for a short-lived
+    /// token at TARGET's `/v1/oauth/token`, again before it expires.
+    Federation(FederationSource),
+}
+
+/// The federation settings, with Anthropic's own variable names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationSource {
+    /// `ANTHROPIC_FEDERATION_RULE_ID` (`fdrl_...`).
+    pub rule_id: String,
+    /// `ANTHROPIC_ORGANIZATION_ID` (a UUID).
+    pub organization_id: String,
+    /// `ANTHROPIC_SERVICE_ACCOUNT_ID` (`svac_...`).
+    pub service_account_id: String,
+    /// `ANTHROPIC_WORKSPACE_ID` (`wrkspc_...` or `default`), when the rule has several.
+    pub workspace_id: Option<String>,
+    /// `ANTHROPIC_IDENTITY_TOKEN_FILE`: the IdP's JWT, read again for every exchange.
+    pub identity_token_file: PathBuf,
+    /// `TOKEN_STALE_GRACE`, for an answer without `expires_in`.
+    pub stale_grace: Duration,
+}
+
+/// `TOKEN_COMMAND` and the settings that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSource {
+    /// The program and its arguments, run directly (no shell).
+    pub argv: Vec<String>,
+    /// `TOKEN_COMMAND_ENV`: the names of the variables passed through; no other reaches it.
+    pub env: Vec<String>,
+    /// `TOKEN_COMMAND_TIMEOUT`: then its process group is killed.
+    pub timeout: Duration,
+    /// `TOKEN_REFRESH_INTERVAL`: run again this often when the answer gives no expiry;
+    /// `None` (0, the default): only when asked (SIGHUP).
+    pub refresh: Option<Duration>,
+    /// `TOKEN_STALE_GRACE`: how long a token without a known expiry keeps serving once the
+    /// command fails.
+    pub stale_grace: Duration,
 }
 
 /// The phantom token (`PHANTOM_TOKEN`): the sandbox's proof that it may use the proxy.
@@ -207,16 +246,7 @@ impl Config {
         if let Some(h) = var("TOKEN_HEADER") {
             self.token_header = token_header(&h)?;
         }
-        self.token_source = match (var("TOKEN_UPDATES").as_deref(), var("TOKEN_FILE")) {
-            (None, None) => TokenSource::StdinOnce,
-            (Some("stdin"), None) => TokenSource::StdinUpdates,
-            (Some("stdin"), Some(_)) => {
-                let why = "cannot be combined with TOKEN_UPDATES=stdin (one source of tokens)";
-                return Err(err("TOKEN_FILE", why));
-            }
-            (Some(_), _) => return Err(err("TOKEN_UPDATES", "must be stdin (or unset)")),
-            (None, Some(path)) => TokenSource::File(PathBuf::from(path)),
-        };
+        self.token_source = token_source(var)?;
         if let Some(list) = var("ALLOW_REQUESTS") {
             let list = AllowList::parse(&list).map_err(|r| err("ALLOW_REQUESTS", r))?;
             self.allow = Some(list);
@@ -229,6 +259,134 @@ impl Config {
         };
         Ok(())
     }
+}
+
+/// Where the token comes from: exactly one source so an
+/// operator never wonders which of two wins; two together name both.
+fn token_source(var: &impl Fn(&'static str) -> Option<String>) -> Result<TokenSource, ConfigError> {
+    let err = ConfigError::new;
+    let updates = match var("TOKEN_UPDATES").as_deref() {
+        None => false,
+        Some("stdin") => true,
+        Some(_) => return Err(err("TOKEN_UPDATES", "must be stdin (or unset)")),
+    };
+    let file = var("TOKEN_FILE");
+    let command = var("TOKEN_COMMAND");
+    let federation = FEDERATION_REQUIRED.iter().any(|n| var(n).is_some());
+    let given: Vec<&'static str> = [
+        ("TOKEN_UPDATES=stdin", updates),
+        ("TOKEN_FILE", file.is_some()),
+        ("TOKEN_COMMAND", command.is_some()),
+        ("ANTHROPIC_FEDERATION_RULE_ID", federation),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| *name)
+    .collect();
+    if let [first, second, ..] = given[..] {
+        let setting = second.split('=').next().unwrap_or(second);
+        let why = format!("cannot be combined with {first} (one source of tokens)");
+        return Err(ConfigError::new(setting, why));
+    }
+    Ok(match (updates, file, command) {
+        (true, _, _) => TokenSource::StdinUpdates,
+        (_, Some(path), _) => TokenSource::File(PathBuf::from(path)),
+        (_, _, Some(argv)) => TokenSource::Command(command_source(var, &argv)?),
+        _ if federation => TokenSource::Federation(federation_source(var)?),
+        _ => TokenSource::StdinOnce,
+    })
+}
+
+/// The federation variables any one of which turns federation on; all are then required.
+const FEDERATION_REQUIRED: [&str; 4] = [
+    "ANTHROPIC_FEDERATION_RULE_ID",
+    "ANTHROPIC_ORGANIZATION_ID",
+    "ANTHROPIC_SERVICE_ACCOUNT_ID",
+    "ANTHROPIC_IDENTITY_TOKEN_FILE",
+];
+
+/// The federation settings: every id visible ASCII (they go into a JSON body and are no
+/// secret), the identity token file readable.
+fn federation_source(
+    var: &impl Fn(&'static str) -> Option<String>,
+) -> Result<FederationSource, ConfigError> {
+    let id = |name: &'static str| -> Result<Option<String>, ConfigError> {
+        match var(name) {
+            None => Ok(None),
+            Some(v)
+                if v.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
+            {
+                Ok(Some(v))
+            }
+            Some(_) => Err(ConfigError::new(name, "must be an id of visible ASCII")),
+        }
+    };
+    let required = |name: &'static str| -> Result<String, ConfigError> {
+        id(name)?.ok_or(ConfigError::new(
+            name,
+            "is required with the other federation variables",
+        ))
+    };
+    let file = PathBuf::from(required("ANTHROPIC_IDENTITY_TOKEN_FILE")?);
+    if !file.is_file() {
+        let why = "is not a readable file";
+        return Err(ConfigError::new("ANTHROPIC_IDENTITY_TOKEN_FILE", why));
+    }
+    let mut stale_grace = limits::TOKEN_STALE_GRACE;
+    duration(var, "TOKEN_STALE_GRACE", &mut stale_grace)?;
+    Ok(FederationSource {
+        rule_id: required("ANTHROPIC_FEDERATION_RULE_ID")?,
+        organization_id: required("ANTHROPIC_ORGANIZATION_ID")?,
+        service_account_id: required("ANTHROPIC_SERVICE_ACCOUNT_ID")?,
+        workspace_id: id("ANTHROPIC_WORKSPACE_ID")?,
+        identity_token_file: file,
+        stale_grace,
+    })
+}
+
+/// `TOKEN_COMMAND` (a JSON array of strings: argv, program first) and its settings.
+fn command_source(
+    var: &impl Fn(&'static str) -> Option<String>,
+    argv: &str,
+) -> Result<CommandSource, ConfigError> {
+    let why = "must be a JSON array of strings, the program first, like [\"op\", \"read\", \"op://v/i/f\"]";
+    let argv = crate::flatjson::string_array(argv.as_bytes())
+        .ok()
+        .filter(|a| a.first().is_some_and(|p| !p.is_empty()))
+        .filter(|a| a.iter().all(|s| !s.contains('\0')))
+        .ok_or(ConfigError::new("TOKEN_COMMAND", why))?;
+    let mut env = Vec::new();
+    for name in var("TOKEN_COMMAND_ENV").iter().flat_map(|l| l.split(',')) {
+        let name = name.trim();
+        let ok = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            let why = "must be a comma list of variable names";
+            return Err(ConfigError::new("TOKEN_COMMAND_ENV", why));
+        }
+        env.push(name.to_string());
+    }
+    let mut timeout = limits::TOKEN_COMMAND_TIMEOUT;
+    duration(var, "TOKEN_COMMAND_TIMEOUT", &mut timeout)?;
+    let refresh = match var("TOKEN_REFRESH_INTERVAL").as_deref() {
+        None | Some("0") => None,
+        Some(_) => {
+            let mut every = Duration::ZERO;
+            duration(var, "TOKEN_REFRESH_INTERVAL", &mut every)?;
+            Some(every)
+        }
+    };
+    let mut stale_grace = limits::TOKEN_STALE_GRACE;
+    duration(var, "TOKEN_STALE_GRACE", &mut stale_grace)?;
+    Ok(CommandSource {
+        argv,
+        env,
+        timeout,
+        refresh,
+        stale_grace,
+    })
 }
 
 /// `TOKEN_HEADER`: `authorization` (Bearer), `x-api-key`, or any other field name for the raw
@@ -417,95 +575,4 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_vars(|k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn defaults_match_the_design() {
-        let c = from(&[]).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:18080".parse().unwrap());
-        assert_eq!(c.target.to_string(), "https://api.anthropic.com");
-        assert_eq!(c.target.port, 443);
-        assert_eq!(c.target.authority, "api.anthropic.com");
-        assert!(c.phantom.is_none());
-    }
-
-    #[test]
-    fn bad_settings_name_the_setting() {
-        let cases = [
-            ("LISTEN_PORT", "x"),
-            ("LISTEN_PORT", "70000"),
-            ("LISTEN_ADDR", "localhost"),
-            ("TARGET", "https://user:secret@host"),
-            ("TOKEN_HEADER", "cookie"),
-            ("TOKEN_HEADER", "x_goog_api_key"),
-            ("TOKEN_HEADER", "x-goog api key"),
-            ("TOKEN_UPDATES", "file"),
-            ("ALLOW_REQUESTS", "post /v1/messages"),
-            ("METRICS_ADDR", "localhost:9464"),
-            ("LOG_FORMAT", "xml"),
-            ("OAUTH_BETA", "yes"),
-            ("HEADER_TIMEOUT", "0"),
-            ("HEADER_TIMEOUT", "5h"),
-            ("MAX_HEADERS", "-1"),
-            ("MAX_HEADERS", "2"),
-            ("TARGET_CA_FILE", "/nonexistent/ca.pem"),
-            ("PHANTOM_TOKEN", "has space"),
-        ];
-        for (k, v) in cases {
-            let e = from(&[(k, v)]).unwrap_err();
-            assert_eq!(e.setting, k);
-            assert!(e.to_string().starts_with(&format!("proxy: {k}: ")));
-            assert!(!e.to_string().contains("secret"));
-        }
-    }
-
-    #[test]
-    fn token_sources_and_headers() {
-        let c = from(&[
-            ("TOKEN_HEADER", "X-Goog-Api-Key"),
-            ("TOKEN_UPDATES", "stdin"),
-        ])
-        .unwrap();
-        assert_eq!(c.token_header, TokenHeader::Custom("x-goog-api-key".into()));
-        assert_eq!(c.token_source, TokenSource::StdinUpdates);
-        let e = from(&[("TOKEN_UPDATES", "stdin"), ("TOKEN_FILE", "/run/secrets/t")]);
-        assert_eq!(e.unwrap_err().setting, "TOKEN_FILE");
-        let c = from(&[("TOKEN_FILE", "/run/secrets/t")]).unwrap();
-        assert_eq!(c.token_source, TokenSource::File("/run/secrets/t".into()));
-    }
-
-    /// The defaults `--help` and the README state are the parser's: setting each to its
-    /// stated default changes nothing.
-    #[test]
-    fn the_settings_table_states_the_parsers_defaults() {
-        let plain = format!("{:?}", from(&[]).unwrap());
-        for s in crate::settings::SETTINGS {
-            if s.default.starts_with("unset") {
-                continue;
-            }
-            let set = from(&[(s.names[0], s.default)]).unwrap();
-            assert_eq!(format!("{set:?}"), plain, "{}", s.names[0]);
-        }
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("15s"), Some(Duration::from_secs(15)));
-        assert_eq!(parse_duration("15"), Some(Duration::from_secs(15)));
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        for bad in ["", "s", "0", "0ms", "1.5s", "-1", "99999999999"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-    }
-}
+mod tests;

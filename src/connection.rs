@@ -197,6 +197,11 @@ impl Session {
                 let p = Problem::NotAllowed;
                 client.answer(proxy, &req, p, refused, terms, out).await
             }
+            // Past its expiry, or the stale grace of a failing source: nothing is forwarded.
+            (Route::Forward, true, true) if !proxy.creds.usable() => {
+                let p = Problem::CredentialUnavailable;
+                client.answer(proxy, &req, p, refused, terms, out).await
+            }
             (Route::Forward, true, true) => {
                 // In the mask set of every response from now on, before the credential goes
                 // upstream; the response masks the set as it grows (see `credential`).
@@ -206,6 +211,7 @@ impl Session {
                     req: &req,
                     up_head: &self.up_head,
                     terms,
+                    generation: g,
                 };
                 let o = client.forward(&x, out).await;
                 // The credential is not needed until the next request: wipe it now.

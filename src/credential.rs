@@ -105,6 +105,12 @@ pub struct Credentials {
     notify: watch::Sender<u64>,
     /// Decides each generation's `oauth_beta`.
     beta: BetaRule,
+    /// Until when (milliseconds since the Unix epoch) the current token may be sent; 0: for
+    /// as long as it is current. Set by the source (the token's expiry, or the stale grace
+    /// once a source fails); one load per request.
+    usable_until_ms: AtomicU64,
+    /// The generation the upstream last answered 401 to (0: none).
+    rejected: AtomicU64,
 }
 
 impl Credentials {
@@ -124,6 +130,8 @@ impl Credentials {
             last_number: AtomicU64::new(1),
             notify: watch::Sender::new(1),
             beta,
+            usable_until_ms: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -139,6 +147,59 @@ impl Credentials {
     /// Whether `g` is still the current generation.
     pub fn is_current(&self, g: &Arc<Generation>) -> bool {
         Arc::ptr_eq(&self.lock().current, g)
+    }
+
+    /// Whether `token` is the current generation's token: an update that brings it again is
+    /// no rotation. Compared in time independent of where the bytes differ.
+    pub fn holds(&self, token: &Token) -> bool {
+        let current = self.current();
+        let (a, b) = (current.token.as_bytes(), token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
+    }
+
+    /// Sets until when the current token may be sent (`None`: for as long as it is current).
+    pub fn set_usable_until(&self, until: Option<std::time::SystemTime>) {
+        let ms = until.map_or(0, |t| {
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis());
+            u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+        });
+        self.usable_until_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Until when the current token may be sent, if there is a limit.
+    pub fn usable_until(&self) -> Option<std::time::SystemTime> {
+        match self.usable_until_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// Whether the current token may be sent now: no request goes upstream with a token past
+    /// its expiry, or past the stale grace of a failing source.
+    pub fn usable(&self) -> bool {
+        self.usable_until()
+            .is_none_or(|until| std::time::SystemTime::now() < until)
+    }
+
+    /// The upstream answered 401 to a request that carried generation `number`.
+    pub fn mark_rejected(&self, number: u64) {
+        self.rejected.fetch_max(number, Ordering::SeqCst);
+    }
+
+    /// Readiness (`GET /ready`): a usable token is held and the upstream has not rejected
+    /// the current generation; else the one-line reason.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.usable() {
+            return Err(
+                "no usable token: the token source is failing past the token's expiry or grace",
+            );
+        }
+        if self.rejected.load(Ordering::SeqCst) == self.current().number {
+            return Err("the upstream rejected the current token (401)");
+        }
+        Ok(())
     }
 
     /// A receiver that wakes when the current generation changes.
@@ -264,6 +325,41 @@ mod tests {
             0,
             "the first token was dropped (and wiped)"
         );
+    }
+
+    #[test]
+    fn the_store_tells_the_current_token_again() {
+        let c = Credentials::new(token("sk-first"), OFF);
+        assert!(c.holds(&token("sk-first")));
+        assert!(!c.holds(&token("sk-firs")) && !c.holds(&token("sk-firsT")));
+        c.swap(token("sk-second"));
+        assert!(!c.holds(&token("sk-first")) && c.holds(&token("sk-second")));
+    }
+
+    #[test]
+    fn a_token_is_usable_until_its_limit() {
+        use std::time::{Duration, SystemTime};
+        let c = Credentials::new(token("sk-first"), OFF);
+        assert!(c.usable() && c.usable_until().is_none());
+        c.set_usable_until(Some(SystemTime::now() + Duration::from_secs(60)));
+        assert!(c.usable());
+        c.set_usable_until(Some(SystemTime::now() - Duration::from_secs(1)));
+        assert!(!c.usable());
+        c.set_usable_until(Some(std::time::UNIX_EPOCH));
+        assert!(!c.usable(), "the epoch itself is a limit, not none");
+        c.set_usable_until(None);
+        assert!(c.usable());
+        assert_eq!(c.readiness(), Ok(()));
+        c.mark_rejected(1);
+        assert!(c.readiness().unwrap_err().contains("rejected"));
+        c.swap(token("sk-second"));
+        assert_eq!(
+            c.readiness(),
+            Ok(()),
+            "a new generation is not rejected yet"
+        );
+        c.set_usable_until(Some(std::time::UNIX_EPOCH));
+        assert!(c.readiness().unwrap_err().contains("no usable token"));
     }
 
     #[test]

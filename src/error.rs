@@ -17,6 +17,8 @@ pub enum Side {
     /// TARGET (or the egress proxy on the way) was unreachable, too slow, or sent something
     /// we cannot frame.
     Upstream,
+    /// The proxy holds no usable token: its source failed for too long.
+    Credential,
 }
 
 impl Side {
@@ -25,6 +27,7 @@ impl Side {
         match self {
             Side::Client => "client",
             Side::Upstream => "upstream",
+            Side::Credential => "credential",
         }
     }
 }
@@ -88,6 +91,7 @@ labelled! {
         TlsFailure = "tls_failure",
         UpstreamMalformed = "upstream_malformed",
         ClientGone = "client_gone",
+        CredentialUnavailable = "credential_unavailable",
     }
 }
 
@@ -192,7 +196,15 @@ pub enum Problem {
     /// A possible token prefix was held while the upstream's framing after it outgrew
     /// `RELAY_HOLD_MAX`: the response is cut rather than the prefix released unmasked.
     UpstreamHoldOverflow,
+    // --- the credential ---
+    /// The token source failed past the token's expiry (or the stale grace): no usable token
+    /// is held, so nothing is forwarded.
+    CredentialUnavailable,
 }
+
+/// The `Retry-After` (RFC 9110 §10.2.3) of a [`Problem::CredentialUnavailable`] answer, in
+/// seconds: about when the source's next retry may have brought a token.
+pub const CREDENTIAL_RETRY_AFTER: u32 = 10;
 
 /// Everything said about one problem, chosen together in [`Problem::attrs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +224,17 @@ struct Attrs {
 const fn client(status: u16, reason: Reason, message: &'static str) -> Attrs {
     Attrs {
         side: Side::Client,
+        status,
+        reason,
+        step: None,
+        message,
+    }
+}
+
+/// The credential: no usable token to send.
+const fn credential(status: u16, reason: Reason, message: &'static str) -> Attrs {
+    Attrs {
+        side: Side::Credential,
         status,
         reason,
         step: None,
@@ -299,6 +322,8 @@ impl Problem {
             UpstreamEncoded => upstream(502, R::UpstreamMalformed, "upstream response is content-encoded"),
             UpstreamClosed => upstream(502, R::UpstreamMalformed, "upstream closed mid-response"),
             UpstreamHoldOverflow => upstream(502, R::UpstreamMalformed, "upstream framing outgrew the token-masking hold"),
+            // --- the credential (RFC 9110 §15.6.4: temporary) ---
+            CredentialUnavailable => credential(503, R::CredentialUnavailable, "credential unavailable"),
         }
     }
 
@@ -337,6 +362,14 @@ impl Problem {
             502 | 503 => "api_error",
             504 => "timeout_error",
             _ => "invalid_request_error",
+        }
+    }
+
+    /// Seconds for `Retry-After`, for a problem that passes on its own.
+    pub fn retry_after(self) -> Option<u32> {
+        match self {
+            Problem::CredentialUnavailable => Some(CREDENTIAL_RETRY_AFTER),
+            _ => None,
         }
     }
 

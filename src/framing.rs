@@ -489,7 +489,8 @@ pub fn chunk_problem(e: ChunkError) -> Problem {
 
 /// A naive whole-input chunked decoder, written independently of [`ChunkedDecoder`] (line by
 /// line with slices, no state machine), as the oracle for split-point tests and the `chunked`
-/// fuzz target. Not used by the proxy.
+/// fuzz target; and for the one body the proxy reads whole, a federation token exchange's
+/// answer (`federation`), where a streaming decoder buys nothing.
 ///
 /// Returns `Ok(Some((payload, consumed)))` for a complete body, `Ok(None)` when the input ends
 /// early (the unterminated tail is not checked), or an error for any complete line that breaks

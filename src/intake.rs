@@ -18,13 +18,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::command::{self, Failed, Fetched};
 use crate::config::{Config, TokenSource};
 use crate::credential::Credentials;
-use crate::limits::{TOKEN_FILE_POLL, TOKEN_FILE_SETTLE, TOKEN_FILE_START_WAIT};
+use crate::limits::{
+    TOKEN_FILE_POLL, TOKEN_FILE_SETTLE, TOKEN_FILE_START_WAIT, TOKEN_RETRY_MAX, TOKEN_RETRY_MIN,
+};
 use crate::log::{Event, Log};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshResult, RefreshSource};
+use crate::refetch::Refetch;
 use crate::secret::{Token, TokenError, TokenHeader, TokenLines};
 
 /// Where the replacements come from, once the first token is in.
@@ -39,6 +43,24 @@ pub enum Updates {
         header: TokenHeader,
         seen: Option<Fingerprint>,
     },
+    /// A source asked again before the token expires (or on its interval): `TOKEN_COMMAND`,
+    /// the federation exchange.
+    Fetch(Refresher),
+}
+
+/// A source the proxy asks for a token itself, and when to ask it again.
+pub struct Refresher {
+    /// One run of the source: a token and its expiry, or a fixed reason.
+    pub fetch: Box<dyn FnMut() -> Result<Fetched, Failed> + Send>,
+    /// Its setting, for the log and SIGHUP's line (`TOKEN_COMMAND`, ...).
+    pub name: &'static str,
+    pub source: RefreshSource,
+    /// Asked again this often when the token has no known expiry; `None`: only when asked.
+    pub every: Option<Duration>,
+    /// How long a token without a known expiry serves on once the source fails.
+    pub stale_grace: Duration,
+    /// The first token's expiry.
+    pub expires: Option<SystemTime>,
 }
 
 /// What tells a file's versions apart, following symlinks: a swapped symlink or a replaced
@@ -106,6 +128,26 @@ pub fn first_token(
             let path = path.clone();
             Ok((token, Updates::File { path, header, seen }))
         }
+        TokenSource::Command(src) => {
+            let got = command::fetch(src, &header)
+                .map_err(|f| format!("proxy: TOKEN_COMMAND: {}", f.why))?;
+            let (every, stale_grace) = (src.refresh, src.stale_grace);
+            let src = src.clone();
+            let refresher = Refresher {
+                fetch: Box::new(move || command::fetch(&src, &header)),
+                name: "TOKEN_COMMAND",
+                source: RefreshSource::Command,
+                every,
+                stale_grace,
+                expires: got.expires,
+            };
+            Ok((got.token, Updates::Fetch(refresher)))
+        }
+        // The exchange goes through the upstream connector: `run::Bound::first_token` does
+        // it, and this layer never sees a federation source.
+        TokenSource::Federation(_) => {
+            Err("proxy: federation: no connector to exchange with".into())
+        }
     }
 }
 
@@ -153,22 +195,33 @@ pub struct Swapper {
     pub log: Arc<Log>,
 }
 
-/// Asks the `TOKEN_FILE` watcher to look at the file now instead of at its next poll: the
-/// operator's SIGHUP after replacing it.
-#[derive(Clone, Default)]
-pub struct Reload(Arc<(Mutex<bool>, Condvar)>);
+/// Asks the `TOKEN_FILE` watcher to look at the file now instead of at its next poll, or the
+/// `TOKEN_COMMAND` runner to run it now: the operator's SIGHUP.
+#[derive(Clone)]
+pub struct Reload {
+    wake: Arc<(Mutex<bool>, Condvar)>,
+    /// The setting re-read (`TOKEN_FILE`, `TOKEN_COMMAND`), for the log.
+    pub source: &'static str,
+}
 
 impl Reload {
+    fn new(source: &'static str) -> Reload {
+        Reload {
+            wake: Arc::default(),
+            source,
+        }
+    }
+
     /// Wakes the watcher; it reads the file if a new version is there.
     pub fn request(&self) {
-        let (asked, wake) = &*self.0;
+        let (asked, wake) = &*self.wake;
         *asked.lock().unwrap_or_else(|e| e.into_inner()) = true;
         wake.notify_one();
     }
 
     /// Waits up to `poll`, or until asked; returns whether asked (and clears it).
     fn wait(&self, poll: Duration) -> bool {
-        let (asked, wake) = &*self.0;
+        let (asked, wake) = &*self.wake;
         let guard = asked.lock().unwrap_or_else(|e| e.into_inner());
         let (mut guard, _) = wake
             .wait_timeout_while(guard, poll, |asked| !*asked)
@@ -178,20 +231,33 @@ impl Reload {
 }
 
 /// Starts the thread that swaps replacements into `to.creds`, if there are any to wait for;
-/// for `TOKEN_FILE`, returns the handle that makes it look at the file now.
-pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<Reload> {
+/// for a source that can be re-read (`TOKEN_FILE`, `TOKEN_COMMAND`), returns the handle that
+/// makes it look now (SIGHUP) and the one a 401 asks for a new token through.
+pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<(Reload, Arc<Refetch>)> {
     let log = to.log.clone();
-    let mut reload = None;
+    let reread = |source| {
+        let reload = Reload::new(source);
+        let wake = reload.clone();
+        let refetch = Refetch::new(Box::new(move || wake.request()));
+        (reload, refetch)
+    };
+    let mut handles = None;
     let body: Box<dyn FnOnce() + Send> = match updates {
         Updates::None => return None,
         Updates::Stdin(lines) => Box::new(move || from_stdin(lines, &to)),
         Updates::File { path, header, seen } => {
-            let asked = Reload::default();
-            reload = Some(asked.clone());
-            Box::new(move || watch_file(&path, &header, seen, &to, &asked))
+            let (reload, refetch) = reread("TOKEN_FILE");
+            handles = Some((reload.clone(), refetch.clone()));
+            Box::new(move || watch_file(&path, &header, seen, &to, &reload, &refetch))
+        }
+        Updates::Fetch(refresher) => {
+            let (reload, refetch) = reread(refresher.name);
+            handles = Some((reload.clone(), refetch.clone()));
+            Box::new(move || run_refresher(refresher, &to, &reload, &refetch))
         }
     };
-    // A thread, not a task: both sources block (a pipe read, a sleep between stats).
+    // A thread, not a task: every source blocks (a pipe read, a sleep between stats, a
+    // helper's run).
     let spawned = std::thread::Builder::new()
         .name("token-updates".into())
         .spawn(body);
@@ -202,16 +268,59 @@ pub fn spawn_updates(updates: Updates, to: Swapper) -> Option<Reload> {
         );
         return None;
     }
-    reload
+    handles
+}
+
+/// Milliseconds since the Unix epoch (0 before it), as the metrics keep times.
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Swapper {
-    fn swap(&self, token: Token) {
+    /// Counts a re-read of `source` (and a refused token).
+    fn count(&self, source: RefreshSource, result: RefreshResult, refused: bool) {
+        self.metrics.token_refreshed(source, result);
+        if refused {
+            self.metrics
+                .token_updates_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The current token's known expiry: the store's limit and the metric.
+    fn expires(&self, at: Option<SystemTime>) {
+        self.creds.set_usable_until(at);
+        let ms = at.map_or(0, |t| epoch_ms(t).max(1));
+        self.metrics.token_expiry_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Makes `token` current, unless it is the current one already: the same token again
+    /// (a rewrite of the same content, a command's same answer) is no rotation and makes no
+    /// generation.
+    /// `from`: the re-read it came from, counted before the log line says it (a reader of
+    /// the log then finds the metrics in step).
+    fn swap(&self, token: Token, from: Option<RefreshSource>) {
+        let count = |result| {
+            if let Some(source) = from {
+                self.metrics.token_refreshed(source, result);
+            }
+        };
+        if self.creds.holds(&token) {
+            count(RefreshResult::Unchanged);
+            let g = self.creds.current().number;
+            crate::log!(self.log, "token unchanged (generation {g})");
+            return;
+        }
         let locked = token.is_locked();
         let generation = self.creds.swap(token);
         self.metrics
             .token_generation
             .store(generation, Ordering::Relaxed);
+        self.metrics
+            .token_last_change_ms
+            .store(epoch_ms(SystemTime::now()), Ordering::Relaxed);
+        count(RefreshResult::Changed);
         self.log.event(&Event::TokenUpdated { generation });
         if !locked {
             crate::log!(
@@ -226,7 +335,7 @@ fn from_stdin(mut lines: TokenLines<Box<dyn Read + Send>>, to: &Swapper) {
     let log = &to.log;
     loop {
         match lines.next_line() {
-            Some(Ok(token)) => to.swap(token),
+            Some(Ok(token)) => to.swap(token, None),
             Some(Err(TokenError::Unreadable)) => {
                 let g = to.creds.current().number;
                 crate::log!(
@@ -235,7 +344,12 @@ fn from_stdin(mut lines: TokenLines<Box<dyn Read + Send>>, to: &Swapper) {
                 );
                 return;
             }
-            Some(Err(e)) => crate::log!(log, "token update refused: {}", e.reason()),
+            Some(Err(e)) => {
+                to.metrics
+                    .token_updates_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                crate::log!(log, "token update refused: {}", e.reason());
+            }
             None => {
                 let g = to.creds.current().number;
                 crate::log!(log, "token updates: stdin closed; keeping generation {g}");
@@ -251,6 +365,7 @@ fn watch_file(
     seen: Option<Fingerprint>,
     to: &Swapper,
     reload: &Reload,
+    refetch: &Refetch,
 ) {
     let mut watch = FileWatch::new(seen);
     loop {
@@ -259,31 +374,116 @@ fn watch_file(
         if Arc::strong_count(&to.creds) == 1 {
             return;
         }
-        let now = fingerprint(path);
-        let due = if asked {
-            due_on_request(&mut watch, now, to)
-        } else {
-            watch.settled(now, Instant::now())
-        };
-        if !due {
+        // A rejection's re-fetch is a request to look now, as SIGHUP is.
+        let round = refetch.take();
+        look_at_file(path, header, &mut watch, asked, to);
+        if let Some(r) = round {
+            refetch.finish(r);
+        }
+    }
+}
+
+/// One look at `TOKEN_FILE`: read it if a new version settled (or, `asked`, is there).
+fn look_at_file(
+    path: &Path,
+    header: &TokenHeader,
+    watch: &mut FileWatch,
+    asked: bool,
+    to: &Swapper,
+) {
+    let now = fingerprint(path);
+    let due = if asked {
+        due_on_request(watch, now, to)
+    } else {
+        watch.settled(now, Instant::now())
+    };
+    if !due {
+        return;
+    }
+    let read = read_file(path, header);
+    // A write that began during the read makes it a torn one: wait for that version to
+    // settle instead (the token read is dropped, and wiped, unused).
+    if !watch.read_done(now, fingerprint(path), Instant::now()) {
+        return;
+    }
+    match read {
+        Ok(token) => {
+            to.swap(token, Some(RefreshSource::File));
+        }
+        Err(e) => {
+            to.count(RefreshSource::File, RefreshResult::Failed, true);
+            let g = to.creds.current().number;
+            let why = file_reason(e);
+            crate::log!(
+                to.log,
+                "token update refused: TOKEN_FILE {why}; keeping generation {g}"
+            );
+        }
+    }
+}
+
+/// When to run the command again after a token that expires at `expires` (or none) came in.
+fn next_run(every: Option<Duration>, expires: Option<SystemTime>) -> Option<Instant> {
+    let after = match expires {
+        Some(at) => {
+            let lifetime = at.duration_since(SystemTime::now()).unwrap_or_default();
+            command::refresh_after(lifetime, command::jitter())
+        }
+        None => every?,
+    };
+    // A token that expired already (or nearly) is not asked for again at once, in a loop.
+    Some(Instant::now() + after.max(TOKEN_RETRY_MIN))
+}
+
+/// Asks the source (`TOKEN_COMMAND`, the federation exchange) again when due (before the
+/// token expires, on its interval) or asked (SIGHUP, a 401). A failure keeps the current
+/// token until its expiry (or, without one, for the stale grace) and is retried after
+/// [`TOKEN_RETRY_MIN`], doubling up to [`TOKEN_RETRY_MAX`]; past that, requests are answered
+/// 503 (the store says the token is not usable). One thread: one run at a time.
+fn run_refresher(mut r: Refresher, to: &Swapper, reload: &Reload, refetch: &Refetch) {
+    let mut due = next_run(r.every, r.expires);
+    let mut retry = TOKEN_RETRY_MIN;
+    to.expires(r.expires);
+    loop {
+        let poll = due.map_or(TOKEN_FILE_POLL, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(TOKEN_FILE_POLL)
+        });
+        let asked = reload.wait(poll);
+        // The proxy is gone (a library user stopped it): nothing needs a token any more.
+        if Arc::strong_count(&to.creds) == 1 {
+            return;
+        }
+        let round = refetch.take();
+        if !asked && round.is_none() && due.is_none_or(|d| Instant::now() < d) {
             continue;
         }
-        let read = read_file(path, header);
-        // A write that began during the read makes it a torn one: wait for that version to
-        // settle instead (the token read is dropped, and wiped, unused).
-        if !watch.read_done(now, fingerprint(path), Instant::now()) {
-            continue;
-        }
-        match read {
-            Ok(token) => to.swap(token),
-            Err(e) => {
-                let g = to.creds.current().number;
-                let why = file_reason(e);
+        match (r.fetch)() {
+            Ok(got) => {
+                // The expiry first, so the metrics are in step once the log says "updated".
+                to.expires(got.expires);
+                to.swap(got.token, Some(r.source));
+                due = next_run(r.every, got.expires);
+                retry = TOKEN_RETRY_MIN;
+            }
+            Err(failed) => {
+                to.count(r.source, RefreshResult::Failed, failed.refused);
+                let (g, why, name) = (to.creds.current().number, failed.why, r.name);
                 crate::log!(
                     to.log,
-                    "token update refused: TOKEN_FILE {why}; keeping generation {g}"
+                    "token refresh failed: {name} {why}; keeping generation {g}"
                 );
+                // Without a known expiry, the token serves on for the stale grace only.
+                if to.creds.usable_until().is_none() {
+                    to.creds
+                        .set_usable_until(Some(SystemTime::now() + r.stale_grace));
+                }
+                due = Some(Instant::now() + retry);
+                retry = (retry * 2).min(TOKEN_RETRY_MAX);
             }
+        }
+        if let Some(r) = round {
+            refetch.finish(r);
         }
     }
 }
@@ -367,74 +567,4 @@ impl FileWatch {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn version(size: u64) -> Option<Fingerprint> {
-        Some(Fingerprint {
-            dev: 1,
-            ino: 2,
-            size,
-            mtime: (size as i64, 0),
-            ctime: (size as i64, 0),
-        })
-    }
-
-    /// A version is read only after it stayed the same for the settle time; a torn write
-    /// (a prefix, then the rest before the prefix settled) reads only the whole token.
-    #[test]
-    fn only_a_version_that_stayed_the_same_for_the_settle_time_is_read() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut w = FileWatch::new(version(40));
-        assert!(!w.settled(version(40), at(250)), "unchanged");
-        assert!(!w.settled(version(20), at(500)), "the prefix, just seen");
-        assert!(!w.settled(version(20), at(750)), "the prefix, not settled");
-        assert!(!w.settled(version(41), at(1000)), "the rest: a new version");
-        assert!(!w.settled(version(41), at(1750)));
-        assert!(w.settled(version(41), at(2000)), "settled");
-        assert!(w.read_done(version(41), version(41), at(2001)));
-        assert!(!w.settled(version(41), at(2250)), "read already");
-    }
-
-    /// A change during the read makes the read not count; the new version settles anew.
-    #[test]
-    fn a_change_during_the_read_discards_it() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut w = FileWatch::new(None);
-        assert!(!w.settled(version(10), at(0)));
-        assert!(w.settled(version(10), at(1000)));
-        assert!(!w.read_done(version(10), version(11), at(1001)));
-        assert!(!w.settled(version(11), at(1250)));
-        assert!(w.settled(version(11), at(2001)));
-        assert!(w.read_done(version(11), version(11), at(2002)));
-    }
-
-    /// At startup, a version changed less than the settle time ago is waited out.
-    #[test]
-    fn a_version_is_settled_once_the_settle_time_passed_since_its_change() {
-        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let f = Fingerprint {
-            mtime: (1_000_000, 0),
-            ctime: (1_000_000, 500_000_000),
-            ..version(1).unwrap()
-        };
-        assert!(!f.settled(at + Duration::from_millis(1400)));
-        assert!(f.settled(at + Duration::from_millis(1500)));
-        assert!(f.settled(at), "a ctime in the future is not waited for");
-    }
-
-    /// A file that disappears is a version too: it is reported once, after settling.
-    #[test]
-    fn a_missing_file_settles_like_any_version() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut w = FileWatch::new(version(10));
-        assert!(!w.settled(None, at(0)));
-        assert!(w.settled(None, at(1000)));
-        assert!(w.read_done(None, None, at(1000)));
-        assert!(!w.settled(None, at(1250)));
-    }
-}
+mod tests;

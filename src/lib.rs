@@ -24,12 +24,16 @@
 //!      own answers, the log line, lingering close or reset.
 //!    - `exchange`: one exchange as named states: head and body up, head and body down
 //!      (a directory: the state flow, the upload half, the download half, their I/O helpers).
+//!    - `federation`: Workload Identity Federation, the IdP's JWT exchanged for a token at
+//!      TARGET's `/v1/oauth/token` through the upstream connector.
 //!    - `state`: what every connection shares (config, token, connector, pool).
 //!    - `upstream`: TCP/TLS connections to TARGET and the idle pool.
 //!    - `readhead`: reads a head that stands alone on its connection (the egress proxy's
 //!      CONNECT answer, a scrape) until [`scan::HeadScanner`] finds its end.
-//! 2. **Process**: `intake` (the first token, then its updates from stdin or a file, on a
-//!    thread of their own), [`config`] (the environment, parsed once), `credential` (token
+//! 2. **Process**: `intake` (the first token, then its updates from stdin, a file or a
+//!    command, on a thread of their own), `command` (runs `TOKEN_COMMAND`, confined, and
+//!    decides when to run it again), `refetch` (a 401 asks the source for a new token and
+//!    waits for it, bounded, before its head is relayed), [`config`] (the environment, parsed once), `credential` (token
 //!    generations: the current one, and the mask set every response masks, which grows as
 //!    tokens come into use), [`log`](mod@log) (one
 //!    write per stderr line, text or JSON), `metrics` (counters, gauges and histograms in
@@ -50,6 +54,7 @@
 //!      connection's fate out.
 //!    - [`scrub`]: masks the real token wherever it appears in a response.
 //!    - `egress`: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
+//!    - `flatjson`: the little JSON read: `TOKEN_COMMAND`'s argv, a token command's answer.
 //! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
 //!    bound), [`settings`] (every setting's name, default and `--help` line), [`syntax`]
 //!    (small grammar helpers), [`error`] (every failure and, in one table,
@@ -84,6 +89,7 @@
 mod check;
 mod connection;
 mod exchange;
+mod federation;
 mod readhead;
 pub mod run;
 mod scrape;
@@ -92,11 +98,13 @@ mod state;
 mod upstream;
 
 // 2. Process
+mod command;
 pub mod config;
 mod credential;
 mod intake;
 pub mod log;
 mod metrics;
+mod refetch;
 mod secret;
 #[allow(unsafe_code)]
 mod sys;
@@ -104,6 +112,7 @@ mod sys;
 // 3. Pure core
 mod answer;
 mod egress;
+mod flatjson;
 pub mod framing;
 pub mod head;
 mod persist;

@@ -136,6 +136,30 @@ pub const TOKEN_FILE_SETTLE: Duration = Duration::from_secs(1);
 /// How long startup waits for `TOKEN_FILE` to settle (a file caught while it is written) before
 /// it reads what is there.
 pub const TOKEN_FILE_START_WAIT: Duration = Duration::from_secs(3);
+/// How long a `TOKEN_COMMAND` may run (`TOKEN_COMMAND_TIMEOUT`); then its process group is
+/// killed.
+pub const TOKEN_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes read from a token command's stdout: a token, or a small JSON answer, is far
+/// less; more is a refusal, not a truncation.
+pub const TOKEN_COMMAND_MAX_OUTPUT: usize = 64 * 1024;
+/// How long a token without a known expiry keeps serving once its command fails
+/// (`TOKEN_STALE_GRACE`); then requests get 503 until the command answers again.
+pub const TOKEN_STALE_GRACE: Duration = Duration::from_secs(300);
+/// A token with a known expiry is refreshed no later than this before it ends.
+pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(120);
+/// The first retry after a failed refresh; each further one waits twice as long, up to
+/// [`TOKEN_RETRY_MAX`].
+pub const TOKEN_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between retries of a failing token source.
+pub const TOKEN_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a 401 waits for the re-fetch it asked for before it is relayed: a token source
+/// that takes longer (a slow helper) still brings its token, for the requests that follow,
+/// but this 401 goes out without `x-should-retry`.
+pub const REFETCH_WAIT: Duration = Duration::from_secs(5);
+/// The whole federation token exchange (connect, request, answer).
+pub const FEDERATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of a token exchange's answer (head and body) read.
+pub const FEDERATION_MAX_ANSWER: usize = 64 * 1024;
 /// Longest path written to the log.
 pub const LOG_PATH_MAX: usize = 256;
 

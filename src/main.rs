@@ -29,8 +29,9 @@ USAGE:
     agent-loop-proxy healthcheck                  GET /health on LISTEN_PORT; exit 0 if 200
     agent-loop-proxy --help | --version
 
-The real token is read from stdin (one line) or TOKEN_FILE and kept only in memory.
-SIGTERM/SIGINT drain and exit; SIGHUP re-reads TOKEN_FILE; SIGUSR1/SIGUSR2 are ignored.
+The real token is read from stdin (one line), TOKEN_FILE or TOKEN_COMMAND's output and kept
+only in memory. SIGTERM/SIGINT drain and exit; SIGHUP re-reads TOKEN_FILE or runs the
+command again; SIGUSR1/SIGUSR2 are ignored.
 
 SETTINGS (environment variables; an empty value counts as unset):
     {name:<30} {default:<26} meaning
@@ -199,7 +200,10 @@ fn read_token(
     stdin_updates: bool,
 ) -> Result<(agent_loop_proxy::Token, agent_loop_proxy::Updates), StartError> {
     use std::io::IsTerminal;
-    let from_stdin = !matches!(bound.config().token_source, TokenSource::File(_));
+    let from_stdin = !matches!(
+        bound.config().token_source,
+        TokenSource::File(_) | TokenSource::Command(_) | TokenSource::Federation(_)
+    );
     if !from_stdin || !stdin.is_terminal() {
         return bound.first_token(stdin);
     }

@@ -73,6 +73,54 @@ impl Histogram {
     }
 }
 
+/// The sources a token is re-read from (the `source` label of `token_refresh_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshSource {
+    File,
+    Command,
+    Federation,
+}
+
+impl RefreshSource {
+    pub const ALL: [RefreshSource; 3] = [
+        RefreshSource::File,
+        RefreshSource::Command,
+        RefreshSource::Federation,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RefreshSource::File => "file",
+            RefreshSource::Command => "command",
+            RefreshSource::Federation => "federation",
+        }
+    }
+}
+
+/// How a re-read went (the `result` label): a new token, the same one, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshResult {
+    Changed,
+    Unchanged,
+    Failed,
+}
+
+impl RefreshResult {
+    pub const ALL: [RefreshResult; 3] = [
+        RefreshResult::Changed,
+        RefreshResult::Unchanged,
+        RefreshResult::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RefreshResult::Changed => "changed",
+            RefreshResult::Unchanged => "unchanged",
+            RefreshResult::Failed => "failed",
+        }
+    }
+}
+
 /// Every signal of the process.
 pub struct Metrics {
     /// Answered by the upstream, by status class (1xx-5xx: index 0-4).
@@ -91,6 +139,14 @@ pub struct Metrics {
     pub client_connections: AtomicI64,
     pub streams: AtomicI64,
     pub token_generation: AtomicU64,
+    /// Re-reads of a token source, by [`RefreshSource`] and [`RefreshResult`].
+    token_refresh: [[AtomicU64; RefreshResult::ALL.len()]; RefreshSource::ALL.len()],
+    /// The current token's known expiry, in milliseconds since the epoch; 0: unknown.
+    pub token_expiry_ms: AtomicU64,
+    /// When the current generation became current, in milliseconds since the epoch.
+    pub token_last_change_ms: AtomicU64,
+    /// Tokens refused by the token checks (a line, a file, a command's answer).
+    pub token_updates_refused: AtomicU64,
     pub response_head: Histogram,
     /// Every request but `/health`, from its head to the end of its answer.
     exchange: Histogram,
@@ -121,10 +177,20 @@ impl Metrics {
             client_connections: AtomicI64::new(0),
             streams: AtomicI64::new(0),
             token_generation: AtomicU64::new(1),
+            token_refresh: [const { [const { AtomicU64::new(0) }; RefreshResult::ALL.len()] };
+                RefreshSource::ALL.len()],
+            token_expiry_ms: AtomicU64::new(0),
+            token_last_change_ms: AtomicU64::new(0),
+            token_updates_refused: AtomicU64::new(0),
             response_head: Histogram::new(),
             exchange: Histogram::new(),
             health: Histogram::new(),
         }
+    }
+
+    /// A re-read of a token source and how it went.
+    pub fn token_refreshed(&self, source: RefreshSource, result: RefreshResult) {
+        self.token_refresh[source as usize][result as usize].fetch_add(1, Relaxed);
     }
 
     /// A request the upstream answered with `status`.
@@ -249,6 +315,23 @@ impl Metrics {
             let v = c.load(Relaxed);
             let _ = writeln!(out, "# HELP {PREFIX}_{name} {help}\n# TYPE {PREFIX}_{name} counter\n{PREFIX}_{name} {v}");
         }
+        let name = format!("{PREFIX}_token_refresh_total");
+        let help =
+            "Re-reads of the token source (TOKEN_FILE, TOKEN_COMMAND, federation), by source and result.";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (source, row) in RefreshSource::ALL.iter().zip(&self.token_refresh) {
+            for (result, c) in RefreshResult::ALL.iter().zip(row) {
+                let (source, result, v) = (source.label(), result.label(), c.load(Relaxed));
+                let _ = writeln!(out, "{name}{{source=\"{source}\",result=\"{result}\"}} {v}");
+            }
+        }
+        let name = format!("{PREFIX}_token_updates_refused_total");
+        let help = "Tokens refused by the token checks (a line, a file, a command's answer).";
+        let v = self.token_updates_refused.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
         let name = format!("{PREFIX}_upstream_connect_failures_total");
         let help = "New upstream connections that failed, by step.";
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -282,6 +365,18 @@ impl Metrics {
                 out,
                 "# HELP {PREFIX}_{name} {help}\n# TYPE {PREFIX}_{name} gauge\n{PREFIX}_{name} {v}"
             );
+        }
+        let seconds = |ms: &AtomicU64| ms.load(Relaxed) as f64 / 1000.0;
+        let name = format!("{PREFIX}_token_last_change_timestamp_seconds");
+        let help = "When the current token became current (startup, or its update), Unix time.";
+        let v = seconds(&self.token_last_change_ms);
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        // Only a known expiry is shown: an absent series, not a 0 that alerts would misread.
+        if self.token_expiry_ms.load(Relaxed) != 0 {
+            let name = format!("{PREFIX}_token_expiry_timestamp_seconds");
+            let help = "When the current token expires, as its source said, Unix time.";
+            let v = seconds(&self.token_expiry_ms);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
     }
 }

@@ -249,5 +249,27 @@ impl<'h> Fields<'h> {
     }
 }
 
+/// Marks a client head that [`parse_response`] wrote (`out`, ending with the blank line) as
+/// one to retry: the token the upstream rejected was replaced, so the same request, sent
+/// again, carries another one. `x-should-retry: true` is what Anthropic's SDKs obey (they
+/// retry a 401 only when told); an upstream's own `x-should-retry` is replaced.
+pub fn mark_should_retry(out: &mut Vec<u8>) {
+    const FIELD: &[u8] = b"x-should-retry";
+    let Some(fields) = out.strip_suffix(b"\r\n") else {
+        return;
+    };
+    let mut marked = Vec::with_capacity(out.len() + FIELD.len() + 8);
+    for (i, line) in fields.split_inclusive(|&b| b == b'\n').enumerate() {
+        let named = line.get(..FIELD.len() + 1).is_some_and(|n| {
+            n[..FIELD.len()].eq_ignore_ascii_case(FIELD) && n[FIELD.len()] == b':'
+        });
+        if i == 0 || !named {
+            marked.extend_from_slice(line);
+        }
+    }
+    marked.extend_from_slice(b"x-should-retry: true\r\n\r\n");
+    *out = marked;
+}
+
 #[cfg(test)]
 mod tests;

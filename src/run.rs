@@ -16,12 +16,13 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, FederationSource, TokenSource};
 use crate::credential::Credentials;
-use crate::intake::{self, Reload, Swapper, Updates};
+use crate::federation;
+use crate::intake::{self, Refresher, Reload, Swapper, Updates};
 use crate::limits;
 use crate::log::{Event, Log};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshSource};
 use crate::scrape;
 use crate::secret::Token;
 use crate::server;
@@ -105,7 +106,32 @@ impl Bound {
         &self,
         stdin: impl Read + Send + 'static,
     ) -> Result<(Token, Updates), StartError> {
-        intake::first_token(&self.cfg, stdin).map_err(StartError)
+        match &self.cfg.token_source {
+            TokenSource::Federation(src) => self.federated(src),
+            _ => intake::first_token(&self.cfg, stdin).map_err(StartError),
+        }
+    }
+
+    /// The first token from the federation exchange, and the refresher that exchanges again
+    /// (through a clone of the same connector) before it expires.
+    fn federated(&self, src: &FederationSource) -> Result<(Token, Updates), StartError> {
+        let (connector, target) = (self.connector.clone(), self.cfg.target.clone());
+        let header = self.cfg.token_header.clone();
+        let got = federation::exchange_blocking(&connector, &target, src, &header)
+            .map_err(|f| StartError(format!("proxy: federation: {}", f.why)))?;
+        let stale_grace = src.stale_grace;
+        let src = src.clone();
+        let refresher = Refresher {
+            fetch: Box::new(move || {
+                federation::exchange_blocking(&connector, &target, &src, &header)
+            }),
+            name: "the federation exchange",
+            source: RefreshSource::Federation,
+            every: None,
+            stale_grace,
+            expires: got.expires,
+        };
+        Ok((got.token, Updates::Fetch(refresher)))
     }
 
     /// Serves with `token` (and its replacements from `updates`) until [`Running::shutdown`].
@@ -120,13 +146,17 @@ impl Bound {
             metrics: metrics_listener,
         } = self;
         let metrics = Arc::new(Metrics::new());
+        metrics.token_last_change_ms.store(
+            intake::epoch_ms(started),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let creds = Arc::new(Credentials::new(token, cfg.beta_rule()));
         let swapper = Swapper {
             creds: creds.clone(),
             metrics: metrics.clone(),
             log: log.clone(),
         };
-        let reload = intake::spawn_updates(updates, swapper);
+        let (reload, refetch) = intake::spawn_updates(updates, swapper).unzip();
         let listener = register(listener, "the listener")?;
         let addr = local_addr_tokio(&listener);
         let metrics_addr = match metrics_listener {
@@ -134,7 +164,7 @@ impl Bound {
             Some(m) => {
                 let m = register(m, "the metrics listener")?;
                 let at = local_addr_tokio(&m);
-                tokio::spawn(scrape::serve(m, metrics.clone(), started));
+                tokio::spawn(scrape::serve(m, metrics.clone(), creds.clone(), started));
                 Some(at)
             }
         };
@@ -146,6 +176,7 @@ impl Bound {
             pool,
             metrics,
             log: log.clone(),
+            refetch,
         });
         announce(&proxy, addr, metrics_addr);
         let (tx, rx) = watch::channel(false);
@@ -187,7 +218,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Drained>,
     log: Arc<Log>,
-    /// Wakes the `TOKEN_FILE` watcher; `None` for a token from stdin.
+    /// Wakes the `TOKEN_FILE` watcher or the `TOKEN_COMMAND` runner; `None` for stdin.
     reload: Option<Reload>,
 }
 
@@ -214,11 +245,12 @@ impl Running {
     }
 
     /// Re-reads the token source now (SIGHUP): `TOKEN_FILE` is read at once if a new
-    /// version of it has settled; a token from stdin has nothing to re-read, which is logged.
+    /// version of it has settled, `TOKEN_COMMAND` is run; a token from stdin has nothing to
+    /// re-read, which is logged.
     pub fn reload_token(&self) {
         match &self.reload {
             Some(r) => {
-                crate::log!(self.log, "token reload: reading TOKEN_FILE");
+                crate::log!(self.log, "token reload: reading {}", r.source);
                 r.request();
             }
             None => crate::log!(

@@ -1,5 +1,6 @@
 //! The metrics listener (`METRICS_ADDR`): `GET /metrics` answers the Prometheus text
-//! exposition, `HEAD /metrics` its head; anything else 404. It is a separate socket from the sandbox's port, serves
+//! exposition, `HEAD /metrics` its head; `GET /ready` the readiness (200, or 503 with a
+//! one-line reason: see [`Credentials::readiness`]); anything else 404. It is a separate socket from the sandbox's port, serves
 //! one request per connection, and bounds everything a peer controls (head size, time,
 //! concurrency).
 //!
@@ -22,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::timeout;
 
+use crate::credential::Credentials;
 use crate::error::Problem;
 use crate::limits::{MAX_SCRAPES, MAX_SCRAPE_HEAD, SCRAPE_HEAD_TIMEOUT, SCRAPE_TIMEOUT};
 use crate::metrics::{Metrics, ProcessStats};
@@ -47,7 +49,12 @@ struct Open {
 }
 
 /// Serves scrapes of `metrics` until the runtime stops. `started` is the process start time.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, started: SystemTime) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    creds: Arc<Credentials>,
+    started: SystemTime,
+) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
     // Oldest first; only this loop touches it.
     let mut open: VecDeque<Open> = VecDeque::new();
@@ -71,6 +78,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, started: System
         let task = tokio::spawn(serve_one(
             stream,
             metrics.clone(),
+            creds.clone(),
             started,
             heard.clone(),
             slot,
@@ -96,16 +104,19 @@ fn shed_oldest_unheard(open: &mut VecDeque<Open>) {
 async fn serve_one(
     stream: TcpStream,
     metrics: Arc<Metrics>,
+    creds: Arc<Credentials>,
     started: SystemTime,
     heard: Arc<AtomicBool>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let _ = timeout(SCRAPE_TIMEOUT, scrape(stream, &metrics, started, &heard)).await;
+    let scraped = scrape(stream, &metrics, &creds, started, &heard);
+    let _ = timeout(SCRAPE_TIMEOUT, scraped).await;
 }
 
 async fn scrape(
     mut stream: TcpStream,
     metrics: &Metrics,
+    creds: &Credentials,
     started: SystemTime,
     heard: &AtomicBool,
 ) -> std::io::Result<()> {
@@ -129,11 +140,25 @@ async fn scrape(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{shown}",
             body.len()
         )
+    } else if is(b"GET /ready HTTP/1.") {
+        ready(creds)
     } else {
         "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
     };
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// `GET /ready`: 200, or 503 with the reason as a one-line text body.
+fn ready(creds: &Credentials) -> String {
+    let (status, body) = match creds.readiness() {
+        Ok(()) => ("200 OK", "ready"),
+        Err(why) => ("503 Service Unavailable", why),
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
+        body.len() + 1
+    )
 }
 
 /// Reads the process basics from /proc (zeros where it cannot).

@@ -99,6 +99,56 @@ pub const SETTINGS: &[Setting] = &[
         "read the token from this file, again when it changes",
     ),
     s(
+        &["TOKEN_COMMAND"],
+        "unset",
+        "JSON argv of a program that prints the token (no shell)",
+    ),
+    s(
+        &["TOKEN_COMMAND_ENV"],
+        "unset (none)",
+        "comma list of variables passed to TOKEN_COMMAND",
+    ),
+    s(
+        &["TOKEN_COMMAND_TIMEOUT"],
+        "10s",
+        "TOKEN_COMMAND run time -> its process group killed",
+    ),
+    s(
+        &["TOKEN_REFRESH_INTERVAL"],
+        "0",
+        "re-run TOKEN_COMMAND this often without an expiry (0: never)",
+    ),
+    s(
+        &["TOKEN_STALE_GRACE"],
+        "5m",
+        "TOKEN_COMMAND failing: a token without expiry serves this long",
+    ),
+    s(
+        &["ANTHROPIC_FEDERATION_RULE_ID"],
+        "unset",
+        "Workload Identity Federation: the rule (fdrl_...)",
+    ),
+    s(
+        &["ANTHROPIC_ORGANIZATION_ID"],
+        "unset",
+        "federation: the organization (UUID)",
+    ),
+    s(
+        &["ANTHROPIC_SERVICE_ACCOUNT_ID"],
+        "unset",
+        "federation: the service account (svac_...)",
+    ),
+    s(
+        &["ANTHROPIC_WORKSPACE_ID"],
+        "unset",
+        "federation: the workspace (wrkspc_... or default)",
+    ),
+    s(
+        &["ANTHROPIC_IDENTITY_TOKEN_FILE"],
+        "unset",
+        "federation: the IdP's JWT, re-read for every exchange",
+    ),
+    s(
         &["ALLOW_REQUESTS"],
         "unset (all)",
         "METHOD /path[*], ... the sandbox may send",

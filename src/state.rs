@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::credential::{Credentials, Generation};
 use crate::log::Log;
 use crate::metrics::Metrics;
+use crate::refetch::Refetch;
 use crate::rewrite::Rewrite;
 use crate::secret::TokenHeader;
 use crate::upstream::{Connector, Pool};
@@ -22,6 +23,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// This proxy's log lines.
     pub log: Arc<Log>,
+    /// Re-fetches the token after a 401; `None` for a source that cannot be re-read (stdin).
+    pub refetch: Option<Arc<Refetch>>,
 }
 
 impl Proxy {

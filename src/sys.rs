@@ -170,6 +170,17 @@ pub fn set_listen_backlog(fd: std::os::fd::BorrowedFd<'_>, backlog: i32) -> bool
     unsafe { libc::listen(fd.as_raw_fd(), backlog) == 0 }
 }
 
+/// Sends SIGKILL to every process of group `pgid` (a token command and whatever it started):
+/// a timed-out helper leaves nothing behind. A `pgid` of 0 or below is refused (it would name
+/// the proxy's own group, or every process it may signal).
+pub fn kill_group(pgid: i32) -> bool {
+    if pgid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) on a negative pid signals that process group; no memory is involved.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) == 0 }
+}
+
 /// Closes standard input for good, after the token line was read: nothing can later be read
 /// from the launcher's pipe, and the pipe's writer sees it closed. fd 0 is pointed at
 /// /dev/null when it exists, so a later socket cannot be mistaken for stdin.

@@ -140,7 +140,9 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Opens connections to TARGET, directly or through a CONNECT tunnel.
+/// Opens connections to TARGET, directly or through a CONNECT tunnel. A clone shares the TLS
+/// client (the federation exchange uses one on its own thread).
+#[derive(Clone)]
 pub struct Connector {
     target: Target,
     tls: Option<(TlsConnector, ServerName<'static>)>,

@@ -4,7 +4,7 @@ use super::*;
 
 /// Every problem once (`EgressRefused` with a sample status). `listed` below matches
 /// exhaustively, so a new variant does not compile until it is listed here too.
-const ALL: [Problem; 40] = {
+const ALL: [Problem; 41] = {
     use Problem::*;
     [
         MalformedHead,
@@ -47,6 +47,7 @@ const ALL: [Problem; 40] = {
         UpstreamEncoded,
         UpstreamClosed,
         UpstreamHoldOverflow,
+        CredentialUnavailable,
     ]
 };
 
@@ -95,6 +96,7 @@ fn listed(p: Problem) -> usize {
         UpstreamEncoded => 37,
         UpstreamClosed => 38,
         UpstreamHoldOverflow => 39,
+        CredentialUnavailable => 40,
     }
 }
 
@@ -143,8 +145,14 @@ fn the_status_says_whose_fault_it_is() {
             Side::Client => assert!((400..=501).contains(&status), "{p:?}: {status}"),
             // RFC 9110 §15.6.3 and §15.6.5: the gateway's upstream failed or was slow.
             Side::Upstream => assert!(matches!(status, 502 | 504), "{p:?}: {status}"),
+            // §15.6.4: a temporary condition, passing once the source answers again.
+            Side::Credential => assert_eq!(status, 503, "{p:?}"),
         }
-        assert_eq!(p.side() == Side::Upstream, status >= 502, "{p:?}");
+        assert_eq!(
+            p.side() == Side::Upstream,
+            matches!(status, 502 | 504),
+            "{p:?}"
+        );
     }
 }
 
@@ -222,7 +230,7 @@ fn error_types_follow_the_status() {
             401 => "authentication_error",
             403 => "permission_error",
             413 => "request_too_large",
-            502 => "api_error",
+            502 | 503 => "api_error",
             504 => "timeout_error",
             _ => "invalid_request_error",
         };
@@ -260,6 +268,7 @@ fn label_of(r: Reason) -> &'static str {
         Reason::TlsFailure => "tls_failure",
         Reason::UpstreamMalformed => "upstream_malformed",
         Reason::ClientGone => "client_gone",
+        Reason::CredentialUnavailable => "credential_unavailable",
     }
 }
 

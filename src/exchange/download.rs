@@ -9,10 +9,13 @@ use tokio::time::Instant;
 
 use super::io::{read_available, within, write_client};
 use super::Progress;
-use crate::credential::Credentials;
+use std::sync::Arc;
+
+use crate::credential::{Credentials, Generation};
 use crate::error::Problem;
 use crate::head::Version;
 use crate::limits::{self, Timeouts};
+use crate::refetch::Refetch;
 use crate::relaybuf::RelayBuf;
 use crate::response::{self, ResponseBody, ResponseContext, ResponseHead};
 use crate::scan::{HeadScanner, ScanLimits};
@@ -70,6 +73,15 @@ impl<'a> LiveMasks<'a> {
     }
 }
 
+/// What a 401 to this request does before its head is relayed: mark its generation
+/// rejected (readiness), and ask the token source for a new token and wait for it (see
+/// [`Refetch`]) when the source can be re-read.
+#[derive(Clone, Copy)]
+pub(super) struct OnRejection<'a> {
+    pub refetch: Option<&'a Refetch>,
+    pub generation: &'a Arc<Generation>,
+}
+
 /// The response's way down: reads the upstream, writes the client.
 pub(super) struct Download<'a, R, W> {
     /// The upstream's read half, or the whole stream when the request body is all sent.
@@ -88,6 +100,8 @@ pub(super) struct Download<'a, R, W> {
     stashed: Option<io::Result<usize>>,
     /// The tokens masked in the head and the body.
     masks: LiveMasks<'a>,
+    /// Set by the exchange: the generation the request carries, and the re-fetch.
+    pub(super) on_401: Option<OnRejection<'a>>,
 }
 
 impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
@@ -100,6 +114,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
     ) -> Self {
         Download {
             masks: LiveMasks::new(creds),
+            on_401: None,
             upstream,
             client,
             t,
@@ -159,6 +174,9 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             self.masks.refresh();
             let tokens = &self.masks.tokens;
             let head = response::parse_response(&self.buf[..head_end], ctx, tokens, out)?;
+            if head.status == 401 {
+                self.after_rejection(out).await;
+            }
             if !head.interim {
                 self.report.head_after = Some(self.began.elapsed());
                 self.report.answered_early = early;
@@ -179,6 +197,27 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             self.buf.copy_within(head_end..self.filled, 0);
             self.filled -= head_end;
             scanner.reset();
+        }
+    }
+
+    /// A 401 (RFC 9110 §15.5.2; a 403 may be about the request, not the token): the
+    /// generation is marked rejected, and, when the token can be replaced, before the head is
+    /// relayed the source is asked for a new token (bounded by `REFETCH_WAIT`); when one
+    /// came, the head tells the client to retry.
+    async fn after_rejection(&mut self, out: &mut Vec<u8>) {
+        let Some(on) = self.on_401 else {
+            return;
+        };
+        // Before the client can see the 401: a readiness probe after it sees it not ready.
+        self.masks.creds.mark_rejected(on.generation.number);
+        let Some(refetch) = on.refetch else {
+            return;
+        };
+        if refetch
+            .after_rejection(self.masks.creds, on.generation)
+            .await
+        {
+            response::mark_should_retry(out);
         }
     }
 

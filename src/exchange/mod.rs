@@ -28,6 +28,7 @@
 //! and timeouts they share.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -36,6 +37,7 @@ use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
 use crate::answer::CONTINUE;
+use crate::credential::Generation;
 use crate::error::Problem;
 use crate::framing::{Framed, RequestBody};
 use crate::head::{Method, Request, Version};
@@ -49,7 +51,7 @@ mod download;
 mod io;
 mod upload;
 
-use download::{DownReport, Download};
+use download::{DownReport, Download, OnRejection};
 use io::within;
 pub use io::write_client;
 use upload::{Upload, UploadState};
@@ -61,6 +63,8 @@ pub struct Exchange<'a> {
     /// The rewritten upstream head; it holds our credential.
     pub up_head: &'a [u8],
     pub terms: ClientTerms,
+    /// The generation of the token the request carries (what a 401 rejects).
+    pub generation: &'a Arc<Generation>,
 }
 
 /// The client side of a connection: the socket, and the bytes read but not yet used (the rest
@@ -359,10 +363,15 @@ async fn race(
         dechunk: version == Version::Http10,
     };
     let creds = &x.proxy.creds;
+    let on_401 = OnRejection {
+        refetch: x.proxy.refetch.as_deref(),
+        generation: x.generation,
+    };
     if body.is_done() {
         // The whole request went out with the head (the usual agent POST): relay the response
         // on the upstream connection itself, without splitting it.
         let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress, creds);
+        down.on_401 = Some(on_401);
         down.run(ctx, version, out).await;
         return Raced {
             upload: UploadState::Sent,
@@ -391,6 +400,7 @@ async fn race(
         );
         let mut download =
             Download::new(&mut upstream_read, &mut client_write, t, &progress, creds);
+        download.on_401 = Some(on_401);
         let mut upload = UploadState::Running;
         {
             let down = download.run(ctx, version, out);

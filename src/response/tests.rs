@@ -233,3 +233,19 @@ fn an_upstream_connection_option_naming_a_framing_field_is_refused() {
         assert_eq!(parse(h, &ctx()).map(|_| ()), Err(Problem::UpstreamMalformed));
     }
 }
+
+#[test]
+fn a_head_marked_to_retry_says_so_once() {
+    let mut out = b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nX-Should-Retry: false\r\ncontent-length: 2\r\n\r\n".to_vec();
+    mark_should_retry(&mut out);
+    assert_eq!(
+        out,
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 2\r\nx-should-retry: true\r\n\r\n"
+    );
+    let mut out = b"HTTP/1.1 401 x-should-retry: no\r\n\r\n".to_vec();
+    mark_should_retry(&mut out);
+    assert_eq!(
+        out,
+        b"HTTP/1.1 401 x-should-retry: no\r\nx-should-retry: true\r\n\r\n"
+    );
+}

@@ -167,6 +167,29 @@ fn a_token_file_rewritten_in_place_is_picked_up() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// The same token again, on stdin or rewritten into the file, is no rotation: no new
+/// generation, and the log says so.
+#[test]
+fn the_same_token_again_makes_no_generation() {
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let mut proxy = stdin_proxy(&up, OLD);
+    proxy.write_stdin(format!("{OLD}\n").as_bytes());
+    assert!(proxy.wait_for_stderr("proxy: token unchanged (generation 1)", LOG_BOUND));
+    proxy.write_stdin(format!("{NEW}\n").as_bytes());
+    assert!(proxy.wait_for_stderr("proxy: token updated (generation 2)", LOG_BOUND));
+
+    let dir = scratch_dir("unchanged");
+    let path = dir.join("token");
+    fs::write(&path, format!("{OLD}\n")).unwrap();
+    let proxy = file_proxy(&up, &path);
+    // A new version of the file (another inode) with the same content.
+    fs::write(dir.join("next"), format!("{OLD}\n")).unwrap();
+    fs::rename(dir.join("next"), &path).unwrap();
+    assert!(proxy.wait_for_stderr("proxy: token unchanged (generation 1)", FILE_BOUND));
+    assert!(!proxy.stderr_so_far().contains("token updated"));
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_token_file_behind_a_swapped_symlink_is_picked_up_as_kubernetes_updates_secrets() {
     // Kubernetes: token -> ..data/token, ..data -> ..2026_v1; an update writes ..2026_v2 and
