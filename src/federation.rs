@@ -149,11 +149,14 @@ async fn exchange(
     Ok(answer)
 }
 
+/// The byte that opens a JSON object (RFC 8259 §4).
+const OBJECT_OPEN: u8 = 0x7b;
+
 /// The token from a whole answer: a 200 (RFC 6749 §5.1) whose JSON body has `access_token`;
 /// any other status is a failure named by its status alone (a 3xx is not followed).
 fn read_answer(answer: &[u8], header: &TokenHeader) -> Result<Fetched, Failed> {
     let body = answer_body(answer)?;
-    if !body.trim_ascii_start().starts_with(b"{") {
+    if body.trim_ascii_start().first() != Some(&OBJECT_OPEN) {
         return Err(failed("the token exchange answer is not a JSON object"));
     }
     let mut parsed = flatjson::token_answer(&body).map_err(|why| Failed {
