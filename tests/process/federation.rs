@@ -56,6 +56,10 @@ fn fake_target(lifetime: u32) -> (Upstream, Arc<AtomicUsize>) {
 }
 
 fn federated(up: &Upstream, dir: &std::path::Path) -> ProcessProxy {
+    federated_with(up, dir, &[])
+}
+
+fn federated_with(up: &Upstream, dir: &std::path::Path, extra: &[(&str, &str)]) -> ProcessProxy {
     let jwt = dir.join("jwt");
     fs::write(&jwt, format!("{JWT}\n")).unwrap();
     let target = up.target_url();
@@ -70,6 +74,8 @@ fn federated(up: &Upstream, dir: &std::path::Path) -> ProcessProxy {
         ("ANTHROPIC_SERVICE_ACCOUNT_ID", "svac_test"),
         ("ANTHROPIC_IDENTITY_TOKEN_FILE", jwt.as_str()),
     ];
+    let mut envs = envs.to_vec();
+    envs.extend_from_slice(extra);
     ProcessProxy::spawn_with_stdin(&envs, b"", true)
         .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
 }
@@ -174,5 +180,26 @@ fn a_refused_grant_stops_the_start_naming_the_status_only() {
             .contains("proxy: ANTHROPIC_FEDERATION_RULE_ID: cannot be combined with TOKEN_FILE"),
         "{both:?}"
     );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Under LOG_FORMAT=json too, nothing of the assertion or the minted tokens reaches the log,
+/// through a mint and a refresh, and every line is one JSON object.
+#[test]
+fn under_json_logs_nothing_of_the_assertion_or_the_tokens_appears() {
+    let dir = scratch_dir("json");
+    let (up, _minted) = fake_target(4);
+    let proxy = federated_with(&up, &dir, &[("LOG_FORMAT", "json")]);
+    assert_eq!(roundtrip(proxy.addr(), get("/v1/models")).status(), 200);
+    assert!(proxy.wait_for_stderr("\"token_generation\":2", LOG_BOUND));
+    let log = proxy.stderr_so_far();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    for secret in [JWT, "eyJ", "sk-ant-oat01-fed", "access_token"] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
     let _ = fs::remove_dir_all(&dir);
 }

@@ -482,3 +482,35 @@ fn ready_turns_503_after_a_rejection_and_200_after_a_new_token_and_the_metrics_s
     assert!(!log.contains("sk-ant-cmd"), "{log}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Every line is one JSON object when asked, and none carries the command's token, its
+/// stderr, or a refreshed token: through a start, a refresh with an expiry, and SIGHUP.
+#[test]
+fn under_json_logs_nothing_of_the_command_or_its_tokens_appears() {
+    let dir = scratch_dir("json");
+    let cmd = counting(&dir, r#"{\"access_token\": \"$t\", \"expires_in\": 4}"#);
+    let script_path = dir.join("helper.sh");
+    let body = fs::read_to_string(&script_path).unwrap();
+    fs::write(
+        &script_path,
+        format!("echo stderr-SECRET-sk-ant-leak >&2\n{body}"),
+    )
+    .unwrap();
+    let up = Upstream::plain().serve(handlers::echo_head());
+    let proxy = start(&up, &[("TOKEN_COMMAND", &cmd), ("LOG_FORMAT", "json")]);
+    roundtrip(proxy.addr(), get("/a"));
+    assert!(proxy.wait_for_stderr("\"token_generation\":2", LOG_BOUND));
+    proxy.signal("HUP");
+    assert!(proxy.wait_for_stderr("\"token_generation\":3", LOG_BOUND));
+    roundtrip(proxy.addr(), get("/b"));
+    let log = proxy.stderr_so_far();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    for secret in ["sk-ant-cmd", "stderr-SECRET", "access_token"] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
