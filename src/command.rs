@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
 
 use crate::config::CommandSource;
-use crate::flatjson::{self, Expiry};
+use crate::flatjson;
 use crate::limits::{TOKEN_COMMAND_MAX_OUTPUT, TOKEN_REFRESH_MARGIN};
 use crate::secret::{Token, TokenHeader};
 
@@ -50,11 +50,7 @@ pub fn fetch(src: &CommandSource, header: &TokenHeader) -> Result<Fetched, Faile
     let token = Token::new(&answer.token, header);
     zeroize::Zeroize::zeroize(&mut answer.token);
     let token = token.map_err(|e| refused(format!("printed no usable token: {}", e.reason())))?;
-    let expires = answer.expiry.map(|e| match e {
-        Expiry::In(secs) => SystemTime::now() + Duration::from_secs(secs.unsigned_abs()),
-        Expiry::At(at) if at >= 0 => SystemTime::UNIX_EPOCH + Duration::from_secs(at as u64),
-        Expiry::At(_) => SystemTime::UNIX_EPOCH,
-    });
+    let expires = answer.expiry.map(|e| e.time(SystemTime::now()));
     Ok(Fetched { token, expires })
 }
 

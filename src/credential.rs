@@ -183,6 +183,15 @@ impl Credentials {
             .is_none_or(|until| std::time::SystemTime::now() < until)
     }
 
+    /// The upstream answered 2xx to a request that carried generation `number`: a 401 seen
+    /// for it before (which a client can provoke on an endpoint that refuses any credential)
+    /// no longer marks the proxy not ready.
+    pub fn mark_accepted(&self, number: u64) {
+        let _ = self
+            .rejected
+            .compare_exchange(number, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
     /// The upstream answered 401 to a request that carried generation `number`.
     pub fn mark_rejected(&self, number: u64) {
         self.rejected.fetch_max(number, Ordering::SeqCst);
@@ -352,6 +361,12 @@ mod tests {
         assert_eq!(c.readiness(), Ok(()));
         c.mark_rejected(1);
         assert!(c.readiness().unwrap_err().contains("rejected"));
+        c.mark_accepted(1);
+        assert!(
+            c.readiness().is_ok(),
+            "a later success clears a provoked 401"
+        );
+        c.mark_rejected(1);
         c.swap(token("sk-second"));
         assert_eq!(
             c.readiness(),

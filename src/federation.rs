@@ -10,7 +10,7 @@
 //! assertion nor the answer is ever logged: a failure is a status or a fixed reason. Both
 //! live in buffers wiped when dropped.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
@@ -169,12 +169,7 @@ fn read_answer(answer: &[u8], header: &TokenHeader) -> Result<Fetched, Failed> {
         why: format!("the token exchange gave no usable token: {}", e.reason()),
         refused: true,
     })?;
-    let expires = parsed.expiry.map(|e| match e {
-        flatjson::Expiry::In(s) => SystemTime::now() + Duration::from_secs(s.unsigned_abs()),
-        flatjson::Expiry::At(s) => {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
-        }
-    });
+    let expires = parsed.expiry.map(|e| e.time(SystemTime::now()));
     Ok(Fetched { token, expires })
 }
 
@@ -270,7 +265,7 @@ mod tests {
             service_account_id: "svac_1".into(),
             workspace_id: Some("default".into()),
             identity_token_file: "/dev/null".into(),
-            stale_grace: Duration::from_secs(300),
+            stale_grace: std::time::Duration::from_secs(300),
         }
     }
 

@@ -284,6 +284,27 @@ pub enum Expiry {
     In(i64),
 }
 
+/// The latest expiry taken as given: an answer further out than this (or past what the
+/// clock can hold) is taken to expire then, never to overflow.
+pub const EXPIRY_MAX: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
+impl Expiry {
+    /// When the token expires, for an answer read at `now`: at most [`EXPIRY_MAX`] after it;
+    /// an expiry before the epoch is the epoch (already past).
+    pub fn time(self, now: std::time::SystemTime) -> std::time::SystemTime {
+        let latest = now + EXPIRY_MAX;
+        let at = match self {
+            Expiry::In(secs) => {
+                now.checked_add(std::time::Duration::from_secs(secs.unsigned_abs()))
+            }
+            Expiry::At(secs) => std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(
+                u64::try_from(secs).unwrap_or(0),
+            )),
+        };
+        at.map_or(latest, |t| t.min(latest))
+    }
+}
+
 /// Interprets a command's output: one JSON object (`{"token": ..., "expires_at": RFC 3339}`
 /// or `{"access_token": ..., "expires_in": seconds}`, other members ignored) when it starts
 /// with `{`, else the text itself less one LF or CRLF ending (the token line; its checks
@@ -450,5 +471,24 @@ mod tests {
         ] {
             assert!(token_answer(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// An expiry past what the clock can hold is capped, never an overflow (which would
+    /// abort the process).
+    #[test]
+    fn huge_expiries_are_capped() {
+        let now = std::time::SystemTime::now();
+        for e in [
+            Expiry::In(i64::MAX),
+            Expiry::At(i64::MAX),
+            Expiry::In(i64::MIN),
+        ] {
+            assert!(e.time(now) <= now + EXPIRY_MAX, "{e:?}");
+        }
+        assert_eq!(Expiry::At(-5).time(now), std::time::UNIX_EPOCH);
+        assert_eq!(
+            Expiry::In(60).time(now),
+            now + std::time::Duration::from_secs(60)
+        );
     }
 }

@@ -456,12 +456,13 @@ macro_rules! log {
 }
 
 /// Appends `bytes` as the log may show bytes a peer sent: printable ASCII as it is, every
-/// other byte (controls, DEL, 0x80-0xFF, and space) as `\xHH`, so no terminal escape, line
-/// break or bidirectional control can reach a reader; at most `max` input bytes.
+/// other byte (controls, DEL, 0x80-0xFF, and space) and `\` itself as `\xHH`, so no
+/// terminal escape, line break or bidirectional control can reach a reader, and a literal
+/// `\x0a` cannot pass for an escaped one; at most `max` input bytes.
 pub fn escape_into(out: &mut String, bytes: &[u8], max: usize) {
     use crate::syntax::HEX_DIGITS as HEX;
     for &b in &bytes[..bytes.len().min(max)] {
-        if b.is_ascii_graphic() {
+        if b.is_ascii_graphic() && b != b'\\' {
             out.push(b as char);
         } else {
             out.push_str("\\x");
@@ -503,6 +504,12 @@ mod tests {
         let mut s = String::new();
         escape_into(&mut s, "/a b\x1b[31m\u{9b}\u{202e}%0a".as_bytes(), 256);
         assert_eq!(s, "/a\\x20b\\x1b[31m\\xc2\\x9b\\xe2\\x80\\xae%0a");
+        s.clear();
+        escape_into(&mut s, b"/abcdef", 3);
+        assert_eq!(s, "/ab");
+        s.clear();
+        escape_into(&mut s, b"/a\\x0a", 16);
+        assert_eq!(s, "/a\\x5cx0a", "a literal backslash is escaped too");
         s.clear();
         escape_into(&mut s, b"/abcdef", 3);
         assert_eq!(s, "/ab");

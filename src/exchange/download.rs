@@ -176,6 +176,10 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             let head = response::parse_response(&self.buf[..head_end], ctx, tokens, out)?;
             if head.status == 401 {
                 self.after_rejection(out).await;
+            } else if (200..300).contains(&head.status) {
+                if let Some(on) = self.on_401 {
+                    self.masks.creds.mark_accepted(on.generation.number);
+                }
             }
             if !head.interim {
                 self.report.head_after = Some(self.began.elapsed());
