@@ -41,6 +41,9 @@ pub fn error(problem: Problem, head_only: bool, close: bool, out: &mut Vec<u8>) 
     if let Some(secs) = problem.retry_after() {
         push_field(out, b"Retry-After", secs.to_string().as_bytes());
     }
+    if problem.is_ceiling() {
+        push_field(out, b"x-should-retry", b"false");
+    }
     end_head(out, body.len(), close);
     if !head_only {
         out.extend_from_slice(body.as_bytes());
@@ -66,6 +69,7 @@ fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         417 => "Expectation Failed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",
@@ -104,6 +108,10 @@ mod tests {
         assert!(s.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{s}");
         assert!(s.contains("\r\nRetry-After: 10\r\n"), "{s}");
         assert!(s.ends_with(r#""type":"api_error","message":"proxy: credential unavailable"}}"#));
+        error(Problem::RequestCeiling(31), false, false, &mut out);
+        let s = String::from_utf8(out.clone()).unwrap();
+        let body = r#"{"type":"error","error":{"type":"rate_limit_error","message":"proxy: request ceiling LIMIT_REQUESTS reached"}}"#;
+        assert_eq!(s, format!("HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 31\r\nx-should-retry: false\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
         health(false, false, &mut out);
         assert!(out.ends_with(b"\r\n\r\nagent-loop-proxy ok"));
     }

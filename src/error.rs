@@ -92,6 +92,9 @@ labelled! {
         UpstreamMalformed = "upstream_malformed",
         ClientGone = "client_gone",
         CredentialUnavailable = "credential_unavailable",
+        LimitTokens = "limit_tokens",
+        LimitRequests = "limit_requests",
+        LimitConcurrent = "limit_concurrent",
     }
 }
 
@@ -154,6 +157,12 @@ pub enum Problem {
     Unauthorized,
     /// ALLOW_REQUESTS is configured and does not allow this method and path.
     NotAllowed,
+    /// LIMIT_TOKENS is reached; the `Retry-After` in seconds.
+    TokenCeiling(u32),
+    /// LIMIT_REQUESTS is reached; the `Retry-After` in seconds.
+    RequestCeiling(u32),
+    /// LIMIT_CONCURRENT requests are in flight; the `Retry-After` in seconds.
+    ConcurrencyCeiling(u32),
     /// The client stopped reading the response.
     ClientWriteStalled,
     // --- opening a new upstream connection ---
@@ -301,6 +310,10 @@ impl Problem {
             ExpectationFailed => client(417, R::MethodRefused, "unsupported expectation"),
             Unauthorized => client(401, R::PhantomRefused, "missing or wrong proxy token"),
             NotAllowed => client(403, R::PolicyRefused, "request not allowed by ALLOW_REQUESTS"),
+            // RFC 6585 §4: 429, with Retry-After.
+            TokenCeiling(_) => client(429, R::LimitTokens, "token ceiling LIMIT_TOKENS reached"),
+            RequestCeiling(_) => client(429, R::LimitRequests, "request ceiling LIMIT_REQUESTS reached"),
+            ConcurrencyCeiling(_) => client(429, R::LimitConcurrent, "concurrency ceiling LIMIT_CONCURRENT reached"),
             ClientWriteStalled => client(400, R::ClientGone, "client stopped reading"),
             // --- opening a new upstream connection ---
             UpstreamNameResolution => connecting(Connect, 502, R::UpstreamUnreachable, "upstream unreachable: name resolution failed"),
@@ -359,6 +372,7 @@ impl Problem {
             401 => "authentication_error",
             403 => "permission_error",
             413 => "request_too_large",
+            429 => "rate_limit_error",
             502 | 503 => "api_error",
             504 => "timeout_error",
             _ => "invalid_request_error",
@@ -369,8 +383,21 @@ impl Problem {
     pub fn retry_after(self) -> Option<u32> {
         match self {
             Problem::CredentialUnavailable => Some(CREDENTIAL_RETRY_AFTER),
+            Problem::TokenCeiling(secs)
+            | Problem::RequestCeiling(secs)
+            | Problem::ConcurrencyCeiling(secs) => Some(secs),
             _ => None,
         }
+    }
+
+    /// A ceiling's refusal: the answer says `x-should-retry: false`, the field the Anthropic
+    /// SDKs obey before their own retry rules, so an agent loop stops at the fuse instead of
+    /// retrying into it.
+    pub fn is_ceiling(self) -> bool {
+        matches!(
+            self,
+            Problem::TokenCeiling(_) | Problem::RequestCeiling(_) | Problem::ConcurrencyCeiling(_)
+        )
     }
 
     /// A status that belongs in the message (the egress proxy's answer to CONNECT).

@@ -43,6 +43,9 @@
 //!    - [`head`]: parses and validates a request head, decides framing and route.
 //!    - [`rewrite`]: writes the upstream request head.
 //!    - `policy`: the allow-list of methods and paths (`ALLOW_REQUESTS`).
+//!    - [`ceiling`]: the ceilings of one process (`LIMIT_TOKENS`, `LIMIT_REQUESTS`,
+//!      `LIMIT_CONCURRENT`): bucketed windows, the concurrency slot, the refusal's
+//!      `retry-after`.
 //!    - [`relaybuf`]: the relay buffer of one response body: reads in, what to send out.
 //!    - [`tracker`]: one response body as it streams: its end, masking, de-chunking.
 //!    - [`response`]: parses the upstream response head and writes the client's.
@@ -111,6 +114,7 @@ mod sys;
 
 // 3. Pure core
 mod answer;
+pub mod ceiling;
 mod egress;
 mod flatjson;
 pub mod framing;

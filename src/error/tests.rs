@@ -4,7 +4,7 @@ use super::*;
 
 /// Every problem once (`EgressRefused` with a sample status). `listed` below matches
 /// exhaustively, so a new variant does not compile until it is listed here too.
-const ALL: [Problem; 41] = {
+const ALL: [Problem; 44] = {
     use Problem::*;
     [
         MalformedHead,
@@ -28,6 +28,9 @@ const ALL: [Problem; 41] = {
         ExpectationFailed,
         Unauthorized,
         NotAllowed,
+        TokenCeiling(3600),
+        RequestCeiling(1),
+        ConcurrencyCeiling(1),
         ClientWriteStalled,
         UpstreamNameResolution,
         UpstreamRefused,
@@ -77,26 +80,29 @@ fn listed(p: Problem) -> usize {
         ExpectationFailed => 18,
         Unauthorized => 19,
         NotAllowed => 20,
-        ClientWriteStalled => 21,
-        UpstreamNameResolution => 22,
-        UpstreamRefused => 23,
-        UpstreamUnreachable => 24,
-        UpstreamConnectTimeout => 25,
-        UpstreamCertificate => 26,
-        UpstreamTls => 27,
-        UpstreamTlsTimeout => 28,
-        EgressUnreachable => 29,
-        EgressRefused(_) => 30,
-        EgressTimeout => 31,
-        EgressMalformed => 32,
-        UpstreamResponseTimeout => 33,
-        UpstreamIdleTimeout => 34,
-        UpstreamMalformed => 35,
-        UpstreamSwitchedProtocols => 36,
-        UpstreamEncoded => 37,
-        UpstreamClosed => 38,
-        UpstreamHoldOverflow => 39,
-        CredentialUnavailable => 40,
+        TokenCeiling(_) => 21,
+        RequestCeiling(_) => 22,
+        ConcurrencyCeiling(_) => 23,
+        ClientWriteStalled => 24,
+        UpstreamNameResolution => 25,
+        UpstreamRefused => 26,
+        UpstreamUnreachable => 27,
+        UpstreamConnectTimeout => 28,
+        UpstreamCertificate => 29,
+        UpstreamTls => 30,
+        UpstreamTlsTimeout => 31,
+        EgressUnreachable => 32,
+        EgressRefused(_) => 33,
+        EgressTimeout => 34,
+        EgressMalformed => 35,
+        UpstreamResponseTimeout => 36,
+        UpstreamIdleTimeout => 37,
+        UpstreamMalformed => 38,
+        UpstreamSwitchedProtocols => 39,
+        UpstreamEncoded => 40,
+        UpstreamClosed => 41,
+        UpstreamHoldOverflow => 42,
+        CredentialUnavailable => 43,
     }
 }
 
@@ -230,6 +236,7 @@ fn error_types_follow_the_status() {
             401 => "authentication_error",
             403 => "permission_error",
             413 => "request_too_large",
+            429 => "rate_limit_error",
             502 | 503 => "api_error",
             504 => "timeout_error",
             _ => "invalid_request_error",
@@ -269,6 +276,9 @@ fn label_of(r: Reason) -> &'static str {
         Reason::UpstreamMalformed => "upstream_malformed",
         Reason::ClientGone => "client_gone",
         Reason::CredentialUnavailable => "credential_unavailable",
+        Reason::LimitTokens => "limit_tokens",
+        Reason::LimitRequests => "limit_requests",
+        Reason::LimitConcurrent => "limit_concurrent",
     }
 }
 
@@ -298,4 +308,21 @@ fn every_connect_step_is_listed_once_and_some_problem_has_it() {
         assert_eq!(s.index(), i, "{s:?}");
         assert!(ALL.iter().any(|p| p.connect_step() == Some(*s)), "{s:?}");
     }
+}
+
+#[test]
+fn ceilings_answer_429_with_their_retry_after_and_only_they_forbid_a_retry() {
+    for p in ALL {
+        assert_eq!(p.is_ceiling(), p.status() == 429, "{p:?}");
+        assert_eq!(p.is_ceiling(), name(p).ends_with("Ceiling"), "{p:?}");
+    }
+    assert_eq!(Problem::TokenCeiling(3600).retry_after(), Some(3600));
+    assert_eq!(Problem::RequestCeiling(7).retry_after(), Some(7));
+    assert_eq!(Problem::ConcurrencyCeiling(1).retry_after(), Some(1));
+    assert_eq!(Problem::TokenCeiling(5).reason(), Reason::LimitTokens);
+    assert_eq!(Problem::RequestCeiling(5).reason(), Reason::LimitRequests);
+    assert_eq!(
+        Problem::ConcurrencyCeiling(5).reason(),
+        Reason::LimitConcurrent
+    );
 }

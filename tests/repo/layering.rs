@@ -31,6 +31,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("head", Layer::Pure),
     ("rewrite", Layer::Pure),
     ("policy", Layer::Pure),
+    ("ceiling", Layer::Pure),
     ("relaybuf", Layer::Pure),
     ("tracker", Layer::Pure),
     ("response", Layer::Pure),
