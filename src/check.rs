@@ -120,6 +120,14 @@ pub fn effective(cfg: &Config) -> String {
                 .as_ref()
                 .map_or("unset (all)".into(), |a| format!("{} entries", a.entries())),
         ),
+        ("LIMIT_TOKENS", ceiling_rate(cfg.ceilings.tokens)),
+        ("LIMIT_REQUESTS", ceiling_rate(cfg.ceilings.requests)),
+        (
+            "LIMIT_CONCURRENT",
+            cfg.ceilings
+                .concurrent
+                .map_or("unset (off)".into(), |n| n.to_string()),
+        ),
         (
             "METRICS_ADDR",
             cfg.metrics.map_or("unset (off)".into(), |a| a.to_string()),
@@ -148,6 +156,17 @@ pub fn effective(cfg: &Config) -> String {
         let _ = writeln!(out, "{name}={value}");
     }
     out
+}
+
+/// A ceiling as `N/window` (the window in seconds) or `N (lifetime)`.
+fn ceiling_rate(rate: Option<crate::ceiling::Rate>) -> String {
+    match rate {
+        None => "unset (off)".into(),
+        Some(r) => match r.window {
+            Some(w) => format!("{}/{}s", r.max, w.as_secs()),
+            None => format!("{} (lifetime)", r.max),
+        },
+    }
 }
 
 /// The timeouts and limits in effect.

@@ -190,6 +190,11 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// Longest duration setting accepted: every phase is bounded.
 pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(24 * 60 * 60);
+/// Shortest window of a ceiling (`LIMIT_TOKENS`, `LIMIT_REQUESTS`): a sixtieth of it is one
+/// bucket, so a shorter window would count in buckets of a few milliseconds.
+pub const MIN_CEILING_WINDOW: Duration = Duration::from_secs(1);
+/// Longest window of a ceiling: a budget beyond a month is the lifetime form (`N` alone).
+pub const MAX_CEILING_WINDOW: Duration = Duration::from_secs(31 * 24 * 60 * 60);
 /// How long `agent-loop-proxy healthcheck` waits in total.
 pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -154,6 +154,21 @@ pub const SETTINGS: &[Setting] = &[
         "METHOD /path[*], ... the sandbox may send",
     ),
     s(
+        &["LIMIT_TOKENS"],
+        "unset (off)",
+        "N[/window]: tokens per window (1h, 1d; no window: lifetime) -> 429",
+    ),
+    s(
+        &["LIMIT_REQUESTS"],
+        "unset (off)",
+        "N[/window]: requests forwarded per window (600/1m) -> 429",
+    ),
+    s(
+        &["LIMIT_CONCURRENT"],
+        "unset (off)",
+        "requests in flight, streams included -> 429",
+    ),
+    s(
         &["METRICS_ADDR"],
         "unset (off)",
         "host:port of the Prometheus /metrics listener",
@@ -274,6 +289,7 @@ const PREFIXES: &[&str] = &[
     "PHANTOM_",
     "OAUTH_",
     "SHUTDOWN_",
+    "LIMIT_",
 ];
 
 /// Common variables within two edits of a setting that are not typos of it.

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ceiling::Spec as Ceilings;
 use crate::credential::BetaRule;
 use crate::egress::{EgressProxy, NoProxy};
 use crate::limits::{self, Limits, Timeouts};
@@ -75,6 +76,8 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub pool_max_idle: usize,
+    /// The ceilings of this process (`LIMIT_TOKENS`, `LIMIT_REQUESTS`, `LIMIT_CONCURRENT`).
+    pub ceilings: Ceilings,
 }
 
 /// Where the token comes from, and whether it changes.
@@ -166,6 +169,7 @@ impl Config {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             pool_max_idle: limits::POOL_MAX_IDLE,
+            ceilings: Ceilings::default(),
         }
     }
 
@@ -214,6 +218,7 @@ impl Config {
         read_limits(&var, &mut cfg.limits)?;
         size(&var, "POOL_MAX_IDLE", &mut cfg.pool_max_idle, 0)?;
         read_timeouts(&var, &mut cfg.timeouts)?;
+        cfg.ceilings = ceilings::ceilings(&var)?;
         Ok(cfg)
     }
 
@@ -427,6 +432,7 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         .then(|| Duration::from_millis(ms))
 }
 
+mod ceilings;
 mod token;
 
 #[cfg(test)]
