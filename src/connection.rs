@@ -18,6 +18,7 @@ use tokio::time::{timeout_at, Instant as TokioInstant};
 use zeroize::Zeroizing;
 
 use crate::answer;
+use crate::ceiling;
 use crate::credential::Generation;
 use crate::error::Problem;
 use crate::exchange::{self, Client, Exchange, Forwarded, Outcome};
@@ -174,6 +175,7 @@ impl Session {
             }
         };
         set_log_path(&mut self.log_path, &client.buf[req.path.clone()]);
+        let spends_tokens = ceiling::counts_tokens(&client.buf[req.path.clone()]);
         client.buf.advance(head_len);
         self.scanner.reset();
 
@@ -202,22 +204,35 @@ impl Session {
                 let p = Problem::CredentialUnavailable;
                 client.answer(proxy, &req, p, refused, terms, out).await
             }
+            // The ceilings last: a request refused for any reason above counts toward none.
             (Route::Forward, true, true) => {
-                // In the mask set of every response from now on, before the credential goes
-                // upstream; the response masks the set as it grows (see `credential`).
-                let using = proxy.creds.start_use(g);
-                let x = Exchange {
-                    proxy,
-                    req: &req,
-                    up_head: &self.up_head,
-                    terms,
-                    generation: g,
-                };
-                let o = client.forward(&x, out).await;
-                // The credential is not needed until the next request: wipe it now.
-                zeroize::Zeroize::zeroize(&mut *self.up_head);
-                drop(using);
-                o
+                match proxy.ceilings.check(Instant::now(), spends_tokens) {
+                    Err(refusal) => {
+                        let p = refusal.problem();
+                        client.answer(proxy, &req, p, refused, terms, out).await
+                    }
+                    Ok(permit) => {
+                        // In the mask set of every response from now on, before the
+                        // credential goes upstream; the response masks the set as it grows
+                        // (see `credential`).
+                        let using = proxy.creds.start_use(g);
+                        let x = Exchange {
+                            proxy,
+                            req: &req,
+                            up_head: &self.up_head,
+                            terms,
+                            generation: g,
+                            permit: &permit,
+                        };
+                        let o = client.forward(&x, out).await;
+                        // The credential is not needed until the next request: wipe it now.
+                        zeroize::Zeroize::zeroize(&mut *self.up_head);
+                        drop(using);
+                        // The concurrency slot is held until here: the stream has ended.
+                        drop(permit);
+                        o
+                    }
+                }
             }
         };
         let about = Logged {

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::ceiling::Ceilings;
 use crate::config::{Config, FederationSource, TokenSource};
 use crate::credential::Credentials;
 use crate::federation;
@@ -169,8 +170,10 @@ impl Bound {
             }
         };
         let pool = Pool::new(cfg.pool_max_idle, cfg.timeouts.pool_idle);
+        let ceilings = Ceilings::new(cfg.ceilings, std::time::Instant::now());
         let proxy = Arc::new(Proxy {
             cfg,
+            ceilings,
             creds,
             connector,
             pool,

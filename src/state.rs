@@ -1,8 +1,9 @@
 //! What every connection shares, built once at startup: the configuration, the credential
-//! store, the upstream connector and the pool of idle upstream connections.
+//! store, the upstream connector, the pool of idle upstream connections and the ceilings.
 
 use std::sync::Arc;
 
+use crate::ceiling::Ceilings;
 use crate::config::Config;
 use crate::credential::{Credentials, Generation};
 use crate::log::Log;
@@ -15,6 +16,8 @@ use crate::upstream::{Connector, Pool};
 /// Everything a connection needs, built once and shared (`Arc`).
 pub struct Proxy {
     pub cfg: Config,
+    /// The ceilings' counts (`LIMIT_*`), for this process's lifetime.
+    pub ceilings: Ceilings,
     /// The token's generations; the intake thread swaps new ones in.
     pub creds: Arc<Credentials>,
     pub connector: Connector,

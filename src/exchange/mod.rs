@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
 use crate::answer::CONTINUE;
+use crate::ceiling::Permit;
 use crate::credential::Generation;
 use crate::error::Problem;
 use crate::framing::{Framed, RequestBody};
@@ -65,6 +66,11 @@ pub struct Exchange<'a> {
     pub terms: ClientTerms,
     /// The generation of the token the request carries (what a 401 rejects).
     pub generation: &'a Arc<Generation>,
+    /// The ceilings' admission, held for the whole exchange; the exchange's token usage,
+    /// once final, is recorded through it (by the response's usage reading, still to come:
+    /// until then nothing reads it).
+    #[allow(dead_code)]
+    pub permit: &'a Permit<'a>,
 }
 
 /// The client side of a connection: the socket, and the bytes read but not yet used (the rest
