@@ -9,6 +9,7 @@
 mod support;
 
 mod attack_review;
+mod ceilings;
 mod configuration;
 mod credential_confinement;
 mod credential_lifecycle;
