@@ -206,33 +206,8 @@ impl Session {
             }
             // The ceilings last: a request refused for any reason above counts toward none.
             (Route::Forward, true, true) => {
-                match proxy.ceilings.check(Instant::now(), spends_tokens) {
-                    Err(refusal) => {
-                        let p = refusal.problem();
-                        client.answer(proxy, &req, p, refused, terms, out).await
-                    }
-                    Ok(permit) => {
-                        // In the mask set of every response from now on, before the
-                        // credential goes upstream; the response masks the set as it grows
-                        // (see `credential`).
-                        let using = proxy.creds.start_use(g);
-                        let x = Exchange {
-                            proxy,
-                            req: &req,
-                            up_head: &self.up_head,
-                            terms,
-                            generation: g,
-                            permit: &permit,
-                        };
-                        let o = client.forward(&x, out).await;
-                        // The credential is not needed until the next request: wipe it now.
-                        zeroize::Zeroize::zeroize(&mut *self.up_head);
-                        drop(using);
-                        // The concurrency slot is held until here: the stream has ended.
-                        drop(permit);
-                        o
-                    }
-                }
+                self.forward(proxy, client, &req, terms, g, spends_tokens)
+                    .await
             }
         };
         let about = Logged {
@@ -246,6 +221,46 @@ impl Session {
         record(proxy, &about, &outcome);
         self.idle_since = TokioInstant::now();
         outcome.client
+    }
+
+    /// Forwards a request that passed every other check, if the ceilings admit it; their
+    /// permit is held until the exchange, stream included, has ended.
+    async fn forward(
+        &mut self,
+        proxy: &Proxy,
+        client: &mut Client,
+        req: &Request,
+        terms: ClientTerms,
+        g: &Arc<Generation>,
+        spends_tokens: bool,
+    ) -> Outcome {
+        let permit = match proxy.ceilings.check(Instant::now(), spends_tokens) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                // As every refusal: nothing forwarded, the unread body ends the connection.
+                let refused = End::Answered { in_sync: false };
+                let (p, out) = (refusal.problem(), &mut self.out);
+                return client.answer(proxy, req, p, refused, terms, out).await;
+            }
+        };
+        // In the mask set of every response from now on, before the credential goes
+        // upstream; the response masks the set as it grows (see `credential`).
+        let using = proxy.creds.start_use(g);
+        let x = Exchange {
+            proxy,
+            req,
+            up_head: &self.up_head,
+            terms,
+            generation: g,
+            permit: &permit,
+        };
+        let o = client.forward(&x, &mut self.out).await;
+        // The credential is not needed until the next request: wipe it now.
+        zeroize::Zeroize::zeroize(&mut *self.up_head);
+        drop(using);
+        // The concurrency slot is held until here: the response has ended.
+        drop(permit);
+        o
     }
 }
 
