@@ -20,8 +20,8 @@ use crate::error::Problem;
 /// The buckets of one window: the window's precision is one bucket, 1/60 of it.
 pub const BUCKETS: usize = 60;
 
-/// `retry-after` for a ceiling that counts for the process's lifetime: it frees up only when
-/// the proxy restarts. The Anthropic SDKs honour a `retry-after` only below 60 seconds (above
+/// `Retry-After` (RFC 9110 §10.2.3) for a ceiling that counts for the process's lifetime: it
+/// frees up only when the proxy restarts. The Anthropic SDKs honour a `retry-after` only below 60 seconds (above
 /// it they fall back to their own short backoff), and a value above 60 tells a client that
 /// does honour it that a prompt retry is pointless; `x-should-retry: false` (sent with every
 /// ceiling's refusal) tells the SDKs not to retry at all. One hour, not more: an operator
