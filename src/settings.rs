@@ -156,17 +156,17 @@ pub const SETTINGS: &[Setting] = &[
     s(
         &["LIMIT_TOKENS"],
         "unset (off)",
-        "N[/window]: tokens per window (1h, 1d; no window: lifetime) -> 429",
+        "N[/1h]: tokens per window or lifetime -> 429",
     ),
     s(
         &["LIMIT_REQUESTS"],
         "unset (off)",
-        "N[/window]: requests forwarded per window (600/1m) -> 429",
+        "N[/1m]: requests per window or lifetime -> 429",
     ),
     s(
         &["LIMIT_CONCURRENT"],
         "unset (off)",
-        "requests in flight, streams included -> 429",
+        "requests in flight (streams too) -> 429",
     ),
     s(
         &["METRICS_ADDR"],
