@@ -57,32 +57,38 @@ python3 "$here/codex/fake_responses.py" --text "$text" >"$work/fake.log" 2>&1 &
 pids+=($!)
 fake_port=$(wait_line "$work/fake.log" '^listening ' | cut -d' ' -f2)
 
-# config_for CASE PORT: Codex's config.toml for CASE against the proxy on PORT.
+# config_for CASE PORT: Codex's config.toml for CASE against the proxy on PORT. Nothing of it
+# leaves the machine: no update check or analytics, and no plugins or apps (whose sync would
+# `git clone` from github.com and ask api.github.com).
 config_for() {
     local base="http://127.0.0.1:$2/v1"
-    printf 'model = "fake-model"\ncheck_for_update_on_startup = false\n\n'
+    printf 'model = "fake-model"\ncheck_for_update_on_startup = false\n'
     case $1 in
-        builtin)
-            printf 'openai_base_url = "%s"\n\n[analytics]\nenabled = false\n' "$base" ;;
+        builtin) printf 'openai_base_url = "%s"\n' "$base" ;;
+        ws-on | ws-off) printf 'model_provider = "local"\n' ;;
+        *) die "unknown case: $1" ;;
+    esac
+    printf '\n[analytics]\nenabled = false\n\n'
+    printf '[features]\nplugins = false\nremote_plugin = false\napps = false\n'
+    case $1 in
         ws-on | ws-off)
             local ws=true
             [ "$1" = ws-off ] && ws=false
-            printf 'model_provider = "local"\n\n[analytics]\nenabled = false\n\n'
-            printf '[model_providers.local]\nname = "local"\nbase_url = "%s"\n' "$base"
+            printf '\n[model_providers.local]\nname = "local"\nbase_url = "%s"\n' "$base"
             printf 'wire_api = "responses"\nenv_key = "LOCAL_PROXY_KEY"\n'
             printf 'supports_websockets = %s\n' "$ws" ;;
-        *) die "unknown case: $1" ;;
     esac
 }
 
-# one_run CASE PORT DIR: one `codex exec`; prints its wall time in seconds.
+# one_run CASE PORT DIR: one `codex exec`; prints its wall time in seconds. `codex exec` takes
+# the built-in provider's key from CODEX_API_KEY, the custom one's from its env_key.
 one_run() {
     local dir=$3 start end
     mkdir -p "$dir/home/.codex" "$dir/cwd"
     config_for "$1" "$2" >"$dir/home/.codex/config.toml"
     start=$(date +%s%N)
     (cd "$dir/cwd" && env -i PATH="$PATH" HOME="$dir/home" CODEX_HOME="$dir/home/.codex" \
-        OPENAI_API_KEY="$phantom" CODEX_API_KEY="$phantom" LOCAL_PROXY_KEY="$phantom" TERM=dumb \
+        CODEX_API_KEY="$phantom" LOCAL_PROXY_KEY="$phantom" TERM=dumb \
         timeout 120 "$codex" exec --skip-git-repo-check --ephemeral --color never \
         "Say hello." </dev/null >"$dir/out" 2>"$dir/err") ||
         die "codex exec failed ($1, $dir): $(tail -n 5 "$dir/err")"
@@ -96,6 +102,7 @@ upgrades() { grep -E '^proxy: GET /v1/responses [0-9]{3} ' "$1" || true; }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); print (NR % 2) ? v[m] : (v[m] + v[m + 1]) / 2 }'; }
 
+printf '%s; %s runs per case\n\n' "$("$codex" --version)" "$runs"
 printf '| proxy | case | upgrade answer | upgrade attempts per run | median (s) | runs (s) |\n'
 printf '|---|---|---|---|---:|---|\n'
 for spec in "$@"; do
