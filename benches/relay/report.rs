@@ -4,7 +4,8 @@
 //! RESULTS.md has two parts: the relay scenarios' (header, table, targets, method) and, after
 //! [`ENDURANCE_MARK`], the soak and reset section. A run rewrites only the parts it measured
 //! and keeps the other as it was, so a three-minute soak does not wipe the relay tables of a
-//! full run, nor a relay run the soak's figures.
+//! full run, nor a relay run the soak's figures. Sections after [`KEPT_MARK`] come from other
+//! scripts (benches/codex-fallback.sh); every run keeps them as they are.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -523,8 +524,17 @@ rewrites only this section; a run of the others keeps it. Regenerate rather than
     out
 }
 
+/// The first line of the sections at the end of RESULTS.md that this bench does not measure
+/// (figures taken by hand with their own scripts): a run must not drop them.
+pub const KEPT_MARK: &str =
+    "<!-- sections from other scripts: kept by every run of the relay bench; keep this line -->";
+
 /// RESULTS.md from the existing file and the parts this run wrote (`None`: keep the old one).
 pub fn merge_results(existing: &str, relay: Option<String>, endurance: Option<String>) -> String {
+    let (existing, kept) = match existing.find(KEPT_MARK) {
+        Some(i) => existing.split_at(i),
+        None => (existing, ""),
+    };
     let (old_relay, old_endurance) = match existing.find(ENDURANCE_MARK) {
         Some(i) => existing.split_at(i),
         None => (existing, ""),
@@ -536,10 +546,12 @@ pub fn merge_results(existing: &str, relay: Option<String>, endurance: Option<St
             .to_string();
     }
     let endurance = endurance.unwrap_or_else(|| old_endurance.to_string());
-    if !endurance.is_empty() {
-        out.truncate(out.trim_end().len());
-        out.push_str("\n\n");
-        out.push_str(&endurance);
+    for part in [endurance.as_str(), kept] {
+        if !part.is_empty() {
+            out.truncate(out.trim_end().len());
+            out.push_str("\n\n");
+            out.push_str(part);
+        }
     }
     if !out.ends_with('\n') {
         out.push('\n');
