@@ -140,15 +140,17 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The socket under rustls, read in large pieces. rustls asks its transport for at most 4 KiB
-/// per read (its deframer's read size), so a burst of small records (an SSE stream, one event
-/// per record) cost one system call per 4 KiB; this takes what the socket holds, up to
-/// [`TLS_READ_BUF`], in one call, and hands it on from memory.
+/// The socket under rustls, read in large pieces during a burst. rustls asks its transport for
+/// at most 4 KiB per read (its deframer's read size), so a burst of small records (an SSE
+/// stream, one event per record) cost one system call per 4 KiB. A read goes straight into
+/// rustls's buffer as before; only when it fills it (the socket may hold more) does the next
+/// read take what the socket holds, up to [`TLS_READ_BUF`], in one call, handed on from memory.
 ///
 /// It cannot add delay: a read returns at once what the socket already holds (tokio's read
 /// never waits for a buffer to fill), and a read that finds nothing here and nothing in the
-/// socket is `Pending` exactly as the socket's own. The buffer exists only while it holds
-/// bytes: it is dropped whenever the socket runs dry, so a held or pooled connection keeps none.
+/// socket is `Pending` exactly as the socket's own. The buffer exists only during a burst: it
+/// is dropped whenever the socket runs dry, so a held or pooled connection keeps none, and an
+/// event that arrives alone (a paced stream) never allocates one.
 pub struct TlsSocket {
     tcp: TcpStream,
     /// `buf[start..end]` was read from the socket and not yet handed to rustls.
@@ -170,11 +172,9 @@ impl TlsSocket {
         }
     }
 
-    /// Refills the buffer from the socket (it is empty). `Ready(Ok(false))`: the socket's end.
+    /// Refills the buffer (allocated, empty) from the socket. `Ready(Ok(false))`: the
+    /// socket's end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        if self.buf.is_empty() {
-            self.buf = vec![0; TLS_READ_BUF];
-        }
         let mut rb = ReadBuf::new(&mut self.buf);
         match Pin::new(&mut self.tcp).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {
@@ -219,6 +219,17 @@ impl AsyncRead for TlsSocket {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.start == this.end && this.buf.is_empty() {
+            // No burst under way: straight into the caller's buffer.
+            let before = out.remaining();
+            let polled = Pin::new(&mut this.tcp).poll_read(cx, out);
+            if matches!(polled, Poll::Ready(Ok(()))) && before > 0 && out.remaining() == 0 {
+                // It filled the caller's buffer, so more may be waiting: the next read takes
+                // all of it at once.
+                this.buf = vec![0; TLS_READ_BUF];
+            }
+            return polled;
+        }
         if this.start == this.end {
             match this.poll_fill(cx) {
                 Poll::Ready(Ok(true)) => {}
@@ -562,6 +573,25 @@ mod tests {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(Pin::new(&mut sock).poll_read(&mut cx, &mut rb).is_pending());
         assert_eq!(sock.buf.capacity(), 0, "no buffer while waiting");
+        // A burst larger than one read: the next reads come from one socket read.
+        let burst: Vec<u8> = (0..40).flat_map(|_| record(300)).collect();
+        peer.write_all(&burst).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < burst.len() {
+            let n = sock.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if got.len() == buf.len() {
+                assert_eq!(
+                    sock.buf.len(),
+                    TLS_READ_BUF,
+                    "a full read starts the buffer"
+                );
+            }
+        }
+        assert_eq!(got, burst);
+        let mut rb = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut sock).poll_read(&mut cx, &mut rb).is_pending());
+        assert_eq!(sock.buf.capacity(), 0, "the burst's buffer is gone");
         peer.write_all(&record(10)).await.unwrap();
         drop(peer);
         let mut rest = Vec::new();
