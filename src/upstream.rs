@@ -31,7 +31,7 @@ use crate::target::{Scheme, Target};
 /// One upstream connection, plain or TLS.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TlsSocket>>),
 }
 
 impl Stream {
@@ -140,6 +140,142 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// The socket under rustls, read in large pieces during a burst. rustls asks its transport for
+/// at most 4 KiB per read (its deframer's read size), so a burst of small records (an SSE
+/// stream, one event per record) cost one system call per 4 KiB. A read goes straight into
+/// rustls's buffer as before; only when it fills it (the socket may hold more) does the next
+/// read take what the socket holds, up to [`TLS_READ_BUF`], in one call, handed on from memory.
+///
+/// It cannot add delay: a read returns at once what the socket already holds (tokio's read
+/// never waits for a buffer to fill), and a read that finds nothing here and nothing in the
+/// socket is `Pending` exactly as the socket's own. The buffer exists only during a burst: it
+/// is dropped whenever the socket runs dry, so a held or pooled connection keeps none, and an
+/// event that arrives alone (a paced stream) never allocates one.
+pub struct TlsSocket {
+    tcp: TcpStream,
+    /// `buf[start..end]` was read from the socket and not yet handed to rustls.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// One socket read for rustls: 16 KiB, a full TLS record's worth of payload (RFC 8446 §5.1).
+const TLS_READ_BUF: usize = 16 * 1024;
+
+impl TlsSocket {
+    fn new(tcp: TcpStream) -> TlsSocket {
+        TlsSocket {
+            tcp,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Refills the buffer (allocated, empty) from the socket. `Ready(Ok(false))`: the
+    /// socket's end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut rb = ReadBuf::new(&mut self.buf);
+        match Pin::new(&mut self.tcp).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                (self.start, self.end) = (0, n);
+                Poll::Ready(Ok(n > 0))
+            }
+            polled => {
+                // Nothing held: a connection waiting for bytes keeps no buffer.
+                self.buf = Vec::new();
+                polled.map_ok(|()| false)
+            }
+        }
+    }
+}
+
+/// How much of `held` to hand to a read of at most `room` bytes: whole TLS records (a 5-byte
+/// header whose last two bytes are the length, RFC 8446 §5.1) when at least one fits, so rustls
+/// is never left holding the start of a record it must keep and move; else as much as fits.
+/// Only a hint: rustls takes any split.
+fn records_within(held: &[u8], room: usize) -> usize {
+    let limit = held.len().min(room);
+    let mut whole = 0;
+    while let Some(header) = held.get(whole..whole + 5) {
+        let next = whole + 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if next > limit {
+            break;
+        }
+        whole = next;
+    }
+    if whole == 0 {
+        limit
+    } else {
+        whole
+    }
+}
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.start == this.end && this.buf.is_empty() {
+            // No burst under way: straight into the caller's buffer.
+            let before = out.remaining();
+            let polled = Pin::new(&mut this.tcp).poll_read(cx, out);
+            if matches!(polled, Poll::Ready(Ok(()))) && before > 0 && out.remaining() == 0 {
+                // It filled the caller's buffer, so more may be waiting: the next read takes
+                // all of it at once.
+                this.buf = vec![0; TLS_READ_BUF];
+            }
+            return polled;
+        }
+        if this.start == this.end {
+            match this.poll_fill(cx) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = records_within(&this.buf[this.start..this.end], out.remaining());
+        out.put_slice(&this.buf[this.start..this.start + n]);
+        this.start += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes go straight to the socket: rustls already hands it whole records.
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
 /// Opens connections to TARGET, directly or through a CONNECT tunnel. A clone shares the TLS
 /// client (the federation exchange uses one on its own thread).
 #[derive(Clone)]
@@ -186,6 +322,7 @@ impl Connector {
         let Some((connector, name)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
+        let tcp = TlsSocket::new(tcp);
         let tls = timeout(self.timeouts.tls, connector.connect(name.clone(), tcp))
             .await
             .map_err(|_| Problem::UpstreamTlsTimeout)?
@@ -382,5 +519,83 @@ impl Pool {
     /// Drops every idle connection (shutdown).
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A record of `len` payload bytes: header (application data, TLS 1.2 on the wire) and
+    /// payload.
+    fn record(len: u16) -> Vec<u8> {
+        let mut r = vec![23, 3, 3];
+        r.extend_from_slice(&len.to_be_bytes());
+        r.resize(5 + usize::from(len), 0xaa);
+        r
+    }
+
+    /// Whole records that fit are handed on, never the start of the next; when not even one
+    /// fits (a large record, a partial one), as much as fits.
+    #[test]
+    fn hands_on_whole_records_when_one_fits() {
+        let held = [record(100), record(200), record(300)].concat();
+        assert_eq!(records_within(&held, 4096), held.len());
+        assert_eq!(records_within(&held, 400), 105 + 205);
+        assert_eq!(records_within(&held, 104), 104);
+        assert_eq!(records_within(&held[..50], 4096), 50);
+        assert_eq!(records_within(&held[..108], 4096), 105);
+        assert_eq!(records_within(&held[..3], 4096), 3);
+        assert_eq!(records_within(&[], 4096), 0);
+        let big = record(16 * 1024);
+        assert_eq!(records_within(&big, 4096), 4096);
+    }
+
+    /// What the socket holds is handed on at once, never waiting for more; when the socket
+    /// runs dry the read waits like the socket's own and the buffer is gone; the peer's close
+    /// is the end.
+    #[tokio::test]
+    async fn reads_what_the_socket_holds_and_keeps_no_buffer_while_waiting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut sock, mut peer) = (TlsSocket::new(tcp.unwrap()), accepted.unwrap().0);
+        let first = [record(100), record(50)].concat();
+        peer.write_all(&first).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = 0;
+        while got < first.len() {
+            got += sock.read(&mut buf[got..]).await.unwrap();
+        }
+        assert_eq!(&buf[..got], &first[..]);
+        let mut rb = ReadBuf::new(&mut buf);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut sock).poll_read(&mut cx, &mut rb).is_pending());
+        assert_eq!(sock.buf.capacity(), 0, "no buffer while waiting");
+        // A burst larger than one read: the next reads come from one socket read.
+        let burst: Vec<u8> = (0..40).flat_map(|_| record(300)).collect();
+        peer.write_all(&burst).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < burst.len() {
+            let n = sock.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if got.len() == buf.len() {
+                assert_eq!(
+                    sock.buf.len(),
+                    TLS_READ_BUF,
+                    "a full read starts the buffer"
+                );
+            }
+        }
+        assert_eq!(got, burst);
+        let mut rb = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut sock).poll_read(&mut cx, &mut rb).is_pending());
+        assert_eq!(sock.buf.capacity(), 0, "the burst's buffer is gone");
+        peer.write_all(&record(10)).await.unwrap();
+        drop(peer);
+        let mut rest = Vec::new();
+        sock.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, record(10));
     }
 }
