@@ -92,6 +92,8 @@ labelled! {
         UpstreamMalformed = "upstream_malformed",
         ClientGone = "client_gone",
         CredentialUnavailable = "credential_unavailable",
+        /// A WebSocket upgrade answered 426 so that the client falls back to HTTP at once.
+        UpgradeRefused = "upgrade_refused",
     }
 }
 
@@ -148,6 +150,9 @@ pub enum Problem {
     MethodNotImplemented,
     /// `Upgrade` requested (no protocol switching through the proxy).
     UpgradeRefused,
+    /// `Upgrade: websocket` where the proxy does not tunnel WebSocket: 426, so that a client
+    /// that can speak plain HTTP falls back to it at once.
+    WebSocketRefused,
     /// `Expect` other than `100-continue` (RFC 9110 §10.1.1).
     ExpectationFailed,
     /// PHANTOM_TOKEN is configured and the request did not carry it.
@@ -298,6 +303,7 @@ impl Problem {
             MethodNotAllowed => client(405, R::MethodRefused, "method not allowed"),
             MethodNotImplemented => client(501, R::MethodRefused, "method not implemented"),
             UpgradeRefused => client(501, R::MethodRefused, "protocol upgrade not supported"),
+            WebSocketRefused => client(426, R::UpgradeRefused, "WebSocket not enabled here: use plain HTTP"),
             ExpectationFailed => client(417, R::MethodRefused, "unsupported expectation"),
             Unauthorized => client(401, R::PhantomRefused, "missing or wrong proxy token"),
             NotAllowed => client(403, R::PolicyRefused, "request not allowed by ALLOW_REQUESTS"),

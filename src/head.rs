@@ -19,7 +19,8 @@ use crate::rewrite::{
     self, is_underscore_lookalike, is_underscore_lookalike_of, Beta, Rewrite, Upstream,
 };
 use crate::syntax::{
-    bearer, connection_options, constant_time_eq, name_is, percent_decoded, ConnectionOption,
+    bearer, connection_options, constant_time_eq, list_items, name_is, percent_decoded,
+    ConnectionOption,
 };
 
 /// Methods the proxy forwards. Methods are case-sensitive (RFC 9110 §9.1).
@@ -284,8 +285,14 @@ impl<'h> Fields<'h> {
         } else if name.eq_ignore_ascii_case(b"connection") {
             self.connection(value)?;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            // No protocol switching through the proxy (docs/http-rules.md §3.5).
-            return Err(Problem::UpgradeRefused);
+            // No protocol switching through the proxy (docs/http-rules.md §3.5). WebSocket
+            // gets 426 rather than 501: clients that can fall back to HTTP (Codex) do so at
+            // once on 426, and retry for seconds on anything else.
+            return Err(if upgrade_names_websocket(value) {
+                Problem::WebSocketRefused
+            } else {
+                Problem::UpgradeRefused
+            });
         } else if name.eq_ignore_ascii_case(b"expect") {
             // R26: only 100-continue exists; HTTP/1.0 clients' expectation is ignored.
             if !value.eq_ignore_ascii_case(b"100-continue") {
@@ -349,6 +356,15 @@ impl<'h> Fields<'h> {
             )),
         }
     }
+}
+
+/// Whether an `Upgrade` list (RFC 9110 §7.8: `protocol-name ["/" protocol-version]`, names
+/// case-insensitive) offers WebSocket (RFC 6455 §4.1).
+pub fn upgrade_names_websocket(value: &[u8]) -> bool {
+    list_items(value).any(|p| {
+        let name = p.split(|&b| b == b'/').next().unwrap_or_default();
+        name.eq_ignore_ascii_case(b"websocket")
+    })
 }
 
 /// A name that becomes one of `fields` (lower-case) when `_` is read as `-` (R37).

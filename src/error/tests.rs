@@ -4,7 +4,7 @@ use super::*;
 
 /// Every problem once (`EgressRefused` with a sample status). `listed` below matches
 /// exhaustively, so a new variant does not compile until it is listed here too.
-const ALL: [Problem; 41] = {
+const ALL: [Problem; 42] = {
     use Problem::*;
     [
         MalformedHead,
@@ -48,6 +48,7 @@ const ALL: [Problem; 41] = {
         UpstreamClosed,
         UpstreamHoldOverflow,
         CredentialUnavailable,
+        WebSocketRefused,
     ]
 };
 
@@ -97,6 +98,7 @@ fn listed(p: Problem) -> usize {
         UpstreamClosed => 38,
         UpstreamHoldOverflow => 39,
         CredentialUnavailable => 40,
+        WebSocketRefused => 41,
     }
 }
 
@@ -210,6 +212,7 @@ fn client_reasons_are_for_client_problems_only() {
                 | Reason::Malformed
                 | Reason::TooLarge
                 | Reason::MethodRefused
+                | Reason::UpgradeRefused
                 | Reason::ClientGone
         );
         if client_reason {
@@ -269,6 +272,7 @@ fn label_of(r: Reason) -> &'static str {
         Reason::UpstreamMalformed => "upstream_malformed",
         Reason::ClientGone => "client_gone",
         Reason::CredentialUnavailable => "credential_unavailable",
+        Reason::UpgradeRefused => "upgrade_refused",
     }
 }
 
