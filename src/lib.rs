@@ -45,6 +45,8 @@
 //!    - `policy`: the allow-list of methods and paths (`ALLOW_REQUESTS`).
 //!    - [`relaybuf`]: the relay buffer of one response body: reads in, what to send out.
 //!    - [`tracker`]: one response body as it streams: its end, masking, de-chunking.
+//!    - [`wsframe`]: one direction of a WebSocket tunnel: frames validated, the upstream's
+//!      payload masked.
 //!    - [`response`]: parses the upstream response head and writes the client's.
 //!    - `answer`: the proxy's own answers (health, Anthropic-shaped errors).
 //!    - [`framing`]: framing fields (RFC 9112 §6.3), the chunked decoder and encoder, the
@@ -123,6 +125,7 @@ pub mod rewrite;
 pub mod scan;
 pub mod scrub;
 pub mod tracker;
+pub mod wsframe;
 
 // 4. Bottom
 pub mod error;

@@ -33,6 +33,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("policy", Layer::Pure),
     ("relaybuf", Layer::Pure),
     ("tracker", Layer::Pure),
+    ("wsframe", Layer::Pure),
     ("response", Layer::Pure),
     ("answer", Layer::Pure),
     ("framing", Layer::Pure),
