@@ -22,6 +22,8 @@
 //!    - `server`: the accept loop and the drain.
 //!    - `connection`: one client connection: socket and buffer, reading heads, the proxy's
 //!      own answers, the log line, lingering close or reset.
+//!    - `tunnel`: a WebSocket tunnel once the upstream switched: frames both ways, the
+//!      server's masked, closed on a bad frame, idleness or shutdown.
 //!    - `exchange`: one exchange as named states: head and body up, head and body down
 //!      (a directory: the state flow, the upload half, the download half, their I/O helpers).
 //!    - `federation`: Workload Identity Federation, the IdP's JWT exchanged for a token at
@@ -43,6 +45,8 @@
 //!    - [`head`]: parses and validates a request head, decides framing and route.
 //!    - [`rewrite`]: writes the upstream request head.
 //!    - `policy`: the allow-list of methods and paths (`ALLOW_REQUESTS`).
+//!    - [`handshake`]: the WebSocket opening handshake, the client's offer and the
+//!      upstream's 101 (`WEBSOCKET_PATHS`).
 //!    - [`relaybuf`]: the relay buffer of one response body: reads in, what to send out.
 //!    - [`tracker`]: one response body as it streams: its end, masking, de-chunking.
 //!    - [`wsframe`]: one direction of a WebSocket tunnel: frames validated, the upstream's
@@ -97,6 +101,7 @@ pub mod run;
 mod scrape;
 mod server;
 mod state;
+mod tunnel;
 mod upstream;
 
 // 2. Process
@@ -116,6 +121,7 @@ mod answer;
 mod egress;
 mod flatjson;
 pub mod framing;
+pub mod handshake;
 pub mod head;
 mod persist;
 mod policy;

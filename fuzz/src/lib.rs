@@ -464,6 +464,7 @@ pub fn parse_head(data: &[u8]) {
             credential_field: None,
             allow: None,
             oauth_beta: cfg.oauth_beta,
+            websocket: None,
         };
         let mut out = b"stale bytes".to_vec();
         let result = head::parse_request(h, &limits, &rw, &mut out);
@@ -810,6 +811,7 @@ fn check_idempotent(req: &Request, cfg: &Config, out: &[u8]) {
         credential_field: None,
         allow: None,
         oauth_beta: cfg.oauth_beta,
+        websocket: None,
     };
     let mut again = Vec::new();
     let r2 = match head::parse_request(out, &limits, &rw, &mut again) {

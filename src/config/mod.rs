@@ -63,6 +63,8 @@ pub struct Config {
     pub token_source: TokenSource,
     /// What the sandbox may reach (`ALLOW_REQUESTS`); `None`: everything.
     pub allow: Option<AllowList>,
+    /// The WebSocket tunnel (`WEBSOCKET_PATHS`); `None`: every upgrade gets 426.
+    pub websocket: Option<WebSocket>,
     /// The metrics listener (`METRICS_ADDR`); `None`: off.
     pub metrics: Option<SocketAddr>,
     /// One JSON object per log line (`LOG_FORMAT=json`).
@@ -159,6 +161,7 @@ impl Config {
             token_header: TokenHeader::Authorization,
             token_source: TokenSource::StdinOnce,
             allow: None,
+            websocket: None,
             metrics: None,
             log_json: false,
             log_timestamps: false,
@@ -211,6 +214,7 @@ impl Config {
             Some(_) => return Err(ConfigError::new("LOG_TIMESTAMPS", "must be on or off")),
         };
         cfg.credentials(&var)?;
+        cfg.websocket = websocket::websocket(&var)?;
         read_limits(&var, &mut cfg.limits)?;
         size(&var, "POOL_MAX_IDLE", &mut cfg.pool_max_idle, 0)?;
         read_timeouts(&var, &mut cfg.timeouts)?;
@@ -428,6 +432,9 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 }
 
 mod token;
+mod websocket;
+
+pub use websocket::WebSocket;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@ use super::*;
 
 /// Every problem once (`EgressRefused` with a sample status). `listed` below matches
 /// exhaustively, so a new variant does not compile until it is listed here too.
-const ALL: [Problem; 42] = {
+const ALL: [Problem; 44] = {
     use Problem::*;
     [
         MalformedHead,
@@ -49,6 +49,8 @@ const ALL: [Problem; 42] = {
         UpstreamHoldOverflow,
         CredentialUnavailable,
         WebSocketRefused,
+        BadHandshake,
+        UpstreamBadHandshake,
     ]
 };
 
@@ -99,6 +101,8 @@ fn listed(p: Problem) -> usize {
         UpstreamHoldOverflow => 39,
         CredentialUnavailable => 40,
         WebSocketRefused => 41,
+        BadHandshake => 42,
+        UpstreamBadHandshake => 43,
     }
 }
 

@@ -25,6 +25,7 @@ fn run_with(
         phantom,
         allow: None,
         oauth_beta,
+        websocket: None,
     };
     let n = HeadScanner::new()
         .scan(input, &ScanLimits::request(&limits))?
@@ -370,6 +371,7 @@ fn limits_map_to_their_statuses() {
         credential_field: None,
         allow: None,
         oauth_beta: false,
+        websocket: None,
     };
     let n = scan(nine.as_bytes()).unwrap().unwrap();
     assert_eq!(
@@ -545,6 +547,7 @@ fn with_override(fields: &str, allow: Option<&AllowList>) -> Override {
         phantom: None,
         allow,
         oauth_beta: false,
+        websocket: None,
     };
     let input = format!(
         "POST /v1beta/cachedContents/c1 HTTP/1.1\r\nHost: a\r\n{fields}Content-Length: 0\r\n\r\n"
@@ -758,6 +761,7 @@ fn check_sizing(case: &SizingCase, limits: &Limits) {
         phantom: None,
         allow: None,
         oauth_beta: case.oauth_beta,
+        websocket: None,
     };
     let head = case.head();
     // A fresh buffer: what is reserved is what is written (a reallocation while writing
