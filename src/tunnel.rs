@@ -248,7 +248,10 @@ impl<'a> Tunnel<'a> {
 
     /// Sends a close frame with `code` to both sides (to the upstream masked, as a client's
     /// must be, RFC 6455 §5.3), each within a bounded write, then ends both connections.
-    /// Nothing is sent for a connection that simply ended.
+    /// Nothing is sent for a connection that simply ended. A frame may be half relayed when
+    /// the idle timeout or the drain strikes (a peer stalled inside one); its receiver then
+    /// reads the close frame as payload and fails the connection, which ends it all the same
+    /// (the bytes are the proxy's own constant, never a peer's).
     async fn close_both<C, U>(&mut self, code: u16, client: &mut C, upstream: &mut U)
     where
         C: AsyncWrite + Unpin,

@@ -41,8 +41,9 @@ fn a_websocket_upgrade_gets_426_by_default_and_nothing_is_forwarded() {
     assert!(head.says_close());
     up.assert_untouched();
     assert!(
-        proxy.wait_for_stderr("upgrade_refused", IO_TIMEOUT)
-            || proxy.wait_for_stderr(" 426 ", IO_TIMEOUT)
+        proxy.wait_for_stderr("GET /v1/responses 426 ", IO_TIMEOUT),
+        "{}",
+        proxy.stderr_so_far()
     );
 }
 
@@ -254,4 +255,51 @@ fn off_the_listed_paths_an_upgrade_gets_426_and_a_sloppy_handshake_400() {
     let mut c = WsClient::open(proxy.addr(), post.as_bytes());
     assert_eq!(c.head().status, 400);
     up.assert_untouched();
+}
+
+#[test]
+fn a_tunnel_keeps_its_generation_masked_after_the_token_rotates() {
+    const NEW: &str = "sk-ant-test-ROTATED-fedcba9876543210";
+    let rotated = Gate::new();
+    let (gate, (tx, rx)) = (rotated.clone(), mpsc::channel());
+    let up = Upstream::plain().serve(move |c: &mut UpConn| {
+        let Some(head) = answer_handshake(c, &switching()) else {
+            return;
+        };
+        if gate.wait(IO_TIMEOUT) {
+            let both = format!("old={TOKEN} new={NEW}");
+            let _ = c.send(&frame(true, TEXT, both.as_bytes(), None));
+        }
+        let _ = tx.send(head);
+        read_until_close(&mut c.wire);
+    });
+    let target = up.target_url();
+    let envs = [
+        ("TARGET", target.as_str()),
+        PATHS,
+        ("TOKEN_UPDATES", "stdin"),
+    ];
+    let mut proxy = ProcessProxy::spawn_with_stdin(&envs, format!("{TOKEN}\n").as_bytes(), false)
+        .expect("the proxy starts");
+    let mut c = WsClient::open(proxy.addr(), handshake("/v1/responses", "").as_bytes());
+    assert_eq!(c.head().status, 101);
+    proxy.write_stdin(format!("{NEW}\n").as_bytes());
+    assert!(
+        proxy.wait_for_stderr("generation 2", IO_TIMEOUT),
+        "{}",
+        proxy.stderr_so_far()
+    );
+    rotated.open();
+    let f = c.frame();
+    let text = String::from_utf8_lossy(&f.payload).into_owned();
+    assert!(
+        !text.contains(TOKEN),
+        "the tunnel's own token crossed: {text}"
+    );
+    assert!(!text.contains(NEW), "the current token crossed: {text}");
+    assert_eq!(f.payload.len(), format!("old={TOKEN} new={NEW}").len());
+    let head = rx
+        .recv_timeout(IO_TIMEOUT)
+        .expect("the upstream's handshake");
+    assert!(head.contains(&format!("Bearer {TOKEN}")), "{head}");
 }
