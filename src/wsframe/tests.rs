@@ -97,7 +97,7 @@ fn run(sender: Sender, input: &[u8], cuts: &[usize]) -> Outcome {
 
 /// The outcome of pushing `input` whole, after checking every one and two cut points give
 /// the same.
-fn split_invariant(sender: Sender, input: &[u8]) -> Outcome {
+fn same_at_every_split(sender: Sender, input: &[u8]) -> Outcome {
     let whole = run(sender, input, &[]);
     for a in 0..=input.len() {
         assert_eq!(run(sender, input, &[a]), whole, "cut at {a}");
@@ -131,7 +131,7 @@ fn has_token(b: &[u8]) -> bool {
 #[test]
 fn a_token_inside_one_frame_is_masked_at_every_split() {
     let (input, want) = server(&[(FIN | TEXT, b"{\"echo\":\"sk-ant-REAL\"}")]);
-    let o = split_invariant(Sender::Server, &input);
+    let o = same_at_every_split(Sender::Server, &input);
     assert_eq!(o.out, want);
     assert!(!has_token(&o.out));
     assert_eq!(o.out.len(), input.len());
@@ -141,7 +141,7 @@ fn a_token_inside_one_frame_is_masked_at_every_split() {
 #[test]
 fn a_token_across_two_frames_is_masked_at_every_split() {
     let (input, want) = server(&[(TEXT, b"a sk-ant"), (FIN | CONTINUATION, b"-REAL b")]);
-    let o = split_invariant(Sender::Server, &input);
+    let o = same_at_every_split(Sender::Server, &input);
     assert_eq!(o.out, want);
     assert_eq!(data_of(&o.out), b"a *********** b");
     assert!(!has_token(&o.out) && o.out.len() == input.len());
@@ -160,7 +160,7 @@ fn a_token_across_fragments_and_a_ping_between_them_is_masked() {
         (FIN | TEXT, b"sk-ant-REA"),
     ];
     let (input, want) = server(frames);
-    let o = split_invariant(Sender::Server, &input);
+    let o = same_at_every_split(Sender::Server, &input);
     assert_eq!(o.out, want);
     // The message reassembles to "xx sk-ant-REAL yy": masked; the ping's own token too.
     assert_eq!(data_of(&o.out), b"xx *********** yysk-ant-REA");
@@ -276,7 +276,7 @@ fn each_violation_is_refused_with_its_code_and_nothing_of_its_frame_is_written()
             Sender::Client => frame(FIN | TEXT, b"ok sk-ant", KEY),
         };
         let input = [&good[..], bad, b"more"].concat();
-        let o = split_invariant(*sender, &input);
+        let o = same_at_every_split(*sender, &input);
         assert_eq!(o.refused, Some(Close { code: *code }), "{what}");
         // The frames before it went out whole, the held prefix released.
         let first_good = if what == &"text inside a message" {
@@ -351,7 +351,7 @@ fn client_frames_are_relayed_unchanged() {
         frame(FIN | CONTINUATION, b"z", Some([1, 2, 3, 4])),
     ]
     .concat();
-    let o = split_invariant(Sender::Client, &input);
+    let o = same_at_every_split(Sender::Client, &input);
     assert_eq!((o.out, o.refused, o.seen.frames), (input, None, 3));
 }
 
@@ -377,7 +377,7 @@ fn a_close_is_written_whole_and_ends_the_direction() {
     );
     r.finish(tokens(), &mut out);
     assert_eq!(out.len(), close_end);
-    let o = split_invariant(Sender::Server, &input);
+    let o = same_at_every_split(Sender::Server, &input);
     assert_eq!(
         (o.out, o.seen.close),
         (input[..close_end].to_vec(), Some(1000))
@@ -389,7 +389,7 @@ fn a_close_without_a_code_reports_1005_and_a_client_close_is_unmasked() {
     let o = run(Sender::Server, &frame(FIN | CLOSE, b"", None), &[]);
     assert_eq!(o.seen.close, Some(1005));
     let masked = frame(FIN | CLOSE, b"\x0f\xa0why", Some([0xaa, 0x55, 0x0f, 0xf0]));
-    let o = split_invariant(Sender::Client, &masked);
+    let o = same_at_every_split(Sender::Client, &masked);
     assert_eq!((o.seen.close, o.out), (Some(4000), masked));
 }
 
