@@ -212,9 +212,9 @@ struct Fields<'h> {
     /// ([`METHOD_OVERRIDES`]): the request is refused, since the list matched the request
     /// line's method, not the one the upstream would use.
     overrides_method: bool,
-    /// `Upgrade` fields, and the last one's value.
+    /// `Upgrade` fields, and what they ask for together.
     upgrades: usize,
-    upgrade: &'h [u8],
+    asked: Asked,
     /// The WebSocket handshake fields.
     offer: Offer<'h>,
 }
@@ -235,7 +235,7 @@ impl<'h> Fields<'h> {
             authorized: rw.phantom.is_none(),
             overrides_method: false,
             upgrades: 0,
-            upgrade: b"",
+            asked: Asked::Other,
             offer: Offer::default(),
         };
         for h in headers {
@@ -295,9 +295,15 @@ impl<'h> Fields<'h> {
             self.offer.see(name, value);
             self.connection(value)?;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            // Decided once the path is known (`route`).
+            // Decided once the path is known (`route`). Several fields are one list
+            // (RFC 9110 §5.3), so WebSocket among them is never "exactly websocket".
+            let asked = handshake::asked(value);
+            self.asked = match (self.upgrades, self.asked, asked) {
+                (0, _, a) => a,
+                (_, Asked::Other, Asked::Other) => Asked::Other,
+                _ => Asked::WebSocketAmong,
+            };
             self.upgrades += 1;
-            self.upgrade = value;
         } else if name.len() > 14 && name[..14].eq_ignore_ascii_case(b"sec-websocket-") {
             self.offer.see(name, value);
         } else if name.eq_ignore_ascii_case(b"expect") {
@@ -365,16 +371,15 @@ impl<'h> Fields<'h> {
                 Route::Forward
             });
         }
-        let asked = handshake::asked(self.upgrade);
+        let asked = self.asked;
         if asked == Asked::Other {
             return Err(Problem::UpgradeRefused);
         }
         if !rw.websocket.is_some_and(|w| w.lists(path)) {
             return Err(Problem::WebSocketRefused);
         }
-        // RFC 6455 §4.1: an HTTP/1.1 GET, one `Upgrade: websocket`, and no body.
+        // RFC 6455 §4.1: an HTTP/1.1 GET, `Upgrade: websocket` alone, and no body.
         let strict = asked == Asked::WebSocket
-            && self.upgrades == 1
             && method == Method::Get
             && version == Version::Http11
             && matches!(body, BodyKind::Empty | BodyKind::Length(0));

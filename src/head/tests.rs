@@ -782,3 +782,74 @@ fn check_sizing(case: &SizingCase, limits: &Limits) {
     assert_eq!(reused.capacity(), 4096, "{case:?}");
     assert_eq!(reused, fresh, "{case:?}");
 }
+
+/// Parses `input` with `WEBSOCKET_PATHS=/ws`.
+fn run_ws(input: &str) -> Result<(Request, String), Problem> {
+    let t = target();
+    let limits = Limits::default();
+    let paths = handshake::WebSocketPaths::parse("/ws").unwrap();
+    let rw = Rewrite {
+        target: &t,
+        credential_line: CRED,
+        credential_field: None,
+        phantom: None,
+        allow: None,
+        oauth_beta: false,
+        websocket: Some(&paths),
+    };
+    let mut out = Vec::new();
+    let req = parse_request(input.as_bytes(), &limits, &rw, &mut out)?;
+    Ok((req, String::from_utf8(out).unwrap()))
+}
+
+const WS_FIELDS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+#[test]
+fn a_listed_handshake_goes_up_without_extensions_and_with_its_upgrade_fields() {
+    let input = format!(
+        "GET /ws HTTP/1.1\r\nHost: a\r\n{WS_FIELDS}Sec-WebSocket-Extensions: permessage-deflate\r\n\
+         Authorization: Bearer sandbox\r\n\r\n"
+    );
+    let (req, up) = run_ws(&input).expect("accepted");
+    assert_eq!(
+        req.route,
+        Route::WebSocket {
+            accept: *b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        }
+    );
+    assert_eq!(
+        up,
+        "GET /base/ws HTTP/1.1\r\nHost: api.example.com\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Accept-Encoding: identity\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Authorization: Bearer REAL\r\n\r\n"
+    );
+}
+
+#[test]
+fn off_the_list_websocket_gets_426_and_on_it_a_loose_handshake_400() {
+    let on = |path: &str, extra: &str| {
+        run_ws(&format!(
+            "GET {path} HTTP/1.1\r\nHost: a\r\n{WS_FIELDS}{extra}\r\n"
+        ))
+        .map(|_| ())
+    };
+    assert_eq!(on("/ws", ""), Ok(()));
+    assert_eq!(
+        on("/ws?x=1", ""),
+        Ok(()),
+        "the query is not part of the path"
+    );
+    assert_eq!(on("/other", ""), Err(Problem::WebSocketRefused));
+    assert_eq!(on("/ws", "Upgrade: h2c\r\n"), Err(Problem::BadHandshake));
+    assert_eq!(
+        on("/ws", "Transfer-Encoding: chunked\r\n"),
+        Err(Problem::BadHandshake)
+    );
+    assert_eq!(on("/ws", "Content-Length: 0\r\n"), Ok(()));
+    let h10 = format!("GET /ws HTTP/1.0\r\nHost: a\r\n{WS_FIELDS}\r\n");
+    assert_eq!(run_ws(&h10).map(|_| ()), Err(Problem::BadHandshake));
+    let h2c = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n";
+    assert_eq!(run_ws(h2c).map(|_| ()), Err(Problem::UpgradeRefused));
+}
