@@ -205,15 +205,13 @@ impl Session {
             }
             (_, true, true) => {
                 // In the mask set of every response from now on, before the credential goes
-                // upstream; the response masks the set as it grows (see `credential`). A
-                // WebSocket tunnel holds it while it lives, and its connection ends with it.
+                // upstream; the response (or tunnel) masks the set as it grows.
                 let using = proxy.creds.start_use(g);
-                let tunnel = matches!(req.route, Route::WebSocket { .. });
                 let x = Exchange {
                     proxy,
                     req: &req,
                     up_head: &self.up_head,
-                    terms: if tunnel { ClientTerms::CLOSING } else { terms },
+                    terms,
                     generation: g,
                 };
                 let o = client.forward(&x, out, &self.shutdown).await;

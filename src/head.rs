@@ -90,6 +90,13 @@ pub enum Route {
     WebSocket { accept: [u8; ACCEPT_LEN] },
 }
 
+impl Route {
+    /// Not a WebSocket handshake.
+    pub fn is_plain(self) -> bool {
+        !matches!(self, Route::WebSocket { .. })
+    }
+}
+
 /// What the connection loop needs to know about a parsed request. The upstream head itself
 /// was written into the caller's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +176,8 @@ pub fn parse_request(
         version,
         path: target_start..target_start + path_len,
         body,
-        keep_alive: version == Version::Http11 && !fields.close,
+        // A handshake's connection ends with its tunnel, or with the answer that refused it.
+        keep_alive: version == Version::Http11 && !fields.close && route.is_plain(),
         expect_continue: fields.expect_continue && body.has_bytes(),
         route,
         authorized: fields.authorized,
