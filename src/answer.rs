@@ -38,6 +38,13 @@ pub fn error(problem: Problem, head_only: bool, close: bool, out: &mut Vec<u8>) 
     out.clear();
     push_status_line(out, status, reason(status).as_bytes());
     push_field(out, b"Content-Type", b"application/json");
+    if status == 426 {
+        // RFC 9110 §15.5.22: a 426 MUST list in `Upgrade` the protocols the server would
+        // accept. The proxy will not switch to WebSocket here, so naming `websocket` would
+        // invite the very retry the 426 exists to stop; the one protocol it serves is the
+        // HTTP/1.1 the client already speaks, so that is what it names: "use plain HTTP".
+        push_field(out, b"Upgrade", b"HTTP/1.1");
+    }
     if let Some(secs) = problem.retry_after() {
         push_field(out, b"Retry-After", secs.to_string().as_bytes());
     }
@@ -70,6 +77,7 @@ fn reason(status: u16) -> &'static str {
         414 => "URI Too Long",
         417 => "Expectation Failed",
         429 => "Too Many Requests",
+        426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",

@@ -129,6 +129,20 @@ pub fn effective(cfg: &Config) -> String {
                 .map_or("unset (off)".into(), |n| n.to_string()),
         ),
         (
+            "WEBSOCKET_PATHS",
+            cfg.websocket.as_ref().map_or("unset (426)".into(), |w| {
+                format!("{} paths", w.paths.entries())
+            }),
+        ),
+        (
+            "WEBSOCKET_IDLE_TIMEOUT",
+            duration(
+                cfg.websocket
+                    .as_ref()
+                    .map_or(crate::limits::WEBSOCKET_IDLE_TIMEOUT, |w| w.idle),
+            ),
+        ),
+        (
             "METRICS_ADDR",
             cfg.metrics.map_or("unset (off)".into(), |a| a.to_string()),
         ),

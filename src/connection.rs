@@ -29,6 +29,7 @@ use crate::metrics::{Metrics, Reason};
 use crate::persist::{self, ClientFate, ClientTerms, End};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::state::Proxy;
+use crate::tunnel;
 
 /// Serves one client connection, then ends it as the last exchange decided.
 pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<bool>) {
@@ -191,21 +192,21 @@ impl Session {
         let refused = End::Answered { in_sync: false };
         let outcome = match (req.route, req.authorized, req.allowed) {
             (Route::Health, _, _) => client.health(proxy, &req, out).await,
-            (Route::Forward, false, _) => {
+            (_, false, _) => {
                 let p = Problem::Unauthorized;
                 client.answer(proxy, &req, p, refused, terms, out).await
             }
-            (Route::Forward, true, false) => {
+            (_, true, false) => {
                 let p = Problem::NotAllowed;
                 client.answer(proxy, &req, p, refused, terms, out).await
             }
             // Past its expiry, or the stale grace of a failing source: nothing is forwarded.
-            (Route::Forward, true, true) if !proxy.creds.usable() => {
+            (_, true, true) if !proxy.creds.usable() => {
                 let p = Problem::CredentialUnavailable;
                 client.answer(proxy, &req, p, refused, terms, out).await
             }
             // The ceilings last: a request refused for any reason above counts toward none.
-            (Route::Forward, true, true) => {
+            (_, true, true) => {
                 self.forward(proxy, client, &req, terms, g, spends_tokens)
                     .await
             }
@@ -244,7 +245,7 @@ impl Session {
             }
         };
         // In the mask set of every response from now on, before the credential goes
-        // upstream; the response masks the set as it grows (see `credential`).
+        // upstream; the response (or tunnel) masks the set as it grows (see `credential`).
         let using = proxy.creds.start_use(g);
         let x = Exchange {
             proxy,
@@ -254,7 +255,7 @@ impl Session {
             generation: g,
             permit: &permit,
         };
-        let o = client.forward(&x, &mut self.out).await;
+        let o = client.forward(&x, &mut self.out, &self.shutdown).await;
         // The credential is not needed until the next request: wipe it now.
         zeroize::Zeroize::zeroize(&mut *self.up_head);
         drop(using);
@@ -279,9 +280,21 @@ struct Wait<'a> {
 
 impl Client {
     /// Forwards the request; answers it ourselves if nothing of a response reached us.
-    async fn forward(&mut self, x: &Exchange<'_>, out: &mut Vec<u8>) -> Outcome {
+    async fn forward(
+        &mut self,
+        x: &Exchange<'_>,
+        out: &mut Vec<u8>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Outcome {
         match exchange::forward(x, self, out).await {
             Forwarded::Relayed(o) => o,
+            Forwarded::Switched(sw) => match &x.req.route {
+                Route::WebSocket { accept } => {
+                    tunnel::run(x, self, sw, accept, shutdown, out).await
+                }
+                // Only a handshake's exchange switches.
+                _ => Outcome::answered(0, 0, None, ClientFate::Close),
+            },
             Forwarded::Answer { problem, in_sync } => {
                 let end = End::Answered { in_sync };
                 self.answer(x.proxy, x.req, problem, end, x.terms, out)
@@ -547,6 +560,12 @@ fn record(proxy: &Proxy, about: &Logged<'_>, o: &Outcome) {
         request_id: o.request_id.as_str(),
         token_generation: about.generation,
     }));
+    if let Some(code) = o.tunnel_close {
+        log.event(&Event::TunnelClosed {
+            seq: about.seq,
+            code,
+        });
+    }
     if let Some(p) = o.failure {
         log.event(&Event::Error {
             side: p.side().as_str(),

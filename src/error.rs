@@ -95,6 +95,8 @@ labelled! {
         LimitTokens = "limit_tokens",
         LimitRequests = "limit_requests",
         LimitConcurrent = "limit_concurrent",
+        /// A WebSocket upgrade answered 426 so that the client falls back to HTTP at once.
+        UpgradeRefused = "upgrade_refused",
     }
 }
 
@@ -151,6 +153,13 @@ pub enum Problem {
     MethodNotImplemented,
     /// `Upgrade` requested (no protocol switching through the proxy).
     UpgradeRefused,
+    /// `Upgrade: websocket` where the proxy does not tunnel WebSocket: 426, so that a client
+    /// that can speak plain HTTP falls back to it at once.
+    WebSocketRefused,
+    /// A WebSocket upgrade on a tunnelled path that is not exactly the handshake of RFC 6455
+    /// §4.1 (HTTP/1.1 GET without a body, `Upgrade: websocket`, `Connection: upgrade`,
+    /// version 13, a 16-byte key).
+    BadHandshake,
     /// `Expect` other than `100-continue` (RFC 9110 §10.1.1).
     ExpectationFailed,
     /// PHANTOM_TOKEN is configured and the request did not carry it.
@@ -197,6 +206,9 @@ pub enum Problem {
     UpstreamMalformed,
     /// The upstream tried to switch protocols (101).
     UpstreamSwitchedProtocols,
+    /// The upstream's 101 to a WebSocket handshake does not answer it (RFC 6455 §4.1: wrong
+    /// accept key, fields, or an extension that was not offered).
+    UpstreamBadHandshake,
     /// The upstream compressed its response although we asked for identity: the token could
     /// not be masked in it.
     UpstreamEncoded,
@@ -307,6 +319,8 @@ impl Problem {
             MethodNotAllowed => client(405, R::MethodRefused, "method not allowed"),
             MethodNotImplemented => client(501, R::MethodRefused, "method not implemented"),
             UpgradeRefused => client(501, R::MethodRefused, "protocol upgrade not supported"),
+            WebSocketRefused => client(426, R::UpgradeRefused, "WebSocket not enabled here: use plain HTTP"),
+            BadHandshake => client(400, R::Malformed, "malformed WebSocket handshake"),
             ExpectationFailed => client(417, R::MethodRefused, "unsupported expectation"),
             Unauthorized => client(401, R::PhantomRefused, "missing or wrong proxy token"),
             NotAllowed => client(403, R::PolicyRefused, "request not allowed by ALLOW_REQUESTS"),
@@ -332,6 +346,7 @@ impl Problem {
             UpstreamIdleTimeout => upstream(504, R::Timeout, "upstream stalled mid-response"),
             UpstreamMalformed => upstream(502, R::UpstreamMalformed, "malformed upstream response"),
             UpstreamSwitchedProtocols => upstream(502, R::UpstreamMalformed, "upstream attempted a protocol switch"),
+            UpstreamBadHandshake => upstream(502, R::UpstreamMalformed, "upstream answered the WebSocket handshake wrongly"),
             UpstreamEncoded => upstream(502, R::UpstreamMalformed, "upstream response is content-encoded"),
             UpstreamClosed => upstream(502, R::UpstreamMalformed, "upstream closed mid-response"),
             UpstreamHoldOverflow => upstream(502, R::UpstreamMalformed, "upstream framing outgrew the token-masking hold"),

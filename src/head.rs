@@ -13,6 +13,7 @@ use crate::error::Problem;
 use crate::framing::{
     transfer_coding_problem, BodyKind, FieldFraming, FramingError, FramingFields,
 };
+use crate::handshake::{self, Asked, Offer, ACCEPT_LEN};
 use crate::limits::{Limits, MAX_CONNECTION_OPTIONS, MAX_HEADERS_CAP};
 use crate::policy::METHOD_OVERRIDES;
 use crate::rewrite::{
@@ -83,6 +84,17 @@ pub enum Route {
     Health,
     /// Everything else, to TARGET.
     Forward,
+    /// A WebSocket handshake on a `WEBSOCKET_PATHS` path, checked (RFC 6455 §4.2.1): to
+    /// TARGET on a connection of its own, which becomes a tunnel if the upstream answers
+    /// with a 101 carrying this `Sec-WebSocket-Accept`.
+    WebSocket { accept: [u8; ACCEPT_LEN] },
+}
+
+impl Route {
+    /// Not a WebSocket handshake.
+    pub fn is_plain(self) -> bool {
+        !matches!(self, Route::WebSocket { .. })
+    }
 }
 
 /// What the connection loop needs to know about a parsed request. The upstream head itself
@@ -158,17 +170,14 @@ pub fn parse_request(
 
     let fields = Fields::check(req.headers, version, rw)?;
     let body = fields.body(version, limits)?;
-    let route = if matches!(method, Method::Get | Method::Head) && path == b"/health" {
-        Route::Health
-    } else {
-        Route::Forward
-    };
+    let route = fields.route(method, version, path, body, rw)?;
     let request = Request {
         method,
         version,
         path: target_start..target_start + path_len,
         body,
-        keep_alive: version == Version::Http11 && !fields.close,
+        // A handshake's connection ends with its tunnel, or with the answer that refused it.
+        keep_alive: version == Version::Http11 && !fields.close && route.is_plain(),
         expect_continue: fields.expect_continue && body.has_bytes(),
         route,
         authorized: fields.authorized,
@@ -178,7 +187,7 @@ pub fn parse_request(
     // Wipe (not just clear): the writer sizes `out` for the exact head before writing, and
     // that reallocation frees the old block, which may hold the previous request's credential.
     zeroize::Zeroize::zeroize(out);
-    if route == Route::Forward && request.authorized && request.allowed {
+    if route != Route::Health && request.authorized && request.allowed {
         let options = fields.options();
         let up = Upstream {
             method: method.as_str(),
@@ -187,6 +196,7 @@ pub fn parse_request(
             options,
             body,
             beta: Beta::decide(req.headers, options, rw.oauth_beta),
+            websocket: matches!(route, Route::WebSocket { .. }),
         };
         rewrite::write_upstream_head(out, &up, req.headers, rw);
     }
@@ -210,6 +220,11 @@ struct Fields<'h> {
     /// ([`METHOD_OVERRIDES`]): the request is refused, since the list matched the request
     /// line's method, not the one the upstream would use.
     overrides_method: bool,
+    /// `Upgrade` fields, and what they ask for together.
+    upgrades: usize,
+    asked: Asked,
+    /// The WebSocket handshake fields.
+    offer: Offer<'h>,
 }
 
 impl<'h> Fields<'h> {
@@ -227,6 +242,9 @@ impl<'h> Fields<'h> {
             option_count: 0,
             authorized: rw.phantom.is_none(),
             overrides_method: false,
+            upgrades: 0,
+            asked: Asked::Other,
+            offer: Offer::default(),
         };
         for h in headers {
             f.field(h.name.as_bytes(), h.value, version, rw)?;
@@ -282,10 +300,20 @@ impl<'h> Fields<'h> {
                 return Err(Problem::BadHost);
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
+            self.offer.see(name, value);
             self.connection(value)?;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            // No protocol switching through the proxy (docs/http-rules.md §3.5).
-            return Err(Problem::UpgradeRefused);
+            // Decided once the path is known (`route`). Several fields are one list
+            // (RFC 9110 §5.3), so WebSocket among them is never "exactly websocket".
+            let asked = handshake::asked(value);
+            self.asked = match (self.upgrades, self.asked, asked) {
+                (0, _, a) => a,
+                (_, Asked::Other, Asked::Other) => Asked::Other,
+                _ => Asked::WebSocketAmong,
+            };
+            self.upgrades += 1;
+        } else if name.len() > 14 && name[..14].eq_ignore_ascii_case(b"sec-websocket-") {
+            self.offer.see(name, value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             // R26: only 100-continue exists; HTTP/1.0 clients' expectation is ignored.
             if !value.eq_ignore_ascii_case(b"100-continue") {
@@ -329,6 +357,45 @@ impl<'h> Fields<'h> {
             }
         }
         Ok(())
+    }
+
+    /// Where the request goes. No protocol switching through the proxy (docs/http-rules.md
+    /// §3.5) except a WebSocket handshake on a listed path; elsewhere WebSocket gets 426
+    /// rather than 501: clients that can fall back to HTTP (Codex) do so at once on 426, and
+    /// retry for seconds on anything else.
+    fn route(
+        &self,
+        method: Method,
+        version: Version,
+        path: &[u8],
+        body: BodyKind,
+        rw: &Rewrite<'_>,
+    ) -> Result<Route, Problem> {
+        if self.upgrades == 0 {
+            let health = matches!(method, Method::Get | Method::Head) && path == b"/health";
+            return Ok(if health {
+                Route::Health
+            } else {
+                Route::Forward
+            });
+        }
+        let asked = self.asked;
+        if asked == Asked::Other {
+            return Err(Problem::UpgradeRefused);
+        }
+        if !rw.websocket.is_some_and(|w| w.lists(path)) {
+            return Err(Problem::WebSocketRefused);
+        }
+        // RFC 6455 §4.1: an HTTP/1.1 GET, `Upgrade: websocket` alone, and no body.
+        let strict = asked == Asked::WebSocket
+            && method == Method::Get
+            && version == Version::Http11
+            && matches!(body, BodyKind::Empty | BodyKind::Length(0));
+        if !strict {
+            return Err(Problem::BadHandshake);
+        }
+        let accept = self.offer.check()?;
+        Ok(Route::WebSocket { accept })
     }
 
     fn options(&self) -> &[&'h [u8]] {

@@ -22,6 +22,8 @@
 //!    - `server`: the accept loop and the drain.
 //!    - `connection`: one client connection: socket and buffer, reading heads, the proxy's
 //!      own answers, the log line, lingering close or reset.
+//!    - `tunnel`: a WebSocket tunnel once the upstream switched: frames both ways, the
+//!      server's masked, closed on a bad frame, idleness or shutdown.
 //!    - `exchange`: one exchange as named states: head and body up, head and body down
 //!      (a directory: the state flow, the upload half, the download half, their I/O helpers).
 //!    - `federation`: Workload Identity Federation, the IdP's JWT exchanged for a token at
@@ -46,8 +48,12 @@
 //!    - [`ceiling`]: the ceilings of one process (`LIMIT_TOKENS`, `LIMIT_REQUESTS`,
 //!      `LIMIT_CONCURRENT`): bucketed windows, the concurrency slot, the refusal's
 //!      `retry-after`.
+//!    - [`handshake`]: the WebSocket opening handshake, the client's offer and the
+//!      upstream's 101 (`WEBSOCKET_PATHS`).
 //!    - [`relaybuf`]: the relay buffer of one response body: reads in, what to send out.
 //!    - [`tracker`]: one response body as it streams: its end, masking, de-chunking.
+//!    - [`wsframe`]: one direction of a WebSocket tunnel: frames validated, the upstream's
+//!      payload masked.
 //!    - [`response`]: parses the upstream response head and writes the client's.
 //!    - `answer`: the proxy's own answers (health, Anthropic-shaped errors).
 //!    - [`framing`]: framing fields (RFC 9112 §6.3), the chunked decoder and encoder, the
@@ -98,6 +104,7 @@ pub mod run;
 mod scrape;
 mod server;
 mod state;
+mod tunnel;
 mod upstream;
 
 // 2. Process
@@ -118,6 +125,7 @@ pub mod ceiling;
 mod egress;
 mod flatjson;
 pub mod framing;
+pub mod handshake;
 pub mod head;
 mod persist;
 mod policy;
@@ -127,6 +135,7 @@ pub mod rewrite;
 pub mod scan;
 pub mod scrub;
 pub mod tracker;
+pub mod wsframe;
 
 // 4. Bottom
 pub mod error;

@@ -186,6 +186,14 @@ pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an idle upstream connection may be reused (`POOL_IDLE_TIMEOUT`); below the
 /// keep-alive timeouts that API front ends commonly use.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A WebSocket tunnel with no frame either way (`WEBSOCKET_IDLE_TIMEOUT`), closed with 1001.
+pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest WebSocket frame payload relayed (close 1009 above): a frame is masked as it
+/// streams, never buffered whole, so this bounds what one peer can make the other receive.
+pub const WEBSOCKET_MAX_FRAME: u64 = 16 * 1024 * 1024;
+/// How long the proxy tries to write its close frame to each side of a tunnel it ends:
+/// well within `SHUTDOWN_GRACE`, so the 1001 of a drain reaches both sides before the exit.
+pub const WEBSOCKET_CLOSE_WRITE: Duration = Duration::from_secs(1);
 /// Drain period after SIGTERM/SIGINT (`SHUTDOWN_GRACE`); below Docker's 10 s stop timeout.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// Longest duration setting accepted: every phase is bounded.

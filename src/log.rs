@@ -240,6 +240,9 @@ pub enum Event<'a> {
         /// The request it belongs to (its access line's `seq`).
         seq: Option<u64>,
     },
+    /// A WebSocket tunnel closed, with this close code (1006: without a close frame). Its
+    /// duration and bytes are in the access line of its handshake, written at the same time.
+    TunnelClosed { seq: u64, code: u16 },
     /// The upstream answered 401 or 403 to the credential of this generation.
     CredentialRejected { status: u16, generation: u64 },
     /// A new token is current.
@@ -291,6 +294,7 @@ impl Event<'_> {
             Event::Metrics { .. } => "metrics",
             Event::Request(_) => "request",
             Event::Error { .. } => "error",
+            Event::TunnelClosed { .. } => "websocket_closed",
             Event::CredentialRejected { .. } => "credential_rejected",
             Event::TokenUpdated { .. } => "token_updated",
             Event::Shutdown { .. } => "shutdown",
@@ -334,6 +338,9 @@ impl Event<'_> {
                 ("reason", Value::Str(reason)),
                 ("seq", seq.map_or(Value::Null, num)),
             ],
+            Event::TunnelClosed { seq, code } => {
+                &[("seq", num(seq)), ("code", num(u64::from(code)))]
+            }
             Event::CredentialRejected { status, generation } => &[
                 ("status", num(u64::from(status))),
                 ("token_generation", num(generation)),
@@ -382,6 +389,7 @@ impl Event<'_> {
                     None => Ok(()),
                 }
             }
+            Event::TunnelClosed { code, .. } => write!(out, "websocket closed ({code})"),
             Event::CredentialRejected { status, generation } => write!(
                 out,
                 "credential rejected by upstream ({status}, token generation {generation})"

@@ -12,6 +12,10 @@ use std::time::Duration;
 /// The label sets are defined with the problems they classify, so the two cannot disagree.
 pub use crate::error::{ConnectStep, Reason};
 
+mod websocket;
+
+pub use websocket::TunnelMetrics;
+
 /// The status classes of RFC 9110 §15 (1xx-5xx), the `code` label of every answer.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -152,6 +156,8 @@ pub struct Metrics {
     exchange: Histogram,
     /// `/health` requests, timed apart so they do not pull the exchanges' quantiles down.
     health: Histogram,
+    /// WebSocket tunnels.
+    pub websocket: TunnelMetrics,
 }
 
 impl Default for Metrics {
@@ -185,6 +191,7 @@ impl Metrics {
             response_head: Histogram::new(),
             exchange: Histogram::new(),
             health: Histogram::new(),
+            websocket: TunnelMetrics::new(),
         }
     }
 
@@ -229,6 +236,7 @@ impl Metrics {
         self.render_requests(&mut out);
         self.render_counters(&mut out);
         self.render_gauges(&mut out);
+        self.websocket.render(&mut out);
         self.response_head.render(
             &mut out,
             &format!("{PREFIX}_upstream_response_head_seconds"),

@@ -4,6 +4,7 @@
 //! added, `Accept-Encoding: identity`, one canonical framing field, and our credential last.
 
 use crate::framing::BodyKind;
+use crate::handshake::WebSocketPaths;
 use crate::policy::AllowList;
 use crate::syntax::{
     list_items, name_is, push_content_length, push_field, Count, Sink, HOP_BY_HOP,
@@ -111,6 +112,8 @@ pub struct Rewrite<'a> {
     pub allow: Option<&'a AllowList>,
     /// Merge `oauth-2025-04-20` into `anthropic-beta`.
     pub oauth_beta: bool,
+    /// Where a WebSocket handshake is tunnelled (`WEBSOCKET_PATHS`); `None`: nowhere.
+    pub websocket: Option<&'a WebSocketPaths>,
 }
 
 /// What to do about `anthropic-beta` (OAuth tokens need [`OAUTH_BETA`]).
@@ -155,6 +158,9 @@ pub struct Upstream<'a> {
     pub options: &'a [&'a [u8]],
     pub body: BodyKind,
     pub beta: Beta,
+    /// A checked WebSocket handshake: the offer goes up without extensions, and with the
+    /// `Connection: Upgrade` and `Upgrade: websocket` that are hop-by-hop and were removed.
+    pub websocket: bool,
 }
 
 /// Writes the upstream head into `out`, which the caller has wiped (zeroized, not only
@@ -207,7 +213,9 @@ fn emit(
         let credential = rw
             .credential_field
             .is_some_and(|c| name.eq_ignore_ascii_case(c));
-        if is_dropped(name) || credential || name_is(name, up.options) {
+        // The tunnel relays frames it can read and mask: no extension is negotiated.
+        let extension = up.websocket && name.eq_ignore_ascii_case(b"sec-websocket-extensions");
+        if is_dropped(name) || credential || extension || name_is(name, up.options) {
             continue;
         }
         if append_beta && name.eq_ignore_ascii_case(b"anthropic-beta") {
@@ -228,6 +236,10 @@ fn emit(
         push_field(out, b"anthropic-beta", OAUTH_BETA);
     }
     push_field(out, b"Accept-Encoding", b"identity");
+    if up.websocket {
+        push_field(out, b"Connection", b"Upgrade");
+        push_field(out, b"Upgrade", b"websocket");
+    }
     match up.body {
         BodyKind::Empty => {}
         BodyKind::Length(n) => push_content_length(out, n),

@@ -169,6 +169,16 @@ pub const SETTINGS: &[Setting] = &[
         "requests in flight (streams too) -> 429",
     ),
     s(
+        &["WEBSOCKET_PATHS"],
+        "unset (426)",
+        "exact paths, comma-separated, whose WebSocket upgrade is tunnelled",
+    ),
+    s(
+        &["WEBSOCKET_IDLE_TIMEOUT"],
+        "300s",
+        "a tunnel without a frame either way -> close 1001",
+    ),
+    s(
         &["METRICS_ADDR"],
         "unset (off)",
         "host:port of the Prometheus /metrics listener",

@@ -45,6 +45,7 @@ impl Proxy {
             phantom: self.cfg.phantom.as_ref().map(|p| p.0.as_slice()),
             allow: self.cfg.allow.as_ref(),
             oauth_beta: g.oauth_beta,
+            websocket: self.cfg.websocket.as_ref().map(|w| &w.paths),
         }
     }
 }

@@ -24,6 +24,9 @@ use agent_loop_proxy::syntax;
 use agent_loop_proxy::target::Target;
 use agent_loop_proxy::tracker::BodyTracker;
 
+mod ws;
+pub use ws::ws_frames;
+
 /// The real credential: it must reach the upstream exactly once and the client never.
 pub const REAL_TOKEN: &[u8] = b"REALTOKEN";
 /// Our `Authorization` line, as `Token::header_line` renders it.
@@ -464,6 +467,7 @@ pub fn parse_head(data: &[u8]) {
             credential_field: None,
             allow: None,
             oauth_beta: cfg.oauth_beta,
+            websocket: None,
         };
         let mut out = b"stale bytes".to_vec();
         let result = head::parse_request(h, &limits, &rw, &mut out);
@@ -810,6 +814,7 @@ fn check_idempotent(req: &Request, cfg: &Config, out: &[u8]) {
         credential_field: None,
         allow: None,
         oauth_beta: cfg.oauth_beta,
+        websocket: None,
     };
     let mut again = Vec::new();
     let r2 = match head::parse_request(out, &limits, &rw, &mut again) {

@@ -64,6 +64,8 @@ pub struct Config {
     pub token_source: TokenSource,
     /// What the sandbox may reach (`ALLOW_REQUESTS`); `None`: everything.
     pub allow: Option<AllowList>,
+    /// The WebSocket tunnel (`WEBSOCKET_PATHS`); `None`: every upgrade gets 426.
+    pub websocket: Option<WebSocket>,
     /// The metrics listener (`METRICS_ADDR`); `None`: off.
     pub metrics: Option<SocketAddr>,
     /// One JSON object per log line (`LOG_FORMAT=json`).
@@ -162,6 +164,7 @@ impl Config {
             token_header: TokenHeader::Authorization,
             token_source: TokenSource::StdinOnce,
             allow: None,
+            websocket: None,
             metrics: None,
             log_json: false,
             log_timestamps: false,
@@ -215,6 +218,7 @@ impl Config {
             Some(_) => return Err(ConfigError::new("LOG_TIMESTAMPS", "must be on or off")),
         };
         cfg.credentials(&var)?;
+        cfg.websocket = websocket::websocket(&var)?;
         read_limits(&var, &mut cfg.limits)?;
         size(&var, "POOL_MAX_IDLE", &mut cfg.pool_max_idle, 0)?;
         read_timeouts(&var, &mut cfg.timeouts)?;
@@ -434,6 +438,9 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 
 mod ceilings;
 mod token;
+mod websocket;
+
+pub use websocket::WebSocket;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@ use super::*;
 
 /// Every problem once (`EgressRefused` with a sample status). `listed` below matches
 /// exhaustively, so a new variant does not compile until it is listed here too.
-const ALL: [Problem; 44] = {
+const ALL: [Problem; 47] = {
     use Problem::*;
     [
         MalformedHead,
@@ -51,6 +51,9 @@ const ALL: [Problem; 44] = {
         UpstreamClosed,
         UpstreamHoldOverflow,
         CredentialUnavailable,
+        WebSocketRefused,
+        BadHandshake,
+        UpstreamBadHandshake,
     ]
 };
 
@@ -103,6 +106,9 @@ fn listed(p: Problem) -> usize {
         UpstreamClosed => 41,
         UpstreamHoldOverflow => 42,
         CredentialUnavailable => 43,
+        WebSocketRefused => 44,
+        BadHandshake => 45,
+        UpstreamBadHandshake => 46,
     }
 }
 
@@ -216,6 +222,7 @@ fn client_reasons_are_for_client_problems_only() {
                 | Reason::Malformed
                 | Reason::TooLarge
                 | Reason::MethodRefused
+                | Reason::UpgradeRefused
                 | Reason::ClientGone
         );
         if client_reason {
@@ -279,6 +286,7 @@ fn label_of(r: Reason) -> &'static str {
         Reason::LimitTokens => "limit_tokens",
         Reason::LimitRequests => "limit_requests",
         Reason::LimitConcurrent => "limit_concurrent",
+        Reason::UpgradeRefused => "upgrade_refused",
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::credential::{Credentials, Generation};
 use crate::error::Problem;
+use crate::handshake::{self, Answer, ACCEPT_LEN};
 use crate::head::Version;
 use crate::limits::{self, Timeouts};
 use crate::refetch::Refetch;
@@ -40,6 +41,9 @@ pub(super) struct DownReport {
     pub(super) failure: Option<Problem>,
     /// Any byte arrived from the upstream.
     pub(super) received_any: bool,
+    /// A WebSocket handshake was answered with a good 101: the bytes after it, and the
+    /// subprotocol it chose. Nothing was written to the client.
+    pub(super) switched: Option<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// The tokens a response masks, kept in step with the credential store's mask set: looked at
@@ -102,6 +106,9 @@ pub(super) struct Download<'a, R, W> {
     masks: LiveMasks<'a>,
     /// Set by the exchange: the generation the request carries, and the re-fetch.
     pub(super) on_401: Option<OnRejection<'a>>,
+    /// Set by the exchange for a WebSocket handshake: the `Sec-WebSocket-Accept` a 101
+    /// must carry to open the tunnel.
+    pub(super) upgrade: Option<[u8; ACCEPT_LEN]>,
 }
 
 impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
@@ -115,6 +122,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         Download {
             masks: LiveMasks::new(creds),
             on_401: None,
+            upgrade: None,
             upstream,
             client,
             t,
@@ -132,6 +140,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
                 masked: 0,
                 failure: None,
                 received_any: false,
+                switched: None,
             },
         }
     }
@@ -144,6 +153,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         out: &mut Vec<u8>,
     ) {
         let relayed = match self.final_head(&mut ctx, version, out).await {
+            Ok(_) if self.report.switched.is_some() => Ok(()),
             Ok((body, head_len)) => self.body(body, head_len, &ctx, out).await,
             Err(p) => Err(p),
         };
@@ -171,6 +181,15 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             // upstream connection is not pooled afterwards.
             let early = !self.progress.body_sent();
             ctx.close_client |= early;
+            if let Some(accept) = self.upgrade {
+                let answer = handshake::upstream_answer(&self.buf[..head_end], &accept)?;
+                if let Answer::Switched { protocol } = answer {
+                    let early = self.buf[head_end..self.filled].to_vec();
+                    self.report.switched = Some((early, protocol));
+                    self.report.head_after = Some(self.began.elapsed());
+                    return Ok((ResponseBody::None, head_end));
+                }
+            }
             self.masks.refresh();
             let tokens = &self.masks.tokens;
             let head = response::parse_response(&self.buf[..head_end], ctx, tokens, out)?;

@@ -41,7 +41,7 @@ use crate::ceiling::Permit;
 use crate::credential::Generation;
 use crate::error::Problem;
 use crate::framing::{Framed, RequestBody};
-use crate::head::{Method, Request, Version};
+use crate::head::{Method, Request, Route, Version};
 use crate::metrics::Metrics;
 use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
 use crate::response::{RequestId, ResponseContext};
@@ -107,6 +107,8 @@ pub struct Outcome {
     pub request_id: RequestId,
     /// Token occurrences masked in the response.
     pub masked: u64,
+    /// A WebSocket tunnel ended with this close code (RFC 6455 §7.4).
+    pub tunnel_close: Option<u16>,
 }
 
 impl Outcome {
@@ -129,6 +131,7 @@ impl Outcome {
             reused: false,
             request_id: RequestId::NONE,
             masked: 0,
+            tunnel_close: None,
         }
     }
 
@@ -140,13 +143,26 @@ impl Outcome {
 }
 
 /// What [`forward`] leaves to the client connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
     /// Nothing of a response reached the client: the connection answers `problem` itself.
     /// `in_sync`: the request was read exactly, so the connection's framing is certain.
     Answer { problem: Problem, in_sync: bool },
     /// The response, whole or cut, reached the client, or the client left.
     Relayed(Outcome),
+    /// The upstream answered a WebSocket handshake with a 101 that answers it: nothing was
+    /// sent to the client yet; the tunnel takes over.
+    Switched(Switched),
+}
+
+/// An upstream connection that switched to WebSocket, and what came with its 101.
+pub struct Switched {
+    pub upstream: Stream,
+    /// Bytes the upstream sent after its 101 (its first frames), not relayed yet.
+    pub early: Vec<u8>,
+    /// The subprotocol the upstream chose.
+    pub protocol: Option<Vec<u8>>,
+    /// The request head's bytes.
+    pub bytes_up: u64,
 }
 
 /// The result of one attempt on one upstream connection.
@@ -161,8 +177,11 @@ pub async fn forward(x: &Exchange<'_>, client: &mut Client, out: &mut Vec<u8>) -
     let metrics = &x.proxy.metrics;
     let _stream = InProgress::start(metrics);
     let mut retried = false;
+    // A WebSocket handshake gets a connection of its own: a pooled one may be shared by
+    // no tunnel, and the tunnel's is never pooled.
+    let fresh = matches!(x.req.route, Route::WebSocket { .. });
     loop {
-        let (upstream, reused) = match x.proxy.pool.take() {
+        let (upstream, reused) = match x.proxy.pool.take().filter(|_| !fresh) {
             Some(s) => (s, true),
             None => match x.proxy.connector.connect().await {
                 Ok(s) => (s, false),
@@ -378,6 +397,9 @@ async fn race(
         // on the upstream connection itself, without splitting it.
         let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress, creds);
         down.on_401 = Some(on_401);
+        if let Route::WebSocket { accept } = x.req.route {
+            down.upgrade = Some(accept);
+        }
         down.run(ctx, version, out).await;
         return Raced {
             upload: UploadState::Sent,
@@ -452,7 +474,15 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
             }
         });
     }
-    let down = raced.down;
+    let mut down = raced.down;
+    if let Some((early, protocol)) = down.switched.take() {
+        return Attempt::Done(Forwarded::Switched(Switched {
+            upstream: raced.upstream,
+            early,
+            protocol,
+            bytes_up: raced.bytes_up,
+        }));
+    }
     // The final head, if one arrived (always, unless the download failed). Without one,
     // nothing was announced and nothing allows keeping either connection.
     let head = down.head;
@@ -482,7 +512,7 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
         x.proxy.metrics.response_head.observe(after);
     }
     let fate = persist::settle(end, x.terms);
-    if fate.upstream == UpstreamFate::Pool {
+    if fate.upstream == UpstreamFate::Pool && !matches!(x.req.route, Route::WebSocket { .. }) {
         x.proxy.pool.put(raced.upstream);
     }
     let status = head.map_or(0, |h| h.status);
@@ -498,5 +528,6 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
         reused: false,
         request_id: head.map_or(RequestId::NONE, |h| h.request_id),
         masked: down.masked,
+        tunnel_close: None,
     }))
 }

@@ -25,6 +25,7 @@ fn run_with(
         phantom,
         allow: None,
         oauth_beta,
+        websocket: None,
     };
     let n = HeadScanner::new()
         .scan(input, &ScanLimits::request(&limits))?
@@ -311,7 +312,8 @@ fn refuses_what_it_cannot_frame_or_route_with_certainty() {
         ("broken escape", b"GET /v1/a%zz HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
         ("truncated escape", b"GET /v1/a%2 HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
         ("absolute-form userinfo", b"GET http://u@h/ HTTP/1.1\r\nHost: a\r\n\r\n", BadTarget),
-        ("Upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", UpgradeRefused),
+        ("Upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", WebSocketRefused),
+        ("WebSocket among others", b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, WebSocket/13\r\n\r\n", WebSocketRefused),
         ("h2c upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n", UpgradeRefused),
         ("Connection names CL", b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\n", BadConnectionOption),
         ("Connection names Host", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n", BadConnectionOption),
@@ -369,6 +371,7 @@ fn limits_map_to_their_statuses() {
         credential_field: None,
         allow: None,
         oauth_beta: false,
+        websocket: None,
     };
     let n = scan(nine.as_bytes()).unwrap().unwrap();
     assert_eq!(
@@ -544,6 +547,7 @@ fn with_override(fields: &str, allow: Option<&AllowList>) -> Override {
         phantom: None,
         allow,
         oauth_beta: false,
+        websocket: None,
     };
     let input = format!(
         "POST /v1beta/cachedContents/c1 HTTP/1.1\r\nHost: a\r\n{fields}Content-Length: 0\r\n\r\n"
@@ -757,6 +761,7 @@ fn check_sizing(case: &SizingCase, limits: &Limits) {
         phantom: None,
         allow: None,
         oauth_beta: case.oauth_beta,
+        websocket: None,
     };
     let head = case.head();
     // A fresh buffer: what is reserved is what is written (a reallocation while writing
@@ -776,4 +781,75 @@ fn check_sizing(case: &SizingCase, limits: &Limits) {
     parse_request(&head, limits, &rw, &mut reused).unwrap();
     assert_eq!(reused.capacity(), 4096, "{case:?}");
     assert_eq!(reused, fresh, "{case:?}");
+}
+
+/// Parses `input` with `WEBSOCKET_PATHS=/ws`.
+fn run_ws(input: &str) -> Result<(Request, String), Problem> {
+    let t = target();
+    let limits = Limits::default();
+    let paths = handshake::WebSocketPaths::parse("/ws").unwrap();
+    let rw = Rewrite {
+        target: &t,
+        credential_line: CRED,
+        credential_field: None,
+        phantom: None,
+        allow: None,
+        oauth_beta: false,
+        websocket: Some(&paths),
+    };
+    let mut out = Vec::new();
+    let req = parse_request(input.as_bytes(), &limits, &rw, &mut out)?;
+    Ok((req, String::from_utf8(out).unwrap()))
+}
+
+const WS_FIELDS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+#[test]
+fn a_listed_handshake_goes_up_without_extensions_and_with_its_upgrade_fields() {
+    let input = format!(
+        "GET /ws HTTP/1.1\r\nHost: a\r\n{WS_FIELDS}Sec-WebSocket-Extensions: permessage-deflate\r\n\
+         Authorization: Bearer sandbox\r\n\r\n"
+    );
+    let (req, up) = run_ws(&input).expect("accepted");
+    assert_eq!(
+        req.route,
+        Route::WebSocket {
+            accept: *b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        }
+    );
+    assert_eq!(
+        up,
+        "GET /base/ws HTTP/1.1\r\nHost: api.example.com\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Accept-Encoding: identity\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Authorization: Bearer REAL\r\n\r\n"
+    );
+}
+
+#[test]
+fn off_the_list_websocket_gets_426_and_on_it_a_loose_handshake_400() {
+    let on = |path: &str, extra: &str| {
+        run_ws(&format!(
+            "GET {path} HTTP/1.1\r\nHost: a\r\n{WS_FIELDS}{extra}\r\n"
+        ))
+        .map(|_| ())
+    };
+    assert_eq!(on("/ws", ""), Ok(()));
+    assert_eq!(
+        on("/ws?x=1", ""),
+        Ok(()),
+        "the query is not part of the path"
+    );
+    assert_eq!(on("/other", ""), Err(Problem::WebSocketRefused));
+    assert_eq!(on("/ws", "Upgrade: h2c\r\n"), Err(Problem::BadHandshake));
+    assert_eq!(
+        on("/ws", "Transfer-Encoding: chunked\r\n"),
+        Err(Problem::BadHandshake)
+    );
+    assert_eq!(on("/ws", "Content-Length: 0\r\n"), Ok(()));
+    let h10 = format!("GET /ws HTTP/1.0\r\nHost: a\r\n{WS_FIELDS}\r\n");
+    assert_eq!(run_ws(&h10).map(|_| ()), Err(Problem::BadHandshake));
+    let h2c = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n";
+    assert_eq!(run_ws(h2c).map(|_| ()), Err(Problem::UpgradeRefused));
 }

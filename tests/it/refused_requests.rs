@@ -24,7 +24,7 @@ fn connect_is_refused_with_405_and_nothing_is_forwarded() {
 }
 
 #[test]
-fn an_upgrade_request_is_refused_and_nothing_is_forwarded() {
+fn a_websocket_upgrade_gets_426_and_nothing_is_forwarded() {
     let up = Upstream::plain().serve(handlers::echo_head());
     let proxy = proxy_for(&up, &[]);
     let r = answer(
@@ -33,12 +33,10 @@ fn an_upgrade_request_is_refused_and_nothing_is_forwarded() {
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     .expect("a response to an upgrade request");
-    assert!(
-        [400, 405, 501].contains(&r.status()),
-        "status {} for an Upgrade request",
-        r.status()
-    );
-    r.assert_proxy_error(r.status(), "invalid_request_error");
+    // 426 makes a client that can fall back to HTTP (Codex) do so at once.
+    r.assert_proxy_error(426, "invalid_request_error");
+    assert_eq!(r.head.header_str("upgrade").as_deref(), Some("HTTP/1.1"));
+    assert_eq!(r.head.header_str("connection").as_deref(), Some("close"));
     up.assert_untouched();
 }
 

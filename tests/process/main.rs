@@ -23,3 +23,4 @@ mod signals;
 mod terminal;
 mod token_command;
 mod token_intake;
+mod websocket;

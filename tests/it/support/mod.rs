@@ -27,6 +27,7 @@ pub mod process;
 pub mod proxy;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 pub mod wire;
 
 use std::time::Duration;
