@@ -22,3 +22,4 @@ mod signals;
 mod terminal;
 mod token_command;
 mod token_intake;
+mod unix_socket;
