@@ -60,7 +60,7 @@ pub fn bind(cfg: &Config) -> Result<Bound, String> {
 /// leftover: connect(2) gives `ECONNREFUSED`), remove it and bind; a socket that answers, or
 /// anything that is not a socket, refuse and leave it alone. The bind runs under a umask
 /// that leaves only the mode's bits, so the file is never wider than `LISTEN_UNIX_MODE`,
-/// even before the chown and chmod that follow.
+/// even before the chown and chmod that follow (R39).
 pub fn bind_unix(u: &UnixListen) -> Result<(std::os::unix::net::UnixListener, SocketFile), String> {
     let shown = u.path.display();
     let cause =
@@ -190,7 +190,7 @@ impl Listener {
 }
 
 /// Whether a peer may be served: any, without `ALLOW_PEER_UIDS`; with it, only a Unix peer
-/// whose kernel-given uid is listed (a peer whose credentials could not be read is not).
+/// whose kernel-given uid is listed (a peer whose credentials could not be read is not): R38.
 pub fn admits(allowed: Option<&[u32]>, peer: Peer) -> bool {
     match allowed {
         None => true,
