@@ -83,11 +83,14 @@ async fn serve_requests(
                         let started = session.began.take().unwrap_or_else(Instant::now);
                         let method = refused_line(&client.buf, &mut session.log_path);
                         let path = &session.log_path;
-                        let about = Logged::refused(&method, path, started, current.number, seq);
-                        let about = Logged {
-                            peer: session.peer,
-                            ..about
-                        };
+                        let about = Logged::refused(
+                            &method,
+                            path,
+                            started,
+                            current.number,
+                            seq,
+                            session.peer,
+                        );
                         return client.reject(proxy, p, &mut session.out, about).await;
                     }
                 },
@@ -177,11 +180,8 @@ impl Session {
             Ok(r) => r,
             Err(p) => {
                 let method = refused_line(head, &mut self.log_path);
-                let about = Logged::refused(&method, &self.log_path, began, g.number, seq);
-                let about = Logged {
-                    peer: self.peer,
-                    ..about
-                };
+                let about =
+                    Logged::refused(&method, &self.log_path, began, g.number, seq, self.peer);
                 return client.reject(proxy, p, &mut self.out, about).await;
             }
         };
@@ -454,6 +454,7 @@ impl<'a> Logged<'a> {
         started: Instant,
         generation: u64,
         seq: u64,
+        peer: Peer,
     ) -> Logged<'a> {
         Logged {
             method,
@@ -462,7 +463,7 @@ impl<'a> Logged<'a> {
             generation,
             seq,
             health: false,
-            peer: Peer::Unix { uid: None },
+            peer,
         }
     }
 }

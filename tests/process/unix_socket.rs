@@ -314,3 +314,40 @@ fn socket_activation_serves_a_passed_tcp_socket() {
     let status = crate::support::process::wait_child(&mut child, EXIT_BOUND);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+#[test]
+#[ignore = "needs systemd-socket-activate"]
+fn a_token_command_inherits_neither_the_passed_socket_nor_the_activation_variables() {
+    assert_systemd_socket_activate();
+    let dir = Dir::new("inherit");
+    let sock = dir.sock();
+    let (env_file, fds_file) = (dir.0.join("env"), dir.0.join("fds"));
+    let helper = dir.0.join("helper.sh");
+    fs::write(
+        &helper,
+        format!(
+            "env > {env}\nfor f in /proc/$$/fd/*; do readlink \"$f\"; done > {fds}\n\
+             echo sk-ant-cmd-tok-1\n",
+            env = env_file.display(),
+            fds = fds_file.display()
+        ),
+    )
+    .expect("helper");
+    let command = format!(r#"["/bin/sh", "{}"]"#, helper.display());
+    let mut child = socket_activate(
+        s(&sock),
+        &[
+            ("TOKEN_COMMAND", &command),
+            // Named on purpose: they must still not reach the command.
+            ("TOKEN_COMMAND_ENV", "LISTEN_FDS,LISTEN_PID,LISTEN_FDNAMES"),
+        ],
+    );
+    let answer = retry(|| exchange_over(&sock, "/health"));
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let env = fs::read_to_string(&env_file).expect("the command ran");
+    assert!(!env.contains("LISTEN_"), "{env}");
+    let fds = fs::read_to_string(&fds_file).expect("the command ran");
+    assert!(!fds.contains("socket:"), "{fds}");
+    crate::support::process::send_signal(child.id(), "TERM");
+    crate::support::process::wait_child(&mut child, EXIT_BOUND).expect("exits");
+}
