@@ -38,7 +38,7 @@ pub async fn serve(proxy: &Proxy, stream: Stream, peer: Peer, shutdown: watch::R
         buf: BytesMut::new(),
     };
     match serve_requests(proxy, &mut client, peer, shutdown).await {
-        ClientFate::Reset => client.stream.reset_on_close(),
+        ClientFate::Reset => reset(&client.stream),
         ClientFate::Close | ClientFate::Keep => linger_close(&mut client.stream).await,
     }
     proxy.metrics.client_connections.fetch_sub(1, Relaxed);
@@ -407,6 +407,12 @@ impl Client {
         }
         Outcome::answered(status, out.len() as u64, failure, fate)
     }
+}
+
+/// Makes the coming close send RST (R29): a zero linger, which never blocks on close. A Unix
+/// socket has no reset; its close ends the stream, and the cut framing still tells the client.
+fn reset(stream: &Stream) {
+    stream.reset_on_close();
 }
 
 /// R34's lingering close: stop sending, then read and discard what the client still sends

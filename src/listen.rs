@@ -270,8 +270,8 @@ impl Stream {
         }
     }
 
-    /// Makes the coming close a reset (TCP); a Unix socket has no reset, its close is seen as
-    /// the end, which the cut framing still tells the client about.
+    /// Makes the coming close a reset (TCP). A zero linger never blocks on close, which is
+    /// what the deprecation of `set_linger` (a blocking non-zero linger) warns about.
     #[allow(deprecated)]
     pub fn reset_on_close(&self) {
         if let Stream::Tcp(s) = self {
