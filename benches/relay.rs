@@ -115,7 +115,8 @@ options:
   --seed N             seed of the soak's and reset's random choices (default: from the
                        clock; printed, so a failing run can be repeated)
   --targets LIST       comma-separated subset of direct,proxy,nginx,haproxy
-  --transports LIST    comma-separated subset of plain,tls
+  --transports LIST    comma-separated subset of plain,tls,unix (unix: the proxy on a
+                       Unix socket, compared with plain; only when named)
   --no-nginx           leave nginx out
   --no-haproxy         leave HAProxy out
   --proxy-wrapper CMD  run the proxy under CMD (split on spaces), e.g.
@@ -302,7 +303,7 @@ impl Args {
                 }
                 "--transports" => {
                     let v = value("--transports")?;
-                    a.transports = parse_list(&v, &Transport::ALL, Transport::name)?;
+                    a.transports = parse_list(&v, &Transport::EVERY, Transport::name)?;
                     a.raw.push(format!("--transports {v}"));
                     continue;
                 }
@@ -599,7 +600,7 @@ async fn run(
     let mut load = report::OtherLoad::default();
     let mut endurance_load = report::OtherLoad::default();
     for scenario in Scenario::ALL {
-        for transport in Transport::ALL {
+        for transport in Transport::EVERY {
             if !args.selects(scenario, transport) {
                 continue;
             }
@@ -616,7 +617,10 @@ async fn run(
                 {
                     continue;
                 }
-                if !scenario.runs_on(target) {
+                // Over a Unix socket only the proxy runs: it is compared with itself over TCP.
+                if !scenario.runs_on(target)
+                    || (transport == Transport::Unix && target != Target::Proxy)
+                {
                     for row in cells.iter_mut() {
                         row[target as usize] = Cell::NotApplicable;
                     }
@@ -757,10 +761,16 @@ async fn run(
     if !retried.is_empty() {
         targets.push_str(&report::retried(&retried));
     }
+    let unix = report::unix_vs_tcp(&relay);
+    if !unix.is_empty() {
+        targets.push_str(report::UNIX_HEADING);
+        targets.push_str(&unix);
+    }
     let endurance_table = report::endurance_table(&endurance);
     if !relay.is_empty() {
         println!("\n{table}\n{targets}");
     }
+
     if !endurance.is_empty() {
         println!("\n{endurance_table}");
     }

@@ -96,6 +96,36 @@ pub fn effective(cfg: &Config) -> String {
     let command = command_rows(&cfg.token_source);
     let mut rows: Vec<(&str, String)> = vec![
         ("LISTEN_ADDR:LISTEN_PORT", cfg.listen.to_string()),
+        (
+            "LISTEN_UNIX",
+            cfg.unix
+                .as_ref()
+                .map_or("unset".into(), |u| u.path.display().to_string()),
+        ),
+        (
+            "LISTEN_UNIX_MODE",
+            format!("{:04o}", cfg.unix.as_ref().map_or(0o600, |u| u.mode)),
+        ),
+        (
+            "LISTEN_UNIX_GROUP",
+            cfg.unix
+                .as_ref()
+                .and_then(|u| u.group)
+                .map_or("unset".into(), |g| format!("gid {g}")),
+        ),
+        (
+            "ALLOW_PEER_UIDS",
+            cfg.peer_uids.as_ref().map_or("unset (any)".into(), |u| {
+                let u: Vec<String> = u.iter().map(u32::to_string).collect();
+                u.join(",")
+            }),
+        ),
+        (
+            "LISTEN_FDS",
+            cfg.activation.map_or("unset".into(), |a| {
+                format!("socket activation, fd {}", a.fd)
+            }),
+        ),
         ("TARGET", cfg.target.to_string()),
         ("TARGET_CA_FILE", path(&cfg.ca_file)),
         ("TARGET_EXTRA_CA_FILE", path(&cfg.extra_ca_file)),

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant as TokioInstant};
 use zeroize::Zeroizing;
@@ -24,7 +23,8 @@ use crate::error::Problem;
 use crate::exchange::{self, Client, Exchange, Forwarded, Outcome};
 use crate::head::{self, Method, Request, Route};
 use crate::limits::{self, Timeouts};
-use crate::log::{Event, Log, RequestLine};
+use crate::listen::Stream;
+use crate::log::{Event, Log, Peer, RequestLine};
 use crate::metrics::{Metrics, Reason};
 use crate::persist::{self, ClientFate, ClientTerms, End};
 use crate::scan::{HeadScanner, ScanLimits};
@@ -32,14 +32,14 @@ use crate::state::Proxy;
 use crate::tunnel;
 
 /// Serves one client connection, then ends it as the last exchange decided.
-pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(proxy: &Proxy, stream: Stream, peer: Peer, shutdown: watch::Receiver<bool>) {
+    stream.set_nodelay();
     proxy.metrics.client_connections.fetch_add(1, Relaxed);
     let mut client = Client {
         stream,
         buf: BytesMut::new(),
     };
-    match serve_requests(proxy, &mut client, shutdown).await {
+    match serve_requests(proxy, &mut client, peer, shutdown).await {
         ClientFate::Reset => reset(&client.stream),
         ClientFate::Close | ClientFate::Keep => linger_close(&mut client.stream).await,
     }
@@ -50,9 +50,11 @@ pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<b
 async fn serve_requests(
     proxy: &Proxy,
     client: &mut Client,
+    peer: Peer,
     shutdown: watch::Receiver<bool>,
 ) -> ClientFate {
     let mut session = Session {
+        peer,
         scanner: HeadScanner::new(),
         scan_limits: ScanLimits::request(&proxy.cfg.limits),
         up_head: Zeroizing::new(Vec::new()),
@@ -83,7 +85,14 @@ async fn serve_requests(
                         let started = session.began.take().unwrap_or_else(Instant::now);
                         let method = refused_line(&client.buf, &mut session.log_path);
                         let path = &session.log_path;
-                        let about = Logged::refused(&method, path, started, current.number, seq);
+                        let about = Logged::refused(
+                            &method,
+                            path,
+                            started,
+                            current.number,
+                            seq,
+                            session.peer,
+                        );
                         return client.reject(proxy, p, &mut session.out, about).await;
                     }
                 },
@@ -112,6 +121,8 @@ enum Head {
 
 /// The per-connection state that outlives one request.
 struct Session {
+    /// Who is connected, for the access lines.
+    peer: Peer,
     scanner: HeadScanner,
     scan_limits: ScanLimits,
     /// Holds our credential once rewritten: wiped after each exchange and when the
@@ -171,7 +182,8 @@ impl Session {
             Ok(r) => r,
             Err(p) => {
                 let method = refused_line(head, &mut self.log_path);
-                let about = Logged::refused(&method, &self.log_path, began, g.number, seq);
+                let about =
+                    Logged::refused(&method, &self.log_path, began, g.number, seq, self.peer);
                 return client.reject(proxy, p, &mut self.out, about).await;
             }
         };
@@ -218,6 +230,7 @@ impl Session {
             generation: g.number,
             seq,
             health: req.route == Route::Health,
+            peer: self.peer,
         };
         record(proxy, &about, &outcome);
         self.idle_since = TokioInstant::now();
@@ -439,17 +452,16 @@ impl Client {
     }
 }
 
-/// Makes the coming close send RST. A zero linger never blocks on close, which is what the
-/// deprecation of `set_linger` (a blocking non-zero linger) warns about.
-#[allow(deprecated)]
-fn reset(stream: &TcpStream) {
-    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+/// Makes the coming close send RST (R29): a zero linger, which never blocks on close. A Unix
+/// socket has no reset; its close ends the stream, and the cut framing still tells the client.
+fn reset(stream: &Stream) {
+    stream.reset_on_close();
 }
 
 /// R34's lingering close: stop sending, then read and discard what the client still sends
 /// (briefly, boundedly) so the kernel does not answer unread input with a reset that destroys
 /// our last response (a 413 or 431 sent while the client was still uploading).
-async fn linger_close(stream: &mut TcpStream) {
+async fn linger_close(stream: &mut Stream) {
     let _ = stream.shutdown().await;
     let deadline = TokioInstant::now() + limits::LINGER;
     let mut sink = [0u8; 1024];
@@ -480,6 +492,7 @@ struct Logged<'a> {
     seq: u64,
     /// `GET /health`: timed apart from the exchanges.
     health: bool,
+    peer: Peer,
 }
 
 impl<'a> Logged<'a> {
@@ -490,6 +503,7 @@ impl<'a> Logged<'a> {
         started: Instant,
         generation: u64,
         seq: u64,
+        peer: Peer,
     ) -> Logged<'a> {
         Logged {
             method,
@@ -498,6 +512,7 @@ impl<'a> Logged<'a> {
             generation,
             seq,
             health: false,
+            peer,
         }
     }
 }
@@ -559,6 +574,7 @@ fn record(proxy: &Proxy, about: &Logged<'_>, o: &Outcome) {
         reused: o.reused,
         request_id: o.request_id.as_str(),
         token_generation: about.generation,
+        peer: about.peer,
     }));
     if let Some(code) = o.tunnel_close {
         log.event(&Event::TunnelClosed {

@@ -30,6 +30,8 @@
 //!      TARGET's `/v1/oauth/token` through the upstream connector.
 //!    - `state`: what every connection shares (config, token, connector, pool).
 //!    - `upstream`: TCP/TLS connections to TARGET and the idle pool.
+//!    - `listen`: the sandbox's listener, TCP, a Unix socket (`LISTEN_UNIX`, the peer uid
+//!      check) or the socket systemd passed; the accepted stream, either kind.
 //!    - `readhead`: reads a head that stands alone on its connection (the egress proxy's
 //!      CONNECT answer, a scrape) until [`scan::HeadScanner`] finds its end.
 //! 2. **Process**: `intake` (the first token, then its updates from stdin, a file or a
@@ -99,6 +101,7 @@ mod check;
 mod connection;
 mod exchange;
 mod federation;
+mod listen;
 mod readhead;
 pub mod run;
 mod scrape;

@@ -272,10 +272,38 @@ pub struct RequestLine<'a> {
     /// The upstream's `request-id`, only when it is a plain id.
     pub request_id: Option<&'a str>,
     pub token_generation: u64,
+    /// Who sent it: TCP, or a Unix socket peer and its uid.
+    pub peer: Peer,
+}
+
+/// The other end of a client connection, as the access line names it: a Unix socket peer as
+/// `unix` and its uid (the kernel's `SO_PEERCRED`, unix(7)); a TCP peer only as `tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(std::net::SocketAddr),
+    Unix { uid: Option<u32> },
+}
+
+impl Peer {
+    /// `tcp` or `unix`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Peer::Tcp(_) => "tcp",
+            Peer::Unix { .. } => "unix",
+        }
+    }
+
+    /// The peer's uid, when it is a Unix socket peer whose credentials were read.
+    pub fn uid(&self) -> Option<u32> {
+        match *self {
+            Peer::Tcp(_) => None,
+            Peer::Unix { uid } => uid,
+        }
+    }
 }
 
 /// The most fields an event has.
-const FIELDS_MAX: usize = 12;
+const FIELDS_MAX: usize = 13;
 
 impl Event<'_> {
     /// The `level` of its JSON object.
@@ -330,6 +358,11 @@ impl Event<'_> {
                 ("reused", Value::Bool(r.reused)),
                 ("request_id", r.request_id.map_or(Value::Null, Value::Str)),
                 ("token_generation", num(r.token_generation)),
+                ("peer", Value::Str(r.peer.kind())),
+                (
+                    "peer_uid",
+                    r.peer.uid().map_or(Value::Null, |u| num(u64::from(u))),
+                ),
             ],
             Event::Error {
                 side, reason, seq, ..
@@ -372,9 +405,13 @@ impl Event<'_> {
             Event::Request(r) => {
                 let (m, p, s, b, ms) = (r.method, r.path, r.status, r.bytes_down, r.duration_ms);
                 let _ = write!(out, "{m} {p} {s} {b}B {ms}ms");
-                match r.request_id {
-                    Some(id) => write!(out, " request-id={id}"),
-                    None => Ok(()),
+                if let Some(id) = r.request_id {
+                    let _ = write!(out, " request-id={id}");
+                }
+                match r.peer {
+                    Peer::Tcp(_) => Ok(()),
+                    Peer::Unix { uid: None } => write!(out, " peer=unix"),
+                    Peer::Unix { uid: Some(u) } => write!(out, " peer=unix uid={u}"),
                 }
             }
             Event::Error {

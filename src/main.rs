@@ -26,7 +26,7 @@ agent-loop-proxy {version}: credential-injection reverse proxy for sandboxed AI 
 USAGE:
     printf '%s\\n' \"$TOKEN\" | agent-loop-proxy     read the token from stdin, serve
     agent-loop-proxy --check                      check the configuration (no token read); exit 0 or 1
-    agent-loop-proxy healthcheck                  GET /health on LISTEN_PORT; exit 0 if 200
+    agent-loop-proxy healthcheck                  GET /health on LISTEN_UNIX or LISTEN_PORT; exit 0 if 200
     agent-loop-proxy --help | --version
 
 The real token is read from stdin (one line), TOKEN_FILE or TOKEN_COMMAND's output and kept
@@ -297,9 +297,20 @@ fn healthcheck() -> ExitCode {
             .filter(|d| !d.is_zero())
             .ok_or(std::io::ErrorKind::TimedOut)
     };
+    let (mut s, shown) = match &cfg.unix {
+        Some(u) => {
+            let shown = format!("{} (LISTEN_UNIX)", u.path.display());
+            (Conn::Unix(u.path.clone()), shown)
+        }
+        None => (Conn::Tcp(addr), format!("{addr} (LISTEN_PORT)")),
+    };
     // Ok: the status line's first 12 bytes, or fewer if the connection closed first.
     let answer = (|| -> std::io::Result<Vec<u8>> {
-        let mut s = TcpStream::connect_timeout(&addr, left()?)?;
+        let mut s: Box<dyn Health> = match &mut s {
+            Conn::Tcp(addr) => Box::new(TcpStream::connect_timeout(addr, left()?)?),
+            // A Unix connect does not wait for a peer: it succeeds or fails at once.
+            Conn::Unix(path) => Box::new(std::os::unix::net::UnixStream::connect(&*path)?),
+        };
         s.set_write_timeout(Some(left()?))?;
         s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
         let mut head = [0u8; 12];
@@ -326,6 +337,36 @@ fn healthcheck() -> ExitCode {
     };
     fail(
         &Log::stderr(),
-        &format!("proxy: healthcheck: {addr} (LISTEN_PORT): {why}"),
+        &format!("proxy: healthcheck: {shown}: {why}"),
     )
+}
+
+/// Where `healthcheck` connects: `LISTEN_UNIX` if set, else `LISTEN_ADDR:LISTEN_PORT`.
+enum Conn {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+/// A blocking stream with timeouts, TCP or Unix.
+trait Health: Read + Write {
+    fn set_write_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Health for TcpStream {
+    fn set_write_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_write_timeout(self, d)
+    }
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, d)
+    }
+}
+
+impl Health for std::os::unix::net::UnixStream {
+    fn set_write_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_write_timeout(self, d)
+    }
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, d)
+    }
 }

@@ -151,6 +151,8 @@ pub struct Metrics {
     pub token_last_change_ms: AtomicU64,
     /// Tokens refused by the token checks (a line, a file, a command's answer).
     pub token_updates_refused: AtomicU64,
+    /// Unix socket peers closed at accept: their uid is not in `ALLOW_PEER_UIDS`.
+    pub peer_refused: AtomicU64,
     pub response_head: Histogram,
     /// Every request but `/health`, from its head to the end of its answer.
     exchange: Histogram,
@@ -188,6 +190,7 @@ impl Metrics {
             token_expiry_ms: AtomicU64::new(0),
             token_last_change_ms: AtomicU64::new(0),
             token_updates_refused: AtomicU64::new(0),
+            peer_refused: AtomicU64::new(0),
             response_head: Histogram::new(),
             exchange: Histogram::new(),
             health: Histogram::new(),
@@ -317,6 +320,11 @@ impl Metrics {
                 "response_bytes_total",
                 "Response bytes sent to clients (heads and bodies).",
                 &self.bytes_down,
+            ),
+            (
+                "peer_refused_total",
+                "Unix socket peers closed at accept: uid not in ALLOW_PEER_UIDS.",
+                &self.peer_refused,
             ),
         ];
         for (name, help, c) in counters {

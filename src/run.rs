@@ -10,6 +10,7 @@
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,6 +23,7 @@ use crate::credential::Credentials;
 use crate::federation;
 use crate::intake::{self, Refresher, Reload, Swapper, Updates};
 use crate::limits;
+use crate::listen::{self, Listener, SocketFile};
 use crate::log::{Event, Log};
 use crate::metrics::{Metrics, RefreshSource};
 use crate::scrape;
@@ -55,7 +57,7 @@ pub struct Bound {
     cfg: Config,
     log: Arc<Log>,
     connector: Connector,
-    listener: TcpListener,
+    listener: listen::Bound,
     metrics: Option<TcpListener>,
 }
 
@@ -63,9 +65,14 @@ pub struct Bound {
 /// the listeners. No token is needed yet, and none is read.
 pub fn bind(cfg: Config, log: Arc<Log>) -> Result<Bound, StartError> {
     let connector = Connector::new(&cfg, log.clone())?;
-    let listener =
-        TcpListener::bind(cfg.listen).map_err(|e| bind_error("LISTEN_PORT", cfg.listen, &e))?;
-    if !sys::set_listen_backlog(listener.as_fd(), limits::LISTEN_BACKLOG) {
+    let listener = listen::bind(&cfg).map_err(StartError)?;
+    // A socket systemd passed keeps the backlog its unit gave it.
+    let fd = match &listener {
+        listen::Bound::Tcp(l) if cfg.activation.is_none() => Some(l.as_fd()),
+        listen::Bound::Unix(l, Some(_)) => Some(l.as_fd()),
+        _ => None,
+    };
+    if fd.is_some_and(|fd| !sys::set_listen_backlog(fd, limits::LISTEN_BACKLOG)) {
         crate::log!(log, "warning: could not raise the listen backlog");
     }
     let metrics = match cfg.metrics {
@@ -96,9 +103,12 @@ impl Bound {
         &self.cfg
     }
 
-    /// The address the sandbox's listener is bound to.
+    /// The address the sandbox's TCP listener is bound to (`0.0.0.0:0` for a Unix socket).
     pub fn addr(&self) -> SocketAddr {
-        local_addr(&self.listener)
+        match &self.listener {
+            listen::Bound::Tcp(l) => local_addr(l),
+            listen::Bound::Unix(..) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
     }
 
     /// Reads the first token as the configuration says, from `stdin` (`TOKEN_UPDATES` unset or
@@ -158,8 +168,13 @@ impl Bound {
             log: log.clone(),
         };
         let (reload, refetch) = intake::spawn_updates(updates, swapper).unzip();
-        let listener = register(listener, "the listener")?;
-        let addr = local_addr_tokio(&listener);
+        let (listener, socket_file) = Listener::register(listener)
+            .map_err(|_| StartError("proxy: cannot register the listener".into()))?;
+        let addr = listener
+            .tcp_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let unix_path = socket_file.as_ref().map(|f| f.path().to_path_buf());
+        let listening = listener.describe();
         let metrics_addr = match metrics_listener {
             None => None,
             Some(m) => {
@@ -181,11 +196,12 @@ impl Bound {
             log: log.clone(),
             refetch,
         });
-        announce(&proxy, addr, metrics_addr);
+        announce(&proxy, &listening, metrics_addr);
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(drain_when_told(proxy, listener, rx.clone()));
+        let task = tokio::spawn(drain_when_told(proxy, listener, socket_file, rx.clone()));
         Ok(Running {
             addr,
+            unix_path,
             metrics_addr,
             shutdown: tx,
             task,
@@ -217,6 +233,8 @@ pub enum Drained {
 /// A serving proxy.
 pub struct Running {
     addr: SocketAddr,
+    /// The `LISTEN_UNIX` socket this proxy made (removed when the drain ends).
+    unix_path: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Drained>,
@@ -229,6 +247,11 @@ impl Running {
     /// The sandbox's listener.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Unix socket this proxy created, when `LISTEN_UNIX` is set.
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        self.unix_path.as_deref()
     }
 
     /// The metrics listener, when `METRICS_ADDR` is set.
@@ -271,9 +294,9 @@ impl Running {
 
 /// The startup lines: warnings, the egress proxy and the metrics listener, then (last, so a
 /// reader that waits for it has seen the others) where the proxy listens and its target.
-fn announce(proxy: &Proxy, addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
+fn announce(proxy: &Proxy, addr: &str, metrics_addr: Option<SocketAddr>) {
     let log = &proxy.log;
-    let (addr, target) = (addr.to_string(), proxy.cfg.target.to_string());
+    let target = proxy.cfg.target.to_string();
     if let Some((egress, setting)) = &proxy.cfg.egress {
         // Host and port only: the URL may carry credentials.
         crate::log!(log, "egress proxy {egress} (from {setting})");
@@ -299,17 +322,19 @@ fn announce(proxy: &Proxy, addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
         None => crate::settings::VERSION.to_string(),
     };
     log.event(&Event::Startup {
-        listen: &addr,
+        listen: addr,
         target: &target,
         metrics: metrics.as_deref(),
         version: &version,
     });
 }
 
-/// Serves until told to stop, then drains within the grace period.
+/// Serves until told to stop, then drains within the grace period. The socket file of
+/// `LISTEN_UNIX` is removed when this ends (or is dropped, the runtime shutting down).
 async fn drain_when_told(
     proxy: Arc<Proxy>,
-    listener: tokio::net::TcpListener,
+    listener: Listener,
+    _socket_file: Option<SocketFile>,
     mut stop: watch::Receiver<bool>,
 ) -> Drained {
     let grace = proxy.cfg.timeouts.shutdown_grace;

@@ -49,6 +49,31 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s(&["LISTEN_ADDR"], "127.0.0.1", "address to listen on"),
     s(
+        &["LISTEN_UNIX"],
+        "unset",
+        "Unix socket path to listen on instead of TCP",
+    ),
+    s(
+        &["LISTEN_UNIX_MODE"],
+        "0600",
+        "permission bits of the LISTEN_UNIX socket",
+    ),
+    s(
+        &["LISTEN_UNIX_GROUP"],
+        "unset",
+        "group (name in /etc/group, or gid) of the socket",
+    ),
+    s(
+        &["ALLOW_PEER_UIDS"],
+        "unset",
+        "uids a Unix socket peer may have (SO_PEERCRED)",
+    ),
+    s(
+        &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"],
+        "unset",
+        "set by systemd: serve the socket it passed",
+    ),
+    s(
         &["TARGET"],
         "https://api.anthropic.com",
         "upstream base URL (http or https)",

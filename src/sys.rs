@@ -233,3 +233,76 @@ impl Drop for EchoOff {
         unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
     }
 }
+
+/// Runs `f` (a bind) with the file-creation mask `mask`, then restores the previous one: a
+/// socket file is created with `0777 & !mask` (unix(7)), so it is never wider than meant,
+/// not even between the bind and a chmod. The mask is process-wide; the proxy binds before
+/// it starts any thread that creates files.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask takes and returns an integer; it cannot fail.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    out
+}
+
+/// A listening socket passed by a service manager, checked and adopted.
+pub enum Adopted {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Adopts descriptor `fd` (sd_listen_fds(3): passed open, from 3 on) as a listening socket:
+/// it must be open, a stream socket (`SO_TYPE`), listening (`SO_ACCEPTCONN`), of the
+/// Internet or Unix domain (`SO_DOMAIN`), socket(7). It is made close-on-exec, so a token
+/// command never inherits it. `Err` says which check failed; the fd is then left alone.
+pub fn adopt_listener(fd: i32) -> Result<Adopted, &'static str> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 {
+        return Err("is not a passed descriptor (3 or above)");
+    }
+    // SAFETY: fcntl on an integer descriptor; F_GETFD only reads its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err("names no open descriptor");
+    }
+    let opt = |name: libc::c_int| -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the int we own.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    if opt(libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+        return Err("is not a stream socket");
+    }
+    if opt(libc::SO_ACCEPTCONN) != Some(1) {
+        return Err("is not a listening socket");
+    }
+    let domain = opt(libc::SO_DOMAIN);
+    // SAFETY: as above; F_SETFD sets the close-on-exec flag on a descriptor we now own.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err("cannot be made close-on-exec");
+    }
+    match domain {
+        // SAFETY: the descriptor is open, a listening stream socket of this domain, and
+        // handed to us by the service manager; nothing else in the process owns it.
+        Some(libc::AF_INET | libc::AF_INET6) => Ok(Adopted::Tcp(unsafe {
+            std::net::TcpListener::from_raw_fd(fd)
+        })),
+        // SAFETY: as above.
+        Some(libc::AF_UNIX) => Ok(Adopted::Unix(unsafe {
+            std::os::unix::net::UnixListener::from_raw_fd(fd)
+        })),
+        _ => Err("is neither a TCP nor a Unix socket"),
+    }
+}

@@ -3,9 +3,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use crate::tls;
@@ -24,12 +25,20 @@ pub struct Endpoint {
     pub tls: Option<TlsConnector>,
     /// `Authorization` value sent: the real token directly, a phantom one through a proxy.
     pub auth: String,
+    /// The proxy's Unix socket (`--proxy-unix`): connect there instead of `addr`.
+    pub unix: Option<PathBuf>,
 }
 
 impl Endpoint {
     /// Opens a connection with a read buffer of `capacity` bytes.
     pub async fn connect(&self, capacity: usize) -> io::Result<Wire> {
         let timed_out = |_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+        if let Some(path) = &self.unix {
+            let unix = tokio::time::timeout(CONNECT_LIMIT, UnixStream::connect(path))
+                .await
+                .map_err(timed_out)??;
+            return Ok(Wire::new(Box::new(unix), capacity, CLIENT_READ_TIMEOUT));
+        }
         let tcp = tokio::time::timeout(CONNECT_LIMIT, TcpStream::connect(self.addr))
             .await
             .map_err(timed_out)??;

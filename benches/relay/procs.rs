@@ -226,6 +226,8 @@ fn signal(pid: u32, sig: libc::c_int) {
 /// HAProxy (one process).
 pub struct Middle {
     pub addr: SocketAddr,
+    /// The proxy's Unix socket, when it listens on one (`--proxy-unix`).
+    pub unix: Option<PathBuf>,
     child: Child,
     /// Every process whose CPU time and memory count: the proxy, nginx's master and worker, or
     /// HAProxy.
@@ -416,6 +418,7 @@ pub async fn start_proxy(spec: ProxySpec<'_>) -> Result<Middle, String> {
     }
     let mut middle = Middle {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        unix: None,
         child,
         pids: vec![pid],
         log: spec.log,
@@ -427,6 +430,14 @@ pub async fn start_proxy(spec: ProxySpec<'_>) -> Result<Middle, String> {
         let text = fs::read_to_string(&middle.log).unwrap_or_default();
         if let Some(addr) = text.lines().find_map(parse_startup_line) {
             middle.addr = addr;
+            return Ok(middle);
+        }
+        let unix = text.lines().find_map(|l| {
+            let rest = l.strip_prefix("proxy: listening on unix:")?;
+            Some(PathBuf::from(rest.split(", target").next()?))
+        });
+        if unix.is_some() {
+            middle.unix = unix;
             return Ok(middle);
         }
         if !middle.alive() {
@@ -642,6 +653,7 @@ pub async fn start_nginx(spec: AnchorSpec<'_>) -> Result<Middle, String> {
         let pid = child.id();
         let mut middle = Middle {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            unix: None,
             child,
             pids: vec![pid],
             log: spec.dir.join("error.log"),
@@ -806,6 +818,7 @@ pub async fn start_haproxy(spec: AnchorSpec<'_>) -> Result<Middle, String> {
         let pid = child.id();
         let mut middle = Middle {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            unix: None,
             child,
             pids: vec![pid],
             log: log.clone(),

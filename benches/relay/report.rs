@@ -682,3 +682,67 @@ const METHOD: &str = "
   TLS run gives the upstream's handshake and resumption counts).
 - Date: when this file was written, at the end of the run (UTC).
 ";
+
+/// The heading of [`unix_vs_tcp`]'s table under the performance targets.
+pub const UNIX_HEADING: &str = "
+### The proxy over a Unix socket against TCP
+
+The same proxy, the load generator connecting over `LISTEN_UNIX` (`unix`) or TCP loopback
+(`plain`); the upstream is plain TCP in both. Below 1 is better for Unix, except requests/s.
+
+";
+
+/// The proxy over a Unix socket against the proxy over TCP (`--transports plain,unix`): for
+/// each scenario run over both in this run, each metric's ratio of the medians (unix / plain),
+/// and the lowest and highest of the per-round ratios. Empty when no scenario ran over both.
+pub fn unix_vs_tcp(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    let proxy = Target::Proxy as usize;
+    for unix in outcomes.iter().filter(|o| o.transport == Transport::Unix) {
+        let Some(tcp) = outcomes
+            .iter()
+            .find(|o| o.scenario == unix.scenario && o.transport == Transport::Plain)
+        else {
+            continue;
+        };
+        if out.is_empty() {
+            out.push_str("| scenario | metric | proxy over TCP | proxy over Unix | Unix/TCP | rounds (min–max) |\n");
+            out.push_str("|---|---|---:|---:|---:|---:|\n");
+        }
+        for (m, &metric) in unix.scenario.metrics().iter().enumerate() {
+            let (Some(t), Some(u)) = (
+                tcp.value(metric, Target::Proxy),
+                unix.value(metric, Target::Proxy),
+            ) else {
+                continue;
+            };
+            let ratio = if t == 0.0 {
+                "—".to_string()
+            } else {
+                format!("{:.2}", u / t)
+            };
+            let per_round: Vec<f64> = unix
+                .rounds
+                .iter()
+                .zip(&tcp.rounds)
+                .filter_map(|(ru, rt)| {
+                    let u = ru[proxy].as_ref()?.get(m).copied().flatten()?;
+                    let t = rt[proxy].as_ref()?.get(m).copied().flatten()?;
+                    (t != 0.0).then(|| u / t)
+                })
+                .collect();
+            let spread = if per_round.len() >= 2 {
+                let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{lo:.2}–{hi:.2}")
+            } else {
+                "—".to_string()
+            };
+            let name = unix.scenario.name();
+            out.push_str(&format!(
+                "| {name} | {metric} | {t:.1} | {u:.1} | {ratio} | {spread} |\n"
+            ));
+        }
+    }
+    out
+}

@@ -142,15 +142,22 @@ impl Scenario {
 pub enum Transport {
     Plain,
     Tls,
+    /// The load generator reaches the proxy over a Unix socket (`LISTEN_UNIX`), the proxy
+    /// the upstream over plain TCP: compared with `plain`, the cost of the socket alone.
+    Unix,
 }
 
 impl Transport {
+    /// What a run without `--transports` covers.
     pub const ALL: [Transport; 2] = [Transport::Plain, Transport::Tls];
+    /// Every transport, `unix` only when asked for (`--transports plain,unix`).
+    pub const EVERY: [Transport; 3] = [Transport::Plain, Transport::Tls, Transport::Unix];
 
     pub fn name(self) -> &'static str {
         match self {
             Transport::Plain => "plain",
             Transport::Tls => "tls",
+            Transport::Unix => "unix",
         }
     }
 }
@@ -355,6 +362,10 @@ pub async fn run(
             if ctx.rotate.is_some() {
                 env.push(("TOKEN_UPDATES", "stdin".to_string()));
             }
+            if transport == Transport::Unix {
+                let sock = ctx.dir.join(format!("proxy-{seq}.sock"));
+                env.push(("LISTEN_UNIX", sock.to_string_lossy().into_owned()));
+            }
             let extra = ctx.proxy_env.iter().map(|(k, v)| (k.as_str(), v.clone()));
             let spec = ProxySpec {
                 bin: &ctx.proxy_bin,
@@ -397,11 +408,13 @@ pub async fn run(
             addr: upstream.addr,
             tls: tls.then(|| TlsConnector::from(Arc::clone(&ctx.tls.client))),
             auth: format!("Bearer {}", ctx.token),
+            unix: None,
         },
         Some(m) => Endpoint {
             addr: m.addr,
             tls: None,
             auth: format!("Bearer {PHANTOM_TOKEN}"),
+            unix: m.unix.clone(),
         },
     };
     let t0 = Instant::now();

@@ -18,6 +18,8 @@ use crate::policy::AllowList;
 use crate::secret::TokenHeader;
 use crate::target::Target;
 
+pub use listen::{Activation, UnixListen};
+
 /// A configuration error: which setting, and text about what is wrong (static, or built from
 /// the limits; never the value given).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,12 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `LISTEN_UNIX`: a Unix socket instead of `listen`.
+    pub unix: Option<UnixListen>,
+    /// A listening socket passed by systemd, instead of either.
+    pub activation: Option<Activation>,
+    /// `ALLOW_PEER_UIDS`: the only uids a Unix socket peer may have; `None`: any.
+    pub peer_uids: Option<Vec<u32>>,
     pub target: Target,
     /// PEM bundle that replaces the built-in roots for an https TARGET.
     pub ca_file: Option<PathBuf>,
@@ -156,6 +164,9 @@ impl Config {
     pub fn with_target(target: Target) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], limits::DEFAULT_LISTEN_PORT)),
+            unix: None,
+            activation: None,
+            peer_uids: None,
             target,
             ca_file: None,
             extra_ca_file: None,
@@ -193,6 +204,16 @@ impl Config {
         };
         let mut cfg = Config::with_target(target);
         cfg.listen = listen(&var)?;
+        cfg.unix = listen::unix_listen(&var)?;
+        cfg.activation = listen::activation(&var, std::process::id())?;
+        cfg.peer_uids = listen::peer_uids(&var)?;
+        if cfg.peer_uids.is_some() && cfg.unix.is_none() && cfg.activation.is_none() {
+            // Only a Unix socket has kernel-vouched peer credentials (SO_PEERCRED, unix(7)).
+            return Err(ConfigError::new(
+                "ALLOW_PEER_UIDS",
+                "needs LISTEN_UNIX (or a Unix socket passed by systemd)",
+            ));
+        }
         cfg.egress = egress(&var, &cfg.target)?;
         if let Some(addr) = var("METRICS_ADDR") {
             let why = "must be an address and port, like 127.0.0.1:9464";
@@ -437,6 +458,7 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 }
 
 mod ceilings;
+mod listen;
 mod token;
 mod websocket;
 

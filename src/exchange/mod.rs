@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
 use crate::answer::CONTINUE;
@@ -78,7 +77,7 @@ pub struct Exchange<'a> {
 /// exchange takes the request body from it and writes the response to it. Defined here, below
 /// `connection` (which adds the head reads and the proxy's own answers), so both can name it.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: crate::listen::Stream,
     pub buf: BytesMut,
 }
 

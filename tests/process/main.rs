@@ -25,3 +25,4 @@ mod terminal;
 mod token_command;
 mod token_intake;
 mod websocket;
+mod unix_socket;

@@ -20,6 +20,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("state", Layer::Io),
     ("upstream", Layer::Io),
     ("readhead", Layer::Io),
+    ("listen", Layer::Io),
     ("intake", Layer::Process),
     ("command", Layer::Process),
     ("refetch", Layer::Process),

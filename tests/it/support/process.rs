@@ -111,13 +111,18 @@ impl ProcessProxy {
         } else {
             Some(pipe)
         };
-        let found = stderr.wait_until(STARTUP_TIMEOUT, |s| parse_listen_line(s).is_some());
+        // A Unix socket listener's line names its path; its `addr` is then 0.0.0.0:0.
+        let unix = |s: &str| complete_lines(s).any(|l| l.contains("listening on unix:"));
+        let found = stderr.wait_until(STARTUP_TIMEOUT, |s| {
+            parse_listen_line(s).is_some() || unix(s)
+        });
         if !found {
             let _ = child.kill();
             let _ = child.wait();
             return Err(stderr.text());
         }
-        let addr = parse_listen_line(&stderr.text()).expect("listen line");
+        let addr = parse_listen_line(&stderr.text())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         Ok(ProcessProxy {
             child,
             addr,
