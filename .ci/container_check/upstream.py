@@ -4,11 +4,12 @@ list, body) as a JSON line to RECORD.
 
 Usage: python3 upstream.py RECORD PORT_FILE [CERT KEY]
 
-Listens on 127.0.0.1 on a free port, whose number it writes to PORT_FILE
+Listens on UPSTREAM_BIND (default 127.0.0.1; .ci/podman-check gives 0.0.0.0,
+run in a container or reached from one) on UPSTREAM_PORT (default 0: a free port), whose number it writes to PORT_FILE
 (by rename, so the file is complete once it exists); with CERT and KEY it
 speaks TLS. Serves until killed.
 """
-import json, ssl, sys
+import json, os, ssl, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 record, port_file = sys.argv[1], sys.argv[2]
@@ -38,7 +39,8 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+srv = ThreadingHTTPServer((os.environ.get("UPSTREAM_BIND", "127.0.0.1"),
+                           int(os.environ.get("UPSTREAM_PORT", "0"))), H)
 srv.daemon_threads = True
 if cert:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -47,5 +49,5 @@ if cert:
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 with open(port_file + ".tmp", "w") as f:
     f.write(str(srv.server_address[1]))
-import os; os.rename(port_file + ".tmp", port_file)
+os.rename(port_file + ".tmp", port_file)
 srv.serve_forever()
