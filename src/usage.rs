@@ -1,0 +1,538 @@
+//! Pure: the token usage of one response, read from its body bytes as they are relayed.
+//!
+//! Agents run unattended in loops; what a loop spends is written in the answers the proxy
+//! already relays. The observer is fed the body's payload (de-chunked, a view of the relay's
+//! bytes: it never changes, holds or delays them) and keeps only what it needs:
+//!
+//! - a server-sent event stream (`text/event-stream`, the SSE format of the WHATWG HTML
+//!   standard §9.2) is cut into lines with `memchr`; an event named by an `event:` line is
+//!   looked into only when its name is one that carries usage (Anthropic `message_start` and
+//!   `message_delta`, OpenAI Responses `response.completed` and its kin), every other named
+//!   event is skipped line by line without a copy; events without a name (Chat Completions
+//!   chunks, Gemini) are searched with `memmem` for the `"usage` and `"model` keys;
+//! - a JSON body (`application/json`) is one record, searched the same way.
+//!
+//! Of a record, only the text from its last `"usage` key on is copied, up to
+//! [`USAGE_EVENT_MAX`] bytes, and a few bytes after its first and last `"model` key. A record
+//! whose usage object does not close within that, or is not JSON, yields nothing: it is
+//! skipped, never an error. See `json` for how the figures of each API are read.
+
+use std::sync::OnceLock;
+
+use memchr::memmem::{Finder, FinderRev};
+
+use crate::limits::{USAGE_EVENT_MAX, USAGE_MODEL_MAX};
+
+mod json;
+
+pub use json::Figures;
+
+/// The usage of one response, as far as it is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Input tokens not read from a cache (Anthropic's `input_tokens`; OpenAI's and Gemini's
+    /// prompt count minus its cached part).
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+    pub cache_read: Option<u64>,
+    pub cache_creation: Option<u64>,
+    model: Model,
+}
+
+impl Usage {
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.kinds().iter().all(Option::is_none) && self.model.len == 0
+    }
+
+    /// The four kinds, in the order of [`KINDS`].
+    pub fn kinds(&self) -> [Option<u64>; 4] {
+        [
+            self.input,
+            self.output,
+            self.cache_read,
+            self.cache_creation,
+        ]
+    }
+
+    /// All four kinds together: what a token budget counts.
+    pub fn total(&self) -> u64 {
+        let all = self.kinds().into_iter().flatten();
+        all.fold(0u64, u64::saturating_add)
+    }
+
+    /// The model, when the response named one that passed [`Model::new`].
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_str()
+    }
+
+    /// Forgets the model (its name held a token).
+    pub fn forget_model(&mut self) {
+        self.model = Model::NONE;
+    }
+
+    fn merge(&mut self, f: Figures) {
+        let pairs = [
+            (&mut self.input, f.input),
+            (&mut self.output, f.output),
+            (&mut self.cache_read, f.cache_read),
+            (&mut self.cache_creation, f.cache_creation),
+        ];
+        // Cumulative figures (a later `message_delta`, Gemini's every chunk): the last wins.
+        for (mine, theirs) in pairs {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
+        }
+    }
+}
+
+/// The names of the four kinds, as log fields and as the metric's `kind` label.
+pub const KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_creation"];
+
+/// A model name that is safe to log and to use as a label value: 1 to [`USAGE_MODEL_MAX`]
+/// bytes of ASCII letters, digits and `-._:/@+`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Model {
+    bytes: [u8; USAGE_MODEL_MAX],
+    len: u8,
+}
+
+impl Default for Model {
+    fn default() -> Model {
+        Model::NONE
+    }
+}
+
+impl Model {
+    pub const NONE: Model = Model {
+        bytes: [0; USAGE_MODEL_MAX],
+        len: 0,
+    };
+
+    /// Keeps `v` if every byte is in the safe set, else none.
+    pub fn new(v: &[u8]) -> Model {
+        let safe = |b: &u8| b.is_ascii_alphanumeric() || b"-._:/@+".contains(b);
+        if v.is_empty() || v.len() > USAGE_MODEL_MAX || !v.iter().all(safe) {
+            return Model::NONE;
+        }
+        let mut m = Model::NONE;
+        m.bytes[..v.len()].copy_from_slice(v);
+        m.len = v.len() as u8;
+        m
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        let s = std::str::from_utf8(&self.bytes[..usize::from(self.len)]).ok()?;
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+/// What kind of body a response has, from its `Content-Type` (RFC 9110 §8.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `text/event-stream`.
+    Sse,
+    /// `application/json` or any `+json` type.
+    Json,
+    /// Anything else: not observed.
+    Other,
+}
+
+impl BodyKind {
+    /// The kind of a `Content-Type` value: its media type, before any parameter.
+    pub fn of(content_type: &[u8]) -> BodyKind {
+        let media = content_type.split(|&b| b == b';').next().unwrap_or(b"");
+        let media = media.trim_ascii();
+        if media.eq_ignore_ascii_case(b"text/event-stream") {
+            BodyKind::Sse
+        } else if media.eq_ignore_ascii_case(b"application/json")
+            || (media.len() > 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json"))
+        {
+            BodyKind::Json
+        } else {
+            BodyKind::Other
+        }
+    }
+}
+
+/// Whether a request's path (without query) ends in a `count_tokens` segment: Anthropic's
+/// token counting, which costs nothing and is never counted.
+pub fn is_count_tokens(path: &[u8]) -> bool {
+    let last = path.rsplit(|&b| b == b'/').next().unwrap_or(b"");
+    last == b"count_tokens"
+}
+
+/// The event names whose data carry usage; every other named event is skipped unread.
+const USAGE_EVENTS: [&[u8]; 6] = [
+    b"message_start",
+    b"message_delta",
+    b"response.completed",
+    b"response.incomplete",
+    b"response.failed",
+    b"response.done",
+];
+
+/// The longest field name or event name read at the start of a line; longer ones are skipped.
+const NAME_MAX: usize = 48;
+
+/// Where the observer is in an event stream's current line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// Gathering the field name, up to its colon.
+    Field,
+    /// After `event:`, gathering the name.
+    Name,
+    /// After `data:`, before its optional space.
+    DataStart,
+    /// In a data line that is looked into.
+    Data,
+    /// In a line that is not looked into, up to its end.
+    Skip,
+}
+
+/// Whether the current event is looked into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    /// No `event:` line yet: its data lines are searched.
+    Unnamed,
+    Usage,
+    Other,
+}
+
+/// Reads the usage of one response body; see the module documentation.
+pub struct Observer {
+    sse: bool,
+    line: Line,
+    named: Named,
+    /// The field name, or the event name, of the current line so far.
+    name: [u8; NAME_MAX],
+    name_len: usize,
+    record: Record,
+    usage: Usage,
+}
+
+impl Observer {
+    /// An observer for a body of `kind`; `None` for a kind that carries no usage.
+    pub fn new(kind: BodyKind) -> Option<Observer> {
+        let sse = match kind {
+            BodyKind::Sse => true,
+            BodyKind::Json => false,
+            BodyKind::Other => return None,
+        };
+        Some(Observer {
+            sse,
+            line: Line::Field,
+            named: Named::Unnamed,
+            name: [0; NAME_MAX],
+            name_len: 0,
+            record: Record::default(),
+            usage: Usage::default(),
+        })
+    }
+
+    /// The next payload bytes of the body.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if !self.sse {
+            return self.record.feed(bytes);
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            at += self.step(&bytes[at..]);
+        }
+    }
+
+    /// The body ended whole: a JSON body is read now. An event stream's unfinished event is
+    /// dropped, as an event stream's reader drops it.
+    pub fn finish(&mut self) {
+        if !self.sse {
+            self.end_record();
+        }
+    }
+
+    /// What was found so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Bytes the observer holds of the body (bounded by [`USAGE_EVENT_MAX`] and a few small
+    /// arrays).
+    pub fn held(&self) -> usize {
+        self.record.usage.len()
+    }
+
+    /// One step over `bytes` (not empty) in the current line state; returns bytes used.
+    fn step(&mut self, bytes: &[u8]) -> usize {
+        match self.line {
+            Line::Skip => match memchr::memchr(b'\n', bytes) {
+                Some(n) => {
+                    self.new_line();
+                    n + 1
+                }
+                None => bytes.len(),
+            },
+            Line::Data => {
+                let end = memchr::memchr(b'\n', bytes);
+                self.record.feed(&bytes[..end.unwrap_or(bytes.len())]);
+                match end {
+                    Some(n) => {
+                        // Data lines of one event are joined by a line feed.
+                        self.record.feed(b"\n");
+                        self.new_line();
+                        n + 1
+                    }
+                    None => bytes.len(),
+                }
+            }
+            Line::DataStart => {
+                self.line = Line::Data;
+                usize::from(bytes[0] == b' ')
+            }
+            Line::Field | Line::Name => {
+                self.gather(bytes[0]);
+                1
+            }
+        }
+    }
+
+    /// One byte of a field name or an event name.
+    fn gather(&mut self, b: u8) {
+        if b == b'\n' {
+            let name = trim(&self.name[..self.name_len]);
+            match self.line {
+                // A blank line dispatches the event.
+                Line::Field if name.is_empty() => self.end_event(),
+                Line::Name => self.name_event(),
+                _ => {}
+            }
+            return self.new_line();
+        }
+        if b == b':' && self.line == Line::Field {
+            self.line = match &self.name[..self.name_len] {
+                b"event" => Line::Name,
+                b"data" if self.named != Named::Other => Line::DataStart,
+                _ => Line::Skip,
+            };
+            self.name_len = 0;
+            return;
+        }
+        if self.name_len == NAME_MAX {
+            // A name this long is none of ours.
+            if self.line == Line::Name {
+                self.named = Named::Other;
+            }
+            self.line = Line::Skip;
+            return;
+        }
+        self.name[self.name_len] = b;
+        self.name_len += 1;
+    }
+
+    fn name_event(&mut self) {
+        let name = trim(&self.name[..self.name_len]);
+        self.named = if USAGE_EVENTS.contains(&name) {
+            Named::Usage
+        } else {
+            Named::Other
+        };
+    }
+
+    fn new_line(&mut self) {
+        self.line = Line::Field;
+        self.name_len = 0;
+    }
+
+    fn end_event(&mut self) {
+        self.end_record();
+        self.named = Named::Unnamed;
+    }
+
+    fn end_record(&mut self) {
+        if let Some((figures, model)) = self.record.end() {
+            self.usage.merge(figures);
+            if self.usage.model.len == 0 {
+                self.usage.model = model;
+            }
+        }
+    }
+}
+
+/// A name without the one space a value may start with, nor a carriage return at its end.
+fn trim(name: &[u8]) -> &[u8] {
+    let name = name.strip_prefix(b" ").unwrap_or(name);
+    name.strip_suffix(b"\r").unwrap_or(name)
+}
+
+/// The keys searched for; both are six bytes long, so one carry serves both.
+const USAGE_KEY: &[u8; 6] = b"\"usage";
+const MODEL_KEY: &[u8; 6] = b"\"model";
+const CARRY: usize = 5;
+
+struct Needles {
+    usage_last: FinderRev<'static>,
+    model_first: Finder<'static>,
+    model_last: FinderRev<'static>,
+}
+
+fn needles() -> &'static Needles {
+    static NEEDLES: OnceLock<Needles> = OnceLock::new();
+    NEEDLES.get_or_init(|| Needles {
+        usage_last: FinderRev::new(USAGE_KEY),
+        model_first: Finder::new(MODEL_KEY),
+        model_last: FinderRev::new(MODEL_KEY),
+    })
+}
+
+/// A few bytes from a key on: where a model name is read from.
+#[derive(Clone, Copy)]
+struct Snip {
+    bytes: [u8; SNIP],
+    len: usize,
+    started: bool,
+}
+
+/// Room for `"modelVersion" : "` and a name of [`USAGE_MODEL_MAX`] bytes with its quote.
+const SNIP: usize = USAGE_MODEL_MAX + 32;
+
+impl Default for Snip {
+    fn default() -> Snip {
+        Snip {
+            bytes: [0; SNIP],
+            len: 0,
+            started: false,
+        }
+    }
+}
+
+impl Snip {
+    fn start(&mut self, rest: &[u8]) {
+        self.started = true;
+        self.len = 0;
+        self.push(MODEL_KEY);
+        self.push(rest);
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        self.started.then_some(&self.bytes[..self.len])
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(SNIP - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+}
+
+/// One record (an event's data, or a JSON body) as it passes.
+#[derive(Default)]
+struct Record {
+    /// Bytes were fed since the last end.
+    fed: bool,
+    /// The last bytes fed (up to five): a key may straddle two feeds.
+    carry: [u8; CARRY],
+    carry_len: usize,
+    /// From the last `"usage` key on, up to [`USAGE_EVENT_MAX`] bytes.
+    usage: Vec<u8>,
+    usage_on: bool,
+    model_first: Snip,
+    model_last: Snip,
+}
+
+impl Record {
+    fn feed(&mut self, c: &[u8]) {
+        if c.is_empty() {
+            return;
+        }
+        self.fed = true;
+        let n = needles();
+        // Keys that begin in the carry and end in `c`: where in `c` each ends.
+        let mut window = [0u8; 2 * CARRY];
+        let k = self.carry_len;
+        let t = c.len().min(CARRY);
+        window[..k].copy_from_slice(&self.carry[..k]);
+        window[k..k + t].copy_from_slice(&c[..t]);
+        let w = &window[..k + t];
+        let straddles = |key: &'static [u8; 6]| (0..k).filter(move |&s| w[s..].starts_with(key));
+        let ends = |s: usize| s + key_len() - k;
+
+        match n.usage_last.rfind(c) {
+            Some(s) => self.restart_usage(&c[s + key_len()..]),
+            None => match straddles(USAGE_KEY).last() {
+                Some(s) => self.restart_usage(&c[ends(s)..]),
+                None if self.usage_on => self.push_usage(c),
+                None => {}
+            },
+        }
+        let first_straddle = straddles(MODEL_KEY).next();
+        if !self.model_first.started {
+            if let Some(s) = first_straddle {
+                self.model_first.start(&c[ends(s)..]);
+            } else if let Some(s) = n.model_first.find(c) {
+                self.model_first.start(&c[s + key_len()..]);
+            }
+        } else {
+            self.model_first.push(c);
+        }
+        match n.model_last.rfind(c) {
+            Some(s) => self.model_last.start(&c[s + key_len()..]),
+            None => match straddles(MODEL_KEY).last() {
+                Some(s) => self.model_last.start(&c[ends(s)..]),
+                None if self.model_last.started => self.model_last.push(c),
+                None => {}
+            },
+        }
+        self.keep_carry(c);
+    }
+
+    fn restart_usage(&mut self, rest: &[u8]) {
+        self.usage.clear();
+        self.usage_on = true;
+        self.push_usage(USAGE_KEY);
+        self.push_usage(rest);
+    }
+
+    fn push_usage(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(USAGE_EVENT_MAX - self.usage.len());
+        self.usage.extend_from_slice(&bytes[..n]);
+    }
+
+    fn keep_carry(&mut self, c: &[u8]) {
+        if c.len() >= CARRY {
+            self.carry.copy_from_slice(&c[c.len() - CARRY..]);
+            self.carry_len = CARRY;
+            return;
+        }
+        let mut all = [0u8; 2 * CARRY];
+        let k = self.carry_len;
+        all[..k].copy_from_slice(&self.carry[..k]);
+        all[k..k + c.len()].copy_from_slice(c);
+        let total = k + c.len();
+        let keep = total.min(CARRY);
+        self.carry[..keep].copy_from_slice(&all[total - keep..total]);
+        self.carry_len = keep;
+    }
+
+    /// The record ended: its figures and model, if it had usage; then it is reset (its
+    /// buffer kept for the next record of the body).
+    fn end(&mut self) -> Option<(Figures, Model)> {
+        if !self.fed {
+            return None;
+        }
+        let figures = self.usage_on.then(|| json::usage(&self.usage)).flatten();
+        let model = json::model(self.model_first.get(), self.model_last.get());
+        let mut usage = std::mem::take(&mut self.usage);
+        usage.clear();
+        *self = Record {
+            usage,
+            ..Record::default()
+        };
+        figures.map(|f| (f, model))
+    }
+}
+
+const fn key_len() -> usize {
+    USAGE_KEY.len()
+}
+
+#[cfg(test)]
+mod tests;
