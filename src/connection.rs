@@ -28,6 +28,7 @@ use crate::metrics::{Metrics, Reason};
 use crate::persist::{self, ClientFate, ClientTerms, End};
 use crate::scan::{HeadScanner, ScanLimits};
 use crate::state::Proxy;
+use crate::usage;
 
 /// Serves one client connection, then ends it as the last exchange decided.
 pub async fn serve(proxy: &Proxy, stream: TcpStream, shutdown: watch::Receiver<bool>) {
@@ -174,6 +175,9 @@ impl Session {
             }
         };
         set_log_path(&mut self.log_path, &client.buf[req.path.clone()]);
+        let mut headers = Vec::new();
+        proxy.attribution(&client.buf[..head_len], &mut headers);
+        let observe = cfg.usage_observe && !usage::is_count_tokens(&client.buf[req.path.clone()]);
         client.buf.advance(head_len);
         self.scanner.reset();
 
@@ -212,6 +216,7 @@ impl Session {
                     up_head: &self.up_head,
                     terms,
                     generation: g,
+                    observe,
                 };
                 let o = client.forward(&x, out).await;
                 // The credential is not needed until the next request: wipe it now.
@@ -227,6 +232,7 @@ impl Session {
             generation: g.number,
             seq,
             health: req.route == Route::Health,
+            headers: &headers,
         };
         record(proxy, &about, &outcome);
         self.idle_since = TokioInstant::now();
@@ -437,6 +443,8 @@ struct Logged<'a> {
     seq: u64,
     /// `GET /health`: timed apart from the exchanges.
     health: bool,
+    /// The attribution fields the request carried, safe to show.
+    headers: &'a [(&'a str, String)],
 }
 
 impl<'a> Logged<'a> {
@@ -455,6 +463,7 @@ impl<'a> Logged<'a> {
             generation,
             seq,
             health: false,
+            headers: &[],
         }
     }
 }
@@ -504,6 +513,7 @@ fn record(proxy: &Proxy, about: &Logged<'_>, o: &Outcome) {
     m.bytes_down.fetch_add(o.bytes, Relaxed);
     m.bytes_up.fetch_add(o.bytes_up, Relaxed);
     m.tokens_masked.fetch_add(o.masked, Relaxed);
+    proxy.usage_final(&o.usage);
     log.event(&Event::Request(&RequestLine {
         seq: about.seq,
         method: about.method,
@@ -516,6 +526,8 @@ fn record(proxy: &Proxy, about: &Logged<'_>, o: &Outcome) {
         reused: o.reused,
         request_id: o.request_id.as_str(),
         token_generation: about.generation,
+        usage: &o.usage,
+        headers: about.headers,
     }));
     if let Some(p) = o.failure {
         log.event(&Event::Error {

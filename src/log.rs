@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::usage::Usage;
+
 /// A batch is written before it would pass this: under PIPE_BUF (4096 on Linux), so one
 /// write to a pipe is atomic.
 pub const BATCH_MAX: usize = 4000;
@@ -197,6 +199,18 @@ impl Log {
                     }
                     Value::Bool(b) => buf.push_str(if *b { "true" } else { "false" }),
                     Value::Null => buf.push_str("null"),
+                    Value::Fields(list) => {
+                        buf.push('{');
+                        for (i, (k, v)) in list.iter().enumerate() {
+                            if i > 0 {
+                                buf.push(',');
+                            }
+                            json_str(&mut buf, k);
+                            buf.push(':');
+                            json_str(&mut buf, v);
+                        }
+                        buf.push('}');
+                    }
                 }
             }
             let mut message = String::with_capacity(128);
@@ -269,10 +283,23 @@ pub struct RequestLine<'a> {
     /// The upstream's `request-id`, only when it is a plain id.
     pub request_id: Option<&'a str>,
     pub token_generation: u64,
+    /// The token usage the response reported (each figure and the model when known).
+    pub usage: &'a Usage,
+    /// The attribution fields the request carried (`LOG_REQUEST_HEADERS`), name and value
+    /// as [`crate::usage::attribution`] made them safe to show.
+    pub headers: &'a [(&'a str, String)],
 }
 
 /// The most fields an event has.
-const FIELDS_MAX: usize = 12;
+const FIELDS_MAX: usize = 18;
+
+/// The log fields of the token usage, in the order of [`Usage::kinds`].
+const USAGE_FIELDS: [&str; 4] = [
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+];
 
 impl Event<'_> {
     /// The `level` of its JSON object.
@@ -300,6 +327,15 @@ impl Event<'_> {
 
     /// Its fields, into `out`; returns how many.
     fn fields<'s>(&'s self, out: &mut [(&'static str, Value<'s>); FIELDS_MAX]) -> usize {
+        let n = self.base_fields(out);
+        match self {
+            Event::Request(r) => n + request_extras(r, &mut out[n..]),
+            _ => n,
+        }
+    }
+
+    /// Its fixed fields, into `out`; returns how many.
+    fn base_fields<'s>(&'s self, out: &mut [(&'static str, Value<'s>); FIELDS_MAX]) -> usize {
         let num = |n: u64| Value::Num(n);
         let list: &[(&'static str, Value<'s>)] = match *self {
             Event::Startup {
@@ -365,10 +401,21 @@ impl Event<'_> {
             Event::Request(r) => {
                 let (m, p, s, b, ms) = (r.method, r.path, r.status, r.bytes_down, r.duration_ms);
                 let _ = write!(out, "{m} {p} {s} {b}B {ms}ms");
-                match r.request_id {
-                    Some(id) => write!(out, " request-id={id}"),
-                    None => Ok(()),
+                if let Some(id) = r.request_id {
+                    let _ = write!(out, " request-id={id}");
                 }
+                for (name, n) in USAGE_FIELDS.iter().zip(r.usage.kinds()) {
+                    if let Some(n) = n {
+                        let _ = write!(out, " {name}={n}");
+                    }
+                }
+                if let Some(model) = r.usage.model() {
+                    let _ = write!(out, " model={model}");
+                }
+                for (name, value) in r.headers {
+                    let _ = write!(out, " {name}={value}");
+                }
+                Ok(())
             }
             Event::Error {
                 side,
@@ -397,6 +444,27 @@ impl Event<'_> {
     }
 }
 
+/// The fields of a request line that are there only when known: the token usage, the model
+/// and the attribution fields (one object); into `out`, returns how many.
+fn request_extras<'s>(r: &'s RequestLine<'s>, out: &mut [(&'static str, Value<'s>)]) -> usize {
+    let mut n = 0;
+    for (name, figure) in USAGE_FIELDS.iter().zip(r.usage.kinds()) {
+        if let Some(v) = figure {
+            out[n] = (name, Value::Num(v));
+            n += 1;
+        }
+    }
+    if let Some(model) = r.usage.model() {
+        out[n] = ("model", Value::Str(model));
+        n += 1;
+    }
+    if !r.headers.is_empty() {
+        out[n] = ("headers", Value::Fields(r.headers));
+        n += 1;
+    }
+    n
+}
+
 /// A field value of an event.
 #[derive(Debug, Clone, Copy)]
 enum Value<'a> {
@@ -404,6 +472,8 @@ enum Value<'a> {
     Num(u64),
     Bool(bool),
     Null,
+    /// An object of string fields (the attribution fields).
+    Fields(&'a [(&'a str, String)]),
 }
 
 /// Appends `s` as a JSON string (RFC 8259 §7): quotes, backslashes and controls escaped.

@@ -9,6 +9,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+mod tokens;
+pub use tokens::TokenCounts;
+
 /// The label sets are defined with the problems they classify, so the two cannot disagree.
 pub use crate::error::{ConnectStep, Reason};
 
@@ -152,6 +155,8 @@ pub struct Metrics {
     exchange: Histogram,
     /// `/health` requests, timed apart so they do not pull the exchanges' quantiles down.
     health: Histogram,
+    /// Tokens the upstream reported using (see `usage`).
+    pub tokens: TokenCounts,
 }
 
 impl Default for Metrics {
@@ -185,6 +190,7 @@ impl Metrics {
             response_head: Histogram::new(),
             exchange: Histogram::new(),
             health: Histogram::new(),
+            tokens: TokenCounts::new(),
         }
     }
 
@@ -229,6 +235,7 @@ impl Metrics {
         self.render_requests(&mut out);
         self.render_counters(&mut out);
         self.render_gauges(&mut out);
+        self.tokens.render(&mut out);
         self.response_head.render(
             &mut out,
             &format!("{PREFIX}_upstream_response_head_seconds"),

@@ -23,8 +23,10 @@ use memchr::memmem::{Finder, FinderRev};
 
 use crate::limits::{USAGE_EVENT_MAX, USAGE_MODEL_MAX};
 
+mod attribution;
 mod json;
 
+pub use attribution::{attribution, WITHHELD};
 pub use json::Figures;
 
 /// The usage of one response, as far as it is known.
@@ -457,7 +459,7 @@ impl Record {
 
         match n.usage_last.rfind(c) {
             Some(s) => self.restart_usage(&c[s + key_len()..]),
-            None => match straddles(USAGE_KEY).last() {
+            None => match straddles(USAGE_KEY).next_back() {
                 Some(s) => self.restart_usage(&c[ends(s)..]),
                 None if self.usage_on => self.push_usage(c),
                 None => {}
@@ -475,7 +477,7 @@ impl Record {
         }
         match n.model_last.rfind(c) {
             Some(s) => self.model_last.start(&c[s + key_len()..]),
-            None => match straddles(MODEL_KEY).last() {
+            None => match straddles(MODEL_KEY).next_back() {
                 Some(s) => self.model_last.start(&c[ends(s)..]),
                 None if self.model_last.started => self.model_last.push(c),
                 None => {}

@@ -75,6 +75,10 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub pool_max_idle: usize,
+    /// Responses' token usage is read as they pass (`USAGE_OBSERVE`).
+    pub usage_observe: bool,
+    /// The request fields the access line names, lower-case (`LOG_REQUEST_HEADERS`).
+    pub log_headers: Vec<String>,
 }
 
 /// Where the token comes from, and whether it changes.
@@ -166,6 +170,8 @@ impl Config {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             pool_max_idle: limits::POOL_MAX_IDLE,
+            usage_observe: true,
+            log_headers: usage::DEFAULT_LOG_HEADERS.map(String::from).to_vec(),
         }
     }
 
@@ -211,6 +217,7 @@ impl Config {
             Some(_) => return Err(ConfigError::new("LOG_TIMESTAMPS", "must be on or off")),
         };
         cfg.credentials(&var)?;
+        usage::read(&var, &mut cfg)?;
         read_limits(&var, &mut cfg.limits)?;
         size(&var, "POOL_MAX_IDLE", &mut cfg.pool_max_idle, 0)?;
         read_timeouts(&var, &mut cfg.timeouts)?;
@@ -428,6 +435,9 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 }
 
 mod token;
+mod usage;
+
+pub use usage::attribution_headers;
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,7 @@ use crate::scan::{HeadScanner, ScanLimits};
 use crate::scrub::Mask;
 use crate::tracker::BodyTracker;
 use crate::upstream::ReadReady;
+use crate::usage::{Observer, Usage};
 
 /// What the download half reports.
 pub(super) struct DownReport {
@@ -40,6 +41,8 @@ pub(super) struct DownReport {
     pub(super) failure: Option<Problem>,
     /// Any byte arrived from the upstream.
     pub(super) received_any: bool,
+    /// The token usage read from the body, if it was observed.
+    pub(super) usage: Option<Usage>,
 }
 
 /// The tokens a response masks, kept in step with the credential store's mask set: looked at
@@ -102,6 +105,8 @@ pub(super) struct Download<'a, R, W> {
     masks: LiveMasks<'a>,
     /// Set by the exchange: the generation the request carries, and the re-fetch.
     pub(super) on_401: Option<OnRejection<'a>>,
+    /// Set by the exchange: the body's token usage is read as it passes.
+    pub(super) observe: bool,
 }
 
 impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
@@ -115,6 +120,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         Download {
             masks: LiveMasks::new(creds),
             on_401: None,
+            observe: false,
             upstream,
             client,
             t,
@@ -132,6 +138,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
                 masked: 0,
                 failure: None,
                 received_any: false,
+                usage: None,
             },
         }
     }
@@ -263,12 +270,29 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         ctx: &ResponseContext,
         out: &mut Vec<u8>,
     ) -> Result<(), Problem> {
-        let tracker = BodyTracker::new(body, ctx.dechunk, &self.masks.tokens);
+        let mut tracker = BodyTracker::new(body, ctx.dechunk, &self.masks.tokens);
+        let kind = self.report.head.map(|h| h.kind);
+        if let Some(o) = kind.filter(|_| self.observe).and_then(Observer::new) {
+            tracker.observe(o);
+        }
         let buf = std::mem::take(&mut self.buf);
         let mut relay = RelayBuf::new(tracker, buf, head_len, self.filled);
         let relayed = self.relay_body(&mut relay, body, out).await;
         self.report.masked += relay.masked();
+        self.report.usage = relay.usage().map(|u| self.unmasked(u));
         relayed
+    }
+
+    /// `u` without its model if the name holds a token a response masks: the upstream
+    /// reflected it there, and it must not reach the log or a label.
+    fn unmasked(&mut self, mut u: Usage) -> Usage {
+        self.masks.refresh();
+        let model = u.model().unwrap_or("").as_bytes();
+        let tokens = &self.masks.tokens;
+        if tokens.iter().any(|t| t.finder().find(model).is_some()) {
+            u.forget_model();
+        }
+        u
     }
 
     /// The body loop over `relay`; the first write carries the head in `out`.

@@ -46,6 +46,7 @@ use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
 use crate::response::{RequestId, ResponseContext};
 use crate::state::Proxy;
 use crate::upstream::Stream;
+use crate::usage::Usage;
 
 mod download;
 mod io;
@@ -65,6 +66,8 @@ pub struct Exchange<'a> {
     pub terms: ClientTerms,
     /// The generation of the token the request carries (what a 401 rejects).
     pub generation: &'a Arc<Generation>,
+    /// The response's token usage is read (`USAGE_OBSERVE`, and not a `count_tokens`).
+    pub observe: bool,
 }
 
 /// The client side of a connection: the socket, and the bytes read but not yet used (the rest
@@ -101,6 +104,8 @@ pub struct Outcome {
     pub request_id: RequestId,
     /// Token occurrences masked in the response.
     pub masked: u64,
+    /// The token usage the response reported, as far as it was read.
+    pub usage: Usage,
 }
 
 impl Outcome {
@@ -123,6 +128,7 @@ impl Outcome {
             reused: false,
             request_id: RequestId::NONE,
             masked: 0,
+            usage: Usage::default(),
         }
     }
 
@@ -134,6 +140,9 @@ impl Outcome {
 }
 
 /// What [`forward`] leaves to the client connection.
+// The outcome (with its request id and usage) moves once per exchange: not worth a heap
+// allocation per request to keep the variants' sizes close.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
     /// Nothing of a response reached the client: the connection answers `problem` itself.
@@ -144,6 +153,7 @@ pub enum Forwarded {
 }
 
 /// The result of one attempt on one upstream connection.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     /// A pooled connection was found dead before anything was received: try a fresh one.
     Retry,
@@ -372,6 +382,7 @@ async fn race(
         // on the upstream connection itself, without splitting it.
         let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress, creds);
         down.on_401 = Some(on_401);
+        down.observe = x.observe;
         down.run(ctx, version, out).await;
         return Raced {
             upload: UploadState::Sent,
@@ -401,6 +412,7 @@ async fn race(
         let mut download =
             Download::new(&mut upstream_read, &mut client_write, t, &progress, creds);
         download.on_401 = Some(on_401);
+        download.observe = x.observe;
         let mut upload = UploadState::Running;
         {
             let down = download.run(ctx, version, out);
@@ -492,5 +504,6 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
         reused: false,
         request_id: head.map_or(RequestId::NONE, |h| h.request_id),
         masked: down.masked,
+        usage: down.usage.unwrap_or_default(),
     }))
 }
