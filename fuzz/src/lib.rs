@@ -24,6 +24,9 @@ use agent_loop_proxy::syntax;
 use agent_loop_proxy::target::Target;
 use agent_loop_proxy::tracker::BodyTracker;
 
+mod usage;
+pub use usage::usage;
+
 /// The real credential: it must reach the upstream exactly once and the client never.
 pub const REAL_TOKEN: &[u8] = b"REALTOKEN";
 /// Our `Authorization` line, as `Token::header_line` renders it.

@@ -43,3 +43,8 @@ fn response_head_seeds() {
 fn relay_response_seeds() {
     replay("relay_response", agent_loop_proxy_fuzz::relay_response);
 }
+
+#[test]
+fn usage_seeds() {
+    replay("usage", agent_loop_proxy_fuzz::usage);
+}
