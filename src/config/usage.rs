@@ -43,7 +43,7 @@ pub(super) fn read(
     Ok(())
 }
 
-/// The attribution fields of `LOG_REQUEST_HEADERS` (`off`: none), lower-cased: at most
+/// The attribution fields of `LOG_REQUEST_HEADERS` (`off`: none), lower-cased (R38): at most
 /// [`LOG_HEADERS_MAX`] field names, none of them a credential field (those above, the
 /// `TOKEN_HEADER`, or any name with a part that suggests one). The reason names the rule,
 /// never the value.

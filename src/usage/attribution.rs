@@ -13,7 +13,7 @@ use crate::limits::LOG_HEADER_VALUE_MAX;
 /// and validated already, into `out` (cleared first), in the order of `names`: the first
 /// field of each name only. A value is kept when it is 1 to [`LOG_HEADER_VALUE_MAX`] bytes
 /// of visible ASCII and `secret` does not recognise it, escaped as the log escapes peer bytes
-/// (a backslash as `\x5c`); else it is [`WITHHELD`].
+/// (a backslash as `\x5c`); else it is [`WITHHELD`] (R38).
 pub fn attribution<'n>(
     head: &[u8],
     names: &'n [String],
