@@ -191,3 +191,32 @@ fn a_model_name_holding_the_token_is_not_logged() {
     assert!(!stderr.contains("model="), "{stderr}");
     assert!(!stderr.contains(TOKEN), "{stderr}");
 }
+
+#[test]
+#[ignore = "needs promtool"]
+fn promtool_accepts_the_token_metrics() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    require_tool("promtool", "prometheus");
+    let response = chunked("text/event-stream", GEMINI);
+    let metrics = [("METRICS_ADDR", "127.0.0.1:0")];
+    let (_, proxy, _up) = exchange(&response, &metrics, &post("/v1/x", "{}"));
+    assert!(proxy.wait_for_stderr("model=gemini-2.5-pro", LOG_BOUND));
+    let m = roundtrip(proxy.metrics_addr().unwrap(), get("/metrics")).body_str();
+    assert!(m.contains("model_tokens_total{model=\"gemini-2.5-pro\",kind=\"input\"} 928\n"));
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}
