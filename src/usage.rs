@@ -290,26 +290,47 @@ impl Observer {
                 self.line = Line::Data;
                 usize::from(bytes[0] == b' ')
             }
-            Line::Field | Line::Name => {
+            Line::Name => self.gather_name(bytes),
+            Line::Field => {
                 self.gather(bytes[0]);
                 1
             }
         }
     }
 
-    /// One byte of a field name or an event name.
+    /// An event name, up to its line's end (one `memchr`, not a byte at a time).
+    fn gather_name(&mut self, bytes: &[u8]) -> usize {
+        let end = memchr::memchr(b'\n', bytes);
+        let piece = &bytes[..end.unwrap_or(bytes.len())];
+        if piece.len() > NAME_MAX - self.name_len {
+            // A name this long is none of ours: skip its event.
+            self.named = Named::Other;
+            self.line = Line::Skip;
+            return piece.len();
+        }
+        self.name[self.name_len..self.name_len + piece.len()].copy_from_slice(piece);
+        self.name_len += piece.len();
+        match end {
+            Some(n) => {
+                self.name_event();
+                self.new_line();
+                n + 1
+            }
+            None => bytes.len(),
+        }
+    }
+
+    /// One byte of a field name.
     fn gather(&mut self, b: u8) {
         if b == b'\n' {
-            let name = trim(&self.name[..self.name_len]);
-            match self.line {
-                // A blank line dispatches the event.
-                Line::Field if name.is_empty() => self.end_event(),
-                Line::Name => self.name_event(),
-                _ => {}
+            // A blank line dispatches the event; a name without a colon is a field without a
+            // value, none of ours.
+            if trim(&self.name[..self.name_len]).is_empty() {
+                self.end_event();
             }
             return self.new_line();
         }
-        if b == b':' && self.line == Line::Field {
+        if b == b':' {
             self.line = match &self.name[..self.name_len] {
                 b"event" => Line::Name,
                 b"data" if self.named != Named::Other => Line::DataStart,
@@ -319,10 +340,7 @@ impl Observer {
             return;
         }
         if self.name_len == NAME_MAX {
-            // A name this long is none of ours.
-            if self.line == Line::Name {
-                self.named = Named::Other;
-            }
+            // A field name this long is none of ours.
             self.line = Line::Skip;
             return;
         }

@@ -211,3 +211,16 @@ fn a_json_body_is_read_only_when_it_ended() {
     o.finish();
     assert_eq!(o.usage().total(), 2095 + 503 + 40960 + 1024);
 }
+
+#[test]
+fn a_long_event_name_or_field_name_is_skipped() {
+    let long = "x".repeat(NAME_MAX + 1);
+    let s = format!("event: message_delta{long}\ndata: {{\"usage\":{{\"output_tokens\":9}}}}\n\n");
+    assert!(observe(BodyKind::Sse, &[s.as_bytes()]).is_empty());
+    let s =
+        format!("{long}: 1\nevent: message_delta\ndata: {{\"usage\":{{\"output_tokens\":9}}}}\n\n");
+    for at in 0..s.len() {
+        let (a, b) = s.as_bytes().split_at(at);
+        assert_eq!(observe(BodyKind::Sse, &[a, b]).output, Some(9));
+    }
+}
