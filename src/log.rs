@@ -24,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::usage::Usage;
 
+mod request;
+
 /// A batch is written before it would pass this: under PIPE_BUF (4096 on Linux), so one
 /// write to a pipe is atomic.
 pub const BATCH_MAX: usize = 4000;
@@ -293,14 +295,6 @@ pub struct RequestLine<'a> {
 /// The most fields an event has.
 const FIELDS_MAX: usize = 18;
 
-/// The log fields of the token usage, in the order of [`Usage::kinds`].
-const USAGE_FIELDS: [&str; 4] = [
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_creation_tokens",
-];
-
 impl Event<'_> {
     /// The `level` of its JSON object.
     fn level(&self) -> &'static str {
@@ -329,7 +323,7 @@ impl Event<'_> {
     fn fields<'s>(&'s self, out: &mut [(&'static str, Value<'s>); FIELDS_MAX]) -> usize {
         let n = self.base_fields(out);
         match self {
-            Event::Request(r) => n + request_extras(r, &mut out[n..]),
+            Event::Request(r) => n + request::fields(r, &mut out[n..]),
             _ => n,
         }
     }
@@ -404,17 +398,7 @@ impl Event<'_> {
                 if let Some(id) = r.request_id {
                     let _ = write!(out, " request-id={id}");
                 }
-                for (name, n) in USAGE_FIELDS.iter().zip(r.usage.kinds()) {
-                    if let Some(n) = n {
-                        let _ = write!(out, " {name}={n}");
-                    }
-                }
-                if let Some(model) = r.usage.model() {
-                    let _ = write!(out, " model={model}");
-                }
-                for (name, value) in r.headers {
-                    let _ = write!(out, " {name}={value}");
-                }
+                request::text(r, out);
                 Ok(())
             }
             Event::Error {
@@ -442,27 +426,6 @@ impl Event<'_> {
             Event::Fatal { message } => write!(out, "{message}"),
         };
     }
-}
-
-/// The fields of a request line that are there only when known: the token usage, the model
-/// and the attribution fields (one object); into `out`, returns how many.
-fn request_extras<'s>(r: &'s RequestLine<'s>, out: &mut [(&'static str, Value<'s>)]) -> usize {
-    let mut n = 0;
-    for (name, figure) in USAGE_FIELDS.iter().zip(r.usage.kinds()) {
-        if let Some(v) = figure {
-            out[n] = (name, Value::Num(v));
-            n += 1;
-        }
-    }
-    if let Some(model) = r.usage.model() {
-        out[n] = ("model", Value::Str(model));
-        n += 1;
-    }
-    if !r.headers.is_empty() {
-        out[n] = ("headers", Value::Fields(r.headers));
-        n += 1;
-    }
-    n
 }
 
 /// A field value of an event.

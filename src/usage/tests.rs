@@ -1,4 +1,5 @@
 use super::*;
+use crate::limits::USAGE_EVENT_MAX;
 
 const ANTHROPIC: &[u8] = include_bytes!("../../tests/fixtures/anthropic-stream.sse");
 const RESPONSES: &[u8] = include_bytes!("../../tests/fixtures/openai-responses-stream.sse");
