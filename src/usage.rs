@@ -175,6 +175,9 @@ const USAGE_EVENTS: [&[u8]; 6] = [
     b"response.done",
 ];
 
+/// The longest name in [`USAGE_EVENTS`].
+const USAGE_NAME_MAX: usize = 19;
+
 /// The longest field name or event name read at the start of a line; longer ones are skipped.
 const NAME_MAX: usize = 48;
 
@@ -291,11 +294,47 @@ impl Observer {
                 usize::from(bytes[0] == b' ')
             }
             Line::Name => self.gather_name(bytes),
+            Line::Field if self.name_len == 0 => self.line_start(bytes),
             Line::Field => {
                 self.gather(bytes[0]);
                 1
             }
         }
+    }
+
+    /// The start of a line: the usual fields (`event:`, `data:`) and the blank line that ends
+    /// an event are taken in one step; anything else (or a field name split between feeds)
+    /// a byte at a time.
+    fn line_start(&mut self, bytes: &[u8]) -> usize {
+        if bytes.starts_with(b"data:") {
+            self.line = match self.named {
+                Named::Other => Line::Skip,
+                Named::Unnamed | Named::Usage => Line::DataStart,
+            };
+            5
+        } else if let Some(rest) = bytes.strip_prefix(b"event:") {
+            self.line = Line::Name;
+            6 + self.name_at_once(rest)
+        } else {
+            self.gather(bytes[0]);
+            1
+        }
+    }
+
+    /// Classifies the event name at the start of `rest` without copying it, when this feed
+    /// holds enough of it to decide; returns the bytes used (0: gather it instead). The rest of
+    /// its line is then skipped.
+    fn name_at_once(&mut self, rest: &[u8]) -> usize {
+        let name = rest.strip_prefix(b" ").unwrap_or(rest);
+        let ends = |n: &[u8]| matches!(name.get(n.len()), Some(b'\n' | b'\r'));
+        let usage = USAGE_EVENTS.iter().any(|n| name.starts_with(n) && ends(n));
+        if !usage && name.len() <= USAGE_NAME_MAX {
+            // Possibly a usage event's name cut by the feed's end: gather it.
+            return 0;
+        }
+        self.named = if usage { Named::Usage } else { Named::Other };
+        self.line = Line::Skip;
+        rest.len() - name.len()
     }
 
     /// An event name, up to its line's end (one `memchr`, not a byte at a time).

@@ -225,3 +225,19 @@ fn a_long_event_name_or_field_name_is_skipped() {
         assert_eq!(observe(BodyKind::Sse, &[a, b]).output, Some(9));
     }
 }
+
+#[test]
+fn usage_name_max_is_the_longest_usage_event_name() {
+    assert_eq!(
+        USAGE_EVENTS.iter().map(|n| n.len()).max(),
+        Some(USAGE_NAME_MAX)
+    );
+    // Names decided at once and names gathered across feeds agree.
+    let s = b"event: message_startx\ndata: {\"usage\":{\"input_tokens\":1}}\n\n\
+              event: message_start\r\ndata: {\"usage\":{\"input_tokens\":2}}\r\n\r\n\
+              event: ping\ndata: {\"usage\":{\"input_tokens\":3}}\n\n";
+    for at in 0..=s.len() {
+        let u = observe(BodyKind::Sse, &[&s[..at], &s[at..]]);
+        assert_eq!(u.input, Some(2), "split at {at}");
+    }
+}
