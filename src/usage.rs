@@ -2,29 +2,32 @@
 //!
 //! Agents run unattended in loops; what a loop spends is written in the answers the proxy
 //! already relays. The observer is fed the body's payload (de-chunked, a view of the relay's
-//! bytes: it never changes, holds or delays them) and keeps only what it needs:
+//! bytes: it never changes, holds or delays them) and keeps only what it needs. The relay
+//! must stay as fast with it as without, so the bytes are not parsed: one `memmem` search
+//! for the `"usage` key runs over them (as the token masking does), and nothing else is
+//! done for the bulk of a stream (text deltas and the like, which never hold that key: the
+//! text and tool input in them are JSON strings, where a quote is escaped).
 //!
-//! - a server-sent event stream (`text/event-stream`, the SSE format of the WHATWG HTML
-//!   standard §9.2) is cut into lines with `memchr`; an event named by an `event:` line is
-//!   looked into only when its name is one that carries usage (Anthropic `message_start` and
-//!   `message_delta`, OpenAI Responses `response.completed` and its kin), every other named
-//!   event is skipped line by line without a copy; events without a name (Chat Completions
-//!   chunks, Gemini) are searched with `memmem` for the `"usage` and `"model` keys;
-//! - a JSON body (`application/json`) is one record, searched the same way.
-//!
-//! Of a record, only the text from its last `"usage` key on is copied, up to
-//! [`USAGE_EVENT_MAX`](crate::limits::USAGE_EVENT_MAX) bytes, and a few bytes after its first
-//! and last `"model` key (see `record`). A record
-//! whose usage object does not close within that, or is not JSON, yields nothing: it is
-//! skipped, never an error. See `json` for how the figures of each API are read.
+//! Where the key appears (Anthropic's `message_start` and `message_delta`, OpenAI
+//! Responses' `response.completed`, the last Chat Completions chunk, every Gemini chunk, a
+//! JSON body's end), the text from the key on is copied, up to
+//! [`USAGE_EVENT_MAX`](crate::limits::USAGE_EVENT_MAX) bytes, to the end of its line in an
+//! event stream (an event's data line, the SSE format of the WHATWG HTML standard §9.2) or
+//! to the end of a JSON body, and read then: the figures of a usage object (`"usage"` or
+//! `"usageMetadata"`) that closes within it are taken, the last figure of each kind winning
+//! (they are cumulative); anything else (`"usage":null`, a malformed or oversized object) is
+//! skipped, never an error. In a JSON body only the last such object counts (a tool's input
+//! before it may hold one). The model is the first `"model"` or `"modelVersion"` key with a
+//! plain string value, searched for only until one is found (it comes first, in the first
+//! event). See `json` for how the figures of each API are read.
 
 use crate::limits::USAGE_MODEL_MAX;
 
 mod attribution;
 mod json;
-mod record;
+mod scan;
 
-use record::Record;
+use scan::Scan;
 
 pub use attribution::{attribution, WITHHELD};
 pub use json::Figures;
@@ -165,55 +168,9 @@ pub fn is_count_tokens(path: &[u8]) -> bool {
     last == b"count_tokens"
 }
 
-/// The event names whose data carry usage; every other named event is skipped unread.
-const USAGE_EVENTS: [&[u8]; 6] = [
-    b"message_start",
-    b"message_delta",
-    b"response.completed",
-    b"response.incomplete",
-    b"response.failed",
-    b"response.done",
-];
-
-/// The longest name in [`USAGE_EVENTS`].
-const USAGE_NAME_MAX: usize = 19;
-
-/// The longest field name or event name read at the start of a line; longer ones are skipped.
-const NAME_MAX: usize = 48;
-
-/// Where the observer is in an event stream's current line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Line {
-    /// Gathering the field name, up to its colon.
-    Field,
-    /// After `event:`, gathering the name.
-    Name,
-    /// After `data:`, before its optional space.
-    DataStart,
-    /// In a data line that is looked into.
-    Data,
-    /// In a line that is not looked into, up to its end.
-    Skip,
-}
-
-/// Whether the current event is looked into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Named {
-    /// No `event:` line yet: its data lines are searched.
-    Unnamed,
-    Usage,
-    Other,
-}
-
 /// Reads the usage of one response body; see the module documentation.
 pub struct Observer {
-    sse: bool,
-    line: Line,
-    named: Named,
-    /// The field name, or the event name, of the current line so far.
-    name: [u8; NAME_MAX],
-    name_len: usize,
-    record: Record,
+    scan: Scan,
     usage: Usage,
 }
 
@@ -226,33 +183,19 @@ impl Observer {
             BodyKind::Other => return None,
         };
         Some(Observer {
-            sse,
-            line: Line::Field,
-            named: Named::Unnamed,
-            name: [0; NAME_MAX],
-            name_len: 0,
-            record: Record::default(),
+            scan: Scan::new(sse),
             usage: Usage::default(),
         })
     }
 
     /// The next payload bytes of the body.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if !self.sse {
-            return self.record.feed(bytes);
-        }
-        let mut at = 0;
-        while at < bytes.len() {
-            at += self.step(&bytes[at..]);
-        }
+        self.scan.feed(bytes, &mut self.usage);
     }
 
-    /// The body ended whole: a JSON body is read now. An event stream's unfinished event is
-    /// dropped, as an event stream's reader drops it.
+    /// The body ended whole: a JSON body's usage is read now.
     pub fn finish(&mut self) {
-        if !self.sse {
-            self.end_record();
-        }
+        self.scan.finish(&mut self.usage);
     }
 
     /// What was found so far.
@@ -263,163 +206,8 @@ impl Observer {
     /// Bytes of the body the observer holds in its one growable buffer (at most
     /// [`USAGE_EVENT_MAX`](crate::limits::USAGE_EVENT_MAX); the rest is a few small arrays).
     pub fn held(&self) -> usize {
-        self.record.usage.len()
+        self.scan.held()
     }
-
-    /// One step over `bytes` (not empty) in the current line state; returns bytes used.
-    fn step(&mut self, bytes: &[u8]) -> usize {
-        match self.line {
-            Line::Skip => match memchr::memchr(b'\n', bytes) {
-                Some(n) => {
-                    self.new_line();
-                    n + 1
-                }
-                None => bytes.len(),
-            },
-            Line::Data => {
-                let end = memchr::memchr(b'\n', bytes);
-                self.record.feed(&bytes[..end.unwrap_or(bytes.len())]);
-                match end {
-                    Some(n) => {
-                        // Data lines of one event are joined by a line feed.
-                        self.record.feed(b"\n");
-                        self.new_line();
-                        n + 1
-                    }
-                    None => bytes.len(),
-                }
-            }
-            Line::DataStart => {
-                self.line = Line::Data;
-                usize::from(bytes[0] == b' ')
-            }
-            Line::Name => self.gather_name(bytes),
-            Line::Field if self.name_len == 0 => self.line_start(bytes),
-            Line::Field => {
-                self.gather(bytes[0]);
-                1
-            }
-        }
-    }
-
-    /// The start of a line: the usual fields (`event:`, `data:`) and the blank line that ends
-    /// an event are taken in one step; anything else (or a field name split between feeds)
-    /// a byte at a time.
-    fn line_start(&mut self, bytes: &[u8]) -> usize {
-        if bytes.starts_with(b"data:") {
-            self.line = match self.named {
-                Named::Other => Line::Skip,
-                Named::Unnamed | Named::Usage => Line::DataStart,
-            };
-            5
-        } else if let Some(rest) = bytes.strip_prefix(b"event:") {
-            self.line = Line::Name;
-            6 + self.name_at_once(rest)
-        } else {
-            self.gather(bytes[0]);
-            1
-        }
-    }
-
-    /// Classifies the event name at the start of `rest` without copying it, when this feed
-    /// holds enough of it to decide; returns the bytes used (0: gather it instead). The rest of
-    /// its line is then skipped.
-    fn name_at_once(&mut self, rest: &[u8]) -> usize {
-        let name = rest.strip_prefix(b" ").unwrap_or(rest);
-        let ends = |n: &[u8]| matches!(name.get(n.len()), Some(b'\n' | b'\r'));
-        let usage = USAGE_EVENTS.iter().any(|n| name.starts_with(n) && ends(n));
-        if !usage && name.len() <= USAGE_NAME_MAX {
-            // Possibly a usage event's name cut by the feed's end: gather it.
-            return 0;
-        }
-        self.named = if usage { Named::Usage } else { Named::Other };
-        self.line = Line::Skip;
-        rest.len() - name.len()
-    }
-
-    /// An event name, up to its line's end (one `memchr`, not a byte at a time).
-    fn gather_name(&mut self, bytes: &[u8]) -> usize {
-        let end = memchr::memchr(b'\n', bytes);
-        let piece = &bytes[..end.unwrap_or(bytes.len())];
-        if piece.len() > NAME_MAX - self.name_len {
-            // A name this long is none of ours: skip its event.
-            self.named = Named::Other;
-            self.line = Line::Skip;
-            return piece.len();
-        }
-        self.name[self.name_len..self.name_len + piece.len()].copy_from_slice(piece);
-        self.name_len += piece.len();
-        match end {
-            Some(n) => {
-                self.name_event();
-                self.new_line();
-                n + 1
-            }
-            None => bytes.len(),
-        }
-    }
-
-    /// One byte of a field name.
-    fn gather(&mut self, b: u8) {
-        if b == b'\n' {
-            // A blank line dispatches the event; a name without a colon is a field without a
-            // value, none of ours.
-            if trim(&self.name[..self.name_len]).is_empty() {
-                self.end_event();
-            }
-            return self.new_line();
-        }
-        if b == b':' {
-            self.line = match &self.name[..self.name_len] {
-                b"event" => Line::Name,
-                b"data" if self.named != Named::Other => Line::DataStart,
-                _ => Line::Skip,
-            };
-            self.name_len = 0;
-            return;
-        }
-        if self.name_len == NAME_MAX {
-            // A field name this long is none of ours.
-            self.line = Line::Skip;
-            return;
-        }
-        self.name[self.name_len] = b;
-        self.name_len += 1;
-    }
-
-    fn name_event(&mut self) {
-        let name = trim(&self.name[..self.name_len]);
-        self.named = if USAGE_EVENTS.contains(&name) {
-            Named::Usage
-        } else {
-            Named::Other
-        };
-    }
-
-    fn new_line(&mut self) {
-        self.line = Line::Field;
-        self.name_len = 0;
-    }
-
-    fn end_event(&mut self) {
-        self.end_record();
-        self.named = Named::Unnamed;
-    }
-
-    fn end_record(&mut self) {
-        if let Some((figures, model)) = self.record.end() {
-            self.usage.merge(figures);
-            if self.usage.model.len == 0 {
-                self.usage.model = model;
-            }
-        }
-    }
-}
-
-/// A name without the one space a value may start with, nor a carriage return at its end.
-fn trim(name: &[u8]) -> &[u8] {
-    let name = name.strip_prefix(b" ").unwrap_or(name);
-    name.strip_suffix(b"\r").unwrap_or(name)
 }
 
 #[cfg(test)]

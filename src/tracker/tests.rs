@@ -170,7 +170,7 @@ fn relay_observed(
 
 #[test]
 fn usage_is_read_from_the_payload_of_a_chunked_stream_split_anywhere() {
-    let events: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":3}}}\n\nevent: content_block_delta\ndata: {\"usage\":{\"input_tokens\":999}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n";
+    let events: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":3}}}\n\nevent: content_block_delta\ndata: {\"delta\":{\"text\":\"\\\"usage\\\":{\\\"input_tokens\\\":999}\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n";
     // Chunk boundaries inside the keys and numbers, and a chunk extension.
     let mut chunked = Vec::new();
     for (i, piece) in events.chunks(37).enumerate() {

@@ -99,28 +99,61 @@ pub fn usage(buf: &[u8]) -> Option<Figures> {
     any.iter().any(Option::is_some).then_some(f)
 }
 
-/// The model a record named: its last `"modelVersion"` (Gemini's, after its usage) if any,
-/// else its first `"model"` (before the content, where a tool's input could hold another).
-pub fn model(first: Option<&[u8]>, last: Option<&[u8]>) -> Model {
-    if let Some(m) = last.and_then(|l| model_value(l, true)) {
-        return m;
-    }
-    first
-        .and_then(|f| model_value(f, false))
-        .unwrap_or(Model::NONE)
+/// What the bytes from a `"model` key on say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A `"model"` or `"modelVersion"` member with a string value that passed [`Model::new`].
+    Model(Model),
+    /// Anything else: another key, a value that is no plain string, a name that is not safe.
+    None,
+    /// Not enough bytes yet.
+    Undecided,
 }
 
-fn model_value(snip: &[u8], version: bool) -> Option<Model> {
-    let rest = snip.strip_prefix(b"\"model")?;
-    let rest = if version {
-        rest.strip_prefix(b"Version\"")?
+/// Reads `snip` (from a `"model` key on); `whole`: no more bytes will come.
+pub fn model_value(snip: &[u8], whole: bool) -> Decision {
+    let more = if whole {
+        Decision::None
     } else {
-        rest.strip_prefix(b"\"")?
+        Decision::Undecided
     };
-    let rest = after_colon(rest)?.strip_prefix(b"\"")?;
-    let end = memchr::memchr(b'"', rest)?;
-    let m = Model::new(&rest[..end]);
-    m.as_str().is_some().then_some(m)
+    let Some(rest) = snip.strip_prefix(b"\"model") else {
+        return Decision::None;
+    };
+    // `"model"` or `"modelVersion"`, then the colon and the opening quote.
+    let rest = match rest.first() {
+        None => return more,
+        Some(b'"') => &rest[1..],
+        Some(b'V') if b"Version\"".starts_with(&rest[..rest.len().min(8)]) => {
+            if rest.len() < 8 {
+                return more;
+            }
+            &rest[8..]
+        }
+        Some(_) => return Decision::None,
+    };
+    let rest = rest.trim_ascii_start();
+    let Some(&first) = rest.first() else {
+        return more;
+    };
+    if first != b':' {
+        return Decision::None;
+    }
+    let rest = rest[1..].trim_ascii_start();
+    let Some(&quote) = rest.first() else {
+        return more;
+    };
+    if quote != b'"' {
+        return Decision::None;
+    }
+    let Some(end) = memchr::memchr(b'"', &rest[1..]) else {
+        return more;
+    };
+    let m = Model::new(&rest[1..1 + end]);
+    match m.as_str() {
+        Some(_) => Decision::Model(m),
+        None => Decision::None,
+    }
 }
 
 /// `rest` after optional whitespace, a colon and optional whitespace.

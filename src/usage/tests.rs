@@ -124,19 +124,6 @@ fn each_api_split_at_every_pair_of_boundaries_near_the_usage() {
 }
 
 #[test]
-fn an_event_stream_reads_only_events_that_carry_usage() {
-    // A named event that is not one of the usage events is skipped, however it looks.
-    let s = b"event: content_block_delta\ndata: {\"usage\":{\"input_tokens\":9}}\n\n";
-    assert!(observe(BodyKind::Sse, &[s]).is_empty());
-    // The same data under `message_delta` counts.
-    let s = b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":9}}\n\n";
-    assert_eq!(observe(BodyKind::Sse, &[s]).output, Some(9));
-    // An unfinished event is dropped, as an event stream's reader drops it.
-    let s = b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":9}}\n";
-    assert!(observe(BodyKind::Sse, &[s]).is_empty());
-}
-
-#[test]
 fn output_is_the_last_cumulative_figure_never_a_sum() {
     let s = b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":5}}\n\n\
               event: message_delta\ndata: {\"usage\":{\"output_tokens\":12}}\n\n";
@@ -208,36 +195,46 @@ fn content_types_and_count_tokens() {
 fn a_json_body_is_read_only_when_it_ended() {
     let mut o = Observer::new(BodyKind::Json).unwrap();
     o.feed(MESSAGE);
-    assert!(o.usage().is_empty());
+    assert_eq!(o.usage().kinds(), [None; 4]);
     o.finish();
     assert_eq!(o.usage().total(), 2095 + 503 + 40960 + 1024);
 }
 
 #[test]
-fn a_long_event_name_or_field_name_is_skipped() {
-    let long = "x".repeat(NAME_MAX + 1);
-    let s = format!("event: message_delta{long}\ndata: {{\"usage\":{{\"output_tokens\":9}}}}\n\n");
-    assert!(observe(BodyKind::Sse, &[s.as_bytes()]).is_empty());
-    let s =
-        format!("{long}: 1\nevent: message_delta\ndata: {{\"usage\":{{\"output_tokens\":9}}}}\n\n");
-    for at in 0..s.len() {
-        let (a, b) = s.as_bytes().split_at(at);
-        assert_eq!(observe(BodyKind::Sse, &[a, b]).output, Some(9));
+fn only_usage_keys_are_read_never_text_that_mentions_them() {
+    // Text and tool input are JSON strings: their quotes are escaped, so no key matches.
+    let s = b"event: content_block_delta\ndata: {\"delta\":{\"text\":\"\\\"usage\\\":{\\\"input_tokens\\\":9}\"}}\n\n";
+    let u = observe(BodyKind::Sse, &[s]);
+    assert!(u.is_empty(), "{u:?}");
+    // A usage object is read when its line ends.
+    let s = b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":9}}\n";
+    assert_eq!(observe(BodyKind::Sse, &[s]).output, Some(9));
+    let s = b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":9}}";
+    assert!(observe(BodyKind::Sse, &[s]).is_empty());
+    // `"usage":null` (OpenAI's chunks before the last) is no figure.
+    let s = b"data: {\"model\":\"m\",\"usage\":null}\n\n";
+    assert_eq!(observe(BodyKind::Sse, &[s]).kinds(), [None; 4]);
+}
+
+#[test]
+fn in_json_only_the_last_usage_object_counts() {
+    let s = b"{\"model\":\"a\",\"content\":[{\"input\":{\"usage\":{\"input_tokens\":1,\"cache_creation_input_tokens\":5},\"model\":\"b\"}}],\n\"usage\":{\"input_tokens\":2}}";
+    for at in 0..=s.len() {
+        let u = observe(BodyKind::Json, &[&s[..at], &s[at..]]);
+        assert_eq!(u.kinds(), [Some(2), None, None, None], "split at {at}");
+        assert_eq!(u.model(), Some("a"));
     }
 }
 
 #[test]
-fn usage_name_max_is_the_longest_usage_event_name() {
-    assert_eq!(
-        USAGE_EVENTS.iter().map(|n| n.len()).max(),
-        Some(USAGE_NAME_MAX)
-    );
-    // Names decided at once and names gathered across feeds agree.
-    let s = b"event: message_startx\ndata: {\"usage\":{\"input_tokens\":1}}\n\n\
-              event: message_start\r\ndata: {\"usage\":{\"input_tokens\":2}}\r\n\r\n\
-              event: ping\ndata: {\"usage\":{\"input_tokens\":3}}\n\n";
+fn the_model_is_the_first_plain_model_key() {
+    let s = b"data: {\"role\":\"model\",\"x\":\"\\\"model\\\": \\\"q\\\"\",\"modelVersion\" : \"g-1\",\"usageMetadata\":{\"promptTokenCount\":3}}\r\n\r\n";
     for at in 0..=s.len() {
         let u = observe(BodyKind::Sse, &[&s[..at], &s[at..]]);
-        assert_eq!(u.input, Some(2), "split at {at}");
+        assert_eq!(
+            (u.model(), u.input),
+            (Some("g-1"), Some(3)),
+            "split at {at}"
+        );
     }
 }
