@@ -15,6 +15,8 @@ const USAGE_KEY: &[u8; KEY] = b"\"usage";
 const MODEL_KEY: &[u8; KEY] = b"\"model";
 const KEY: usize = 6;
 const CARRY: usize = KEY - 1;
+const USAGE_PARTIAL: u8 = 1;
+const MODEL_PARTIAL: u8 = 2;
 
 /// Room for `"modelVersion" : "`, a name of [`USAGE_MODEL_MAX`] bytes and its quote.
 const SNIP: usize = USAGE_MODEL_MAX + 32;
@@ -30,6 +32,8 @@ pub(super) struct Scan {
     /// The last bytes fed (up to [`CARRY`]).
     carry: [u8; CARRY],
     carry_len: usize,
+    /// Which keys the carry ends with the start of ([`USAGE_PARTIAL`], [`MODEL_PARTIAL`]).
+    partial: u8,
     /// From the current `"usage` key on, up to [`USAGE_EVENT_MAX`] bytes.
     capture: Vec<u8>,
     capturing: bool,
@@ -46,6 +50,7 @@ impl Scan {
             sse,
             carry: [0; CARRY],
             carry_len: 0,
+            partial: 0,
             capture: Vec::new(),
             capturing: false,
             snip: [0; SNIP],
@@ -75,8 +80,13 @@ impl Scan {
                 .find(|&s| w[s..k + t].starts_with(key))
                 .map(|s| s + KEY - k)
         };
-        let usage_straddle = straddle(USAGE_KEY);
-        let model_straddle = (!self.model_found).then(|| straddle(MODEL_KEY)).flatten();
+        // Only when the last feed ended with the start of a key (rare): no copy otherwise.
+        let usage_straddle = (self.partial & USAGE_PARTIAL != 0)
+            .then(|| straddle(USAGE_KEY))
+            .flatten();
+        let model_straddle = (self.partial & MODEL_PARTIAL != 0 && !self.model_found)
+            .then(|| straddle(MODEL_KEY))
+            .flatten();
         self.keep_carry(c);
 
         if !self.model_found {
@@ -200,6 +210,27 @@ impl Scan {
     }
 
     fn keep_carry(&mut self, c: &[u8]) {
+        if let Some(tail) = c.last_chunk::<CARRY>() {
+            self.carry = *tail;
+            self.carry_len = CARRY;
+        } else {
+            self.carry_short(c);
+        }
+        // A key can only straddle from the carry's last quote on (each key has one quote,
+        // its first byte).
+        let tail = &self.carry[..self.carry_len];
+        self.partial = match tail.iter().rposition(|&b| b == b'"') {
+            Some(i) => {
+                let usage = USAGE_KEY.starts_with(&tail[i..]);
+                let model = MODEL_KEY.starts_with(&tail[i..]);
+                (u8::from(usage) * USAGE_PARTIAL) | (u8::from(model) * MODEL_PARTIAL)
+            }
+            None => 0,
+        };
+    }
+
+    /// The carry after a feed shorter than it: its last bytes and the feed.
+    fn carry_short(&mut self, c: &[u8]) {
         let mut all = [0u8; 2 * CARRY];
         let k = self.carry_len;
         let t = c.len().min(CARRY);
