@@ -221,8 +221,9 @@ impl Scan {
         let tail = &self.carry[..self.carry_len];
         self.partial = match tail.iter().rposition(|&b| b == b'"') {
             Some(i) => {
-                let usage = USAGE_KEY.starts_with(&tail[i..]);
-                let model = MODEL_KEY.starts_with(&tail[i..]);
+                // Byte by byte (at most five): no `memcmp` call on every feed.
+                let begins = |key: &[u8]| tail[i..].iter().zip(key).all(|(a, b)| a == b);
+                let (usage, model) = (begins(USAGE_KEY), begins(MODEL_KEY));
                 (u8::from(usage) * USAGE_PARTIAL) | (u8::from(model) * MODEL_PARTIAL)
             }
             None => 0,
