@@ -13,7 +13,7 @@ use agent_loop_proxy::response::ResponseBody;
 use agent_loop_proxy::tracker::BodyTracker;
 use agent_loop_proxy::usage::{BodyKind, Observer, Usage};
 
-use super::{real_tokens, Rng};
+use super::{real_tokens, Rng, REAL_TOKEN};
 
 /// This byte stands for a run of filler inside a JSON string.
 const FILL_MARK: u8 = 0xFE;
@@ -58,7 +58,16 @@ pub fn usage(data: &[u8]) {
     assert_eq!(on, off, "the observer changed the relayed bytes");
     assert!(none.is_none());
     if let Some(found) = found {
-        assert_eq!(found, whole, "the relay fed the observer other bytes than the payload");
+        // The relay's observer reads the payload as masked: a model name that holds the
+        // token (or a part of it held back at a read's end) differs; the figures may not.
+        assert_eq!(
+            found.kinds(),
+            whole.kinds(),
+            "the relay fed the observer other bytes than the payload"
+        );
+        if !body.windows(3).any(|w| REAL_TOKEN.starts_with(w)) {
+            assert_eq!(found, whole, "the model differs");
+        }
     }
 }
 
