@@ -1,5 +1,5 @@
-//! The figures of a usage object and the model name, from the bytes a [`super::Record`]
-//! copied: a small tolerant reader over at most [`crate::limits::USAGE_EVENT_MAX`] bytes
+//! The figures of a usage object and the model name, from the bytes the observer copied
+//! (see `scan`): a small tolerant reader over at most [`crate::limits::USAGE_EVENT_MAX`] bytes
 //! (RFC 8259's grammar, enough of it to find keys and whole numbers), not a JSON parser.
 //!
 //! The figures are made comparable across APIs, so that the four kinds add up to what was
