@@ -41,7 +41,13 @@ pub(super) struct Scan {
     snip: [u8; SNIP],
     snip_len: usize,
     snipping: bool,
+    /// Where the current `"model` key starts, in the body.
+    snip_at: u64,
+    /// Keys that start before this are not looked at (they were in a rejected one's bytes).
+    model_from: u64,
     model_found: bool,
+    /// Bytes fed before the current feed.
+    fed: u64,
 }
 
 impl Scan {
@@ -56,7 +62,10 @@ impl Scan {
             snip: [0; SNIP],
             snip_len: 0,
             snipping: false,
+            snip_at: 0,
+            model_from: 0,
             model_found: false,
+            fed: 0,
         }
     }
 
@@ -92,6 +101,7 @@ impl Scan {
         if !self.model_found {
             self.models(c, model_straddle, model_key, usage);
         }
+        self.fed += c.len() as u64;
         let mut pos = 0;
         if let Some(end) = usage_straddle {
             self.start_capture();
@@ -166,12 +176,24 @@ impl Scan {
     }
 
     /// Looks for the model in `c` until one is found: the first `"model` key whose value
-    /// decides.
+    /// decides. After a key whose bytes say no model, the search goes on from the byte that
+    /// decided so, however the body is split.
     fn models(&mut self, c: &[u8], straddle: Option<usize>, key: &Finder<'_>, usage: &mut Usage) {
-        let mut pos = 0;
+        let base = self.fed;
+        let floor = |from: u64| {
+            usize::try_from(from.saturating_sub(base)).map_or(c.len(), |f| f.min(c.len()))
+        };
+        let mut pos = if self.snipping {
+            0
+        } else {
+            floor(self.model_from)
+        };
         if let Some(end) = straddle {
-            self.snip_start();
-            pos = end;
+            let at = base + end as u64 - KEY as u64;
+            if !self.snipping && at >= self.model_from {
+                self.snip_start(at);
+                pos = end;
+            }
         }
         loop {
             if self.snipping {
@@ -182,14 +204,22 @@ impl Scan {
                 match json::model_value(&self.snip[..self.snip_len], full) {
                     Decision::Model(m) => return self.model(m, usage),
                     Decision::Undecided => return,
-                    // Search on from just after this key (the bytes copied may hold the
-                    // next one).
-                    Decision::None => self.snipping = false,
+                    Decision::None => {
+                        self.snipping = false;
+                        // Searching on from the byte that decided, wherever the feeds
+                        // were cut.
+                        let undecided = |d: &usize| {
+                            json::model_value(&self.snip[..*d], false) == Decision::Undecided
+                        };
+                        let d = (KEY..self.snip_len).find(|d| !undecided(d));
+                        self.model_from = self.snip_at + d.unwrap_or(self.snip_len) as u64;
+                        pos = pos.max(floor(self.model_from));
+                    }
                 }
             }
             match key.find(&c[pos..]) {
                 Some(i) => {
-                    self.snip_start();
+                    self.snip_start(base + (pos + i) as u64);
                     pos += i + KEY;
                 }
                 None => return,
@@ -197,10 +227,12 @@ impl Scan {
         }
     }
 
-    fn snip_start(&mut self) {
+    /// A `"model` key that starts at `at` (in the body).
+    fn snip_start(&mut self, at: u64) {
         self.snip[..KEY].copy_from_slice(MODEL_KEY);
         self.snip_len = KEY;
         self.snipping = true;
+        self.snip_at = at;
     }
 
     fn model(&mut self, m: Model, usage: &mut Usage) {
