@@ -159,7 +159,8 @@ impl Ring {
         let oldest = self.newest.saturating_sub(BUCKETS as u64 - 1);
         let mut at = self.newest + 1;
         for b in oldest..=self.newest {
-            left -= self.slots[(b % BUCKETS as u64) as usize];
+            // Saturating: the sum saturates at u64::MAX, so the slots may add up to more.
+            left = left.saturating_sub(self.slots[(b % BUCKETS as u64) as usize]);
             if left < max {
                 at = b;
                 break;

@@ -185,6 +185,18 @@ pub fn effective(cfg: &Config) -> String {
             if cfg.log_timestamps { "on" } else { "off" }.into(),
         ),
         (
+            "LOG_REQUEST_HEADERS",
+            if cfg.log_headers.is_empty() {
+                "off".into()
+            } else {
+                cfg.log_headers.join(",")
+            },
+        ),
+        (
+            "USAGE_OBSERVE",
+            if cfg.usage_observe { "on" } else { "off" }.into(),
+        ),
+        (
             "OAUTH_BETA",
             match cfg.oauth_beta {
                 None => "auto",

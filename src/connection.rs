@@ -188,7 +188,8 @@ impl Session {
             }
         };
         set_log_path(&mut self.log_path, &client.buf[req.path.clone()]);
-        let spends_tokens = ceiling::counts_tokens(&client.buf[req.path.clone()]);
+        let mut headers = Vec::new();
+        proxy.attribution(&client.buf[..head_len], &mut headers);
         client.buf.advance(head_len);
         self.scanner.reset();
 
@@ -219,7 +220,7 @@ impl Session {
             }
             // The ceilings last: a request refused for any reason above counts toward none.
             (_, true, true) => {
-                self.forward(proxy, client, &req, terms, g, spends_tokens)
+                self.forward(proxy, client, &req, terms, g)
                     .await
             }
         };
@@ -231,6 +232,7 @@ impl Session {
             seq,
             health: req.route == Route::Health,
             peer: self.peer,
+            headers: &headers,
         };
         record(proxy, &about, &outcome);
         self.idle_since = TokioInstant::now();
@@ -246,8 +248,11 @@ impl Session {
         req: &Request,
         terms: ClientTerms,
         g: &Arc<Generation>,
-        spends_tokens: bool,
     ) -> Outcome {
+        // A `count_tokens` request's tokens are an estimate, never spent: never read, never counted.
+        let path = &client.buf[req.path.clone()];
+        let spends_tokens = ceiling::counts_tokens(path);
+        let observe = proxy.cfg.usage_observe && spends_tokens;
         let permit = match proxy.ceilings.check(Instant::now(), spends_tokens) {
             Ok(permit) => permit,
             Err(refusal) => {
@@ -266,7 +271,7 @@ impl Session {
             up_head: &self.up_head,
             terms,
             generation: g,
-            permit: &permit,
+            observe,
         };
         let o = client.forward(&x, &mut self.out, &self.shutdown).await;
         // The credential is not needed until the next request: wipe it now.
@@ -493,6 +498,8 @@ struct Logged<'a> {
     /// `GET /health`: timed apart from the exchanges.
     health: bool,
     peer: Peer,
+    /// The attribution fields the request carried, safe to show.
+    headers: &'a [(&'a str, String)],
 }
 
 impl<'a> Logged<'a> {
@@ -513,6 +520,7 @@ impl<'a> Logged<'a> {
             seq,
             health: false,
             peer,
+            headers: &[],
         }
     }
 }
@@ -562,6 +570,7 @@ fn record(proxy: &Proxy, about: &Logged<'_>, o: &Outcome) {
     m.bytes_down.fetch_add(o.bytes, Relaxed);
     m.bytes_up.fetch_add(o.bytes_up, Relaxed);
     m.tokens_masked.fetch_add(o.masked, Relaxed);
+    proxy.usage_final(&o.usage);
     log.event(&Event::Request(&RequestLine {
         seq: about.seq,
         method: about.method,
@@ -575,6 +584,8 @@ fn record(proxy: &Proxy, about: &Logged<'_>, o: &Outcome) {
         request_id: o.request_id.as_str(),
         token_generation: about.generation,
         peer: about.peer,
+        usage: &o.usage,
+        headers: about.headers,
     }));
     if let Some(code) = o.tunnel_close {
         log.event(&Event::TunnelClosed {

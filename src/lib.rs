@@ -65,6 +65,8 @@
 //!      connection's fate out.
 //!    - [`scrub`]: masks the real token wherever it appears in a response.
 //!    - `egress`: the egress proxy (`HTTPS_PROXY`, `NO_PROXY`) and the CONNECT exchange.
+//!    - [`usage`]: reads the token usage and model of a response from its body as it
+//!      passes (event streams and JSON), without holding or changing a byte.
 //!    - `flatjson`: the little JSON read: `TOKEN_COMMAND`'s argv, a token command's answer.
 //! 4. **Bottom**, importing nothing of the crate: [`limits`] (every limit, default and
 //!    bound), [`settings`] (every setting's name, default and `--help` line), [`syntax`]
@@ -138,6 +140,7 @@ pub mod rewrite;
 pub mod scan;
 pub mod scrub;
 pub mod tracker;
+pub mod usage;
 pub mod wsframe;
 
 // 4. Bottom

@@ -101,6 +101,22 @@ pub const RELAY_BUF_MAX: usize = 64 * 1024;
 /// extension budget ([`MAX_RESPONSE_CHUNK_EXT_TOTAL`]).
 pub const RELAY_HOLD_MAX: usize = 256 * 1024;
 
+// --- usage ---
+
+/// The most bytes of one event (or JSON body) the usage observer copies, from its last
+/// `"usage` key on: a usage object is a few hundred bytes; one that does not close within
+/// this is skipped.
+pub const USAGE_EVENT_MAX: usize = 16 * 1024;
+/// The longest model name logged or used as a label value.
+pub const USAGE_MODEL_MAX: usize = 64;
+/// The distinct models the token metrics name; the usage of any later one is counted under
+/// `model="other"`, so the label set stays bounded.
+pub const USAGE_MODELS_MAX: usize = 16;
+/// The longest attribution header value logged; a longer one is logged as a marker.
+pub const LOG_HEADER_VALUE_MAX: usize = 128;
+/// The most attribution headers `LOG_REQUEST_HEADERS` may name.
+pub const LOG_HEADERS_MAX: usize = 8;
+
 // --- closing ---
 
 /// How long a closing connection keeps reading what the client still sends (R34).

@@ -22,6 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::usage::Usage;
+
+mod request;
+
 /// A batch is written before it would pass this: under PIPE_BUF (4096 on Linux), so one
 /// write to a pipe is atomic.
 pub const BATCH_MAX: usize = 4000;
@@ -197,6 +201,18 @@ impl Log {
                     }
                     Value::Bool(b) => buf.push_str(if *b { "true" } else { "false" }),
                     Value::Null => buf.push_str("null"),
+                    Value::Fields(list) => {
+                        buf.push('{');
+                        for (i, (k, v)) in list.iter().enumerate() {
+                            if i > 0 {
+                                buf.push(',');
+                            }
+                            json_str(&mut buf, k);
+                            buf.push(':');
+                            json_str(&mut buf, v);
+                        }
+                        buf.push('}');
+                    }
                 }
             }
             let mut message = String::with_capacity(128);
@@ -274,6 +290,11 @@ pub struct RequestLine<'a> {
     pub token_generation: u64,
     /// Who sent it: TCP, or a Unix socket peer and its uid.
     pub peer: Peer,
+    /// The token usage the response reported (each figure and the model when known).
+    pub usage: &'a Usage,
+    /// The attribution fields the request carried (`LOG_REQUEST_HEADERS`), name and value
+    /// as [`crate::usage::attribution`] made them safe to show.
+    pub headers: &'a [(&'a str, String)],
 }
 
 /// The other end of a client connection, as the access line names it: a Unix socket peer as
@@ -303,7 +324,7 @@ impl Peer {
 }
 
 /// The most fields an event has.
-const FIELDS_MAX: usize = 13;
+const FIELDS_MAX: usize = 19;
 
 impl Event<'_> {
     /// The `level` of its JSON object.
@@ -332,6 +353,15 @@ impl Event<'_> {
 
     /// Its fields, into `out`; returns how many.
     fn fields<'s>(&'s self, out: &mut [(&'static str, Value<'s>); FIELDS_MAX]) -> usize {
+        let n = self.base_fields(out);
+        match self {
+            Event::Request(r) => n + request::fields(r, &mut out[n..]),
+            _ => n,
+        }
+    }
+
+    /// Its fixed fields, into `out`; returns how many.
+    fn base_fields<'s>(&'s self, out: &mut [(&'static str, Value<'s>); FIELDS_MAX]) -> usize {
         let num = |n: u64| Value::Num(n);
         let list: &[(&'static str, Value<'s>)] = match *self {
             Event::Startup {
@@ -408,11 +438,13 @@ impl Event<'_> {
                 if let Some(id) = r.request_id {
                     let _ = write!(out, " request-id={id}");
                 }
-                match r.peer {
+                let _ = match r.peer {
                     Peer::Tcp(_) => Ok(()),
                     Peer::Unix { uid: None } => write!(out, " peer=unix"),
                     Peer::Unix { uid: Some(u) } => write!(out, " peer=unix uid={u}"),
-                }
+                };
+                request::text(r, out);
+                Ok(())
             }
             Event::Error {
                 side,
@@ -449,6 +481,8 @@ enum Value<'a> {
     Num(u64),
     Bool(bool),
     Null,
+    /// An object of string fields (the attribution fields).
+    Fields(&'a [(&'a str, String)]),
 }
 
 /// Appends `s` as a JSON string (RFC 8259 §7): quotes, backslashes and controls escaped.

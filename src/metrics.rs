@@ -9,6 +9,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+mod tokens;
+pub use tokens::TokenCounts;
+
 /// The label sets are defined with the problems they classify, so the two cannot disagree.
 pub use crate::error::{ConnectStep, Reason};
 
@@ -160,6 +163,8 @@ pub struct Metrics {
     health: Histogram,
     /// WebSocket tunnels.
     pub websocket: TunnelMetrics,
+    /// Tokens the upstream reported using (see `usage`).
+    pub tokens: TokenCounts,
 }
 
 impl Default for Metrics {
@@ -195,6 +200,7 @@ impl Metrics {
             exchange: Histogram::new(),
             health: Histogram::new(),
             websocket: TunnelMetrics::new(),
+            tokens: TokenCounts::new(),
         }
     }
 
@@ -240,6 +246,7 @@ impl Metrics {
         self.render_counters(&mut out);
         self.render_gauges(&mut out);
         self.websocket.render(&mut out);
+        self.tokens.render(&mut out);
         self.response_head.render(
             &mut out,
             &format!("{PREFIX}_upstream_response_head_seconds"),

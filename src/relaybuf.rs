@@ -91,6 +91,11 @@ impl RelayBuf {
         self.tracker.masked()
     }
 
+    /// The token usage read from the body so far, if it is observed.
+    pub fn usage(&self) -> Option<crate::usage::Usage> {
+        self.tracker.usage()
+    }
+
     /// Room for the next read (never empty after [`RelayBuf::consume`] succeeded).
     pub fn spare(&mut self) -> &mut [u8] {
         if self.buf.is_empty() {

@@ -11,6 +11,7 @@ use crate::scrub::{self, Mask};
 use crate::syntax::{
     connection_options, list_items, push_field, push_status_line, ConnectionOption, HOP_BY_HOP,
 };
+use crate::usage::BodyKind;
 
 /// How the response body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub struct ResponseHead {
     pub request_id: RequestId,
     /// Token occurrences masked in the head.
     pub masked: u64,
+    /// What its `Content-Type` says the body is, for the usage observer.
+    pub kind: BodyKind,
 }
 
 /// A `request-id` value: at most 128 bytes of `A-Z a-z 0-9 _ - . :`, else none is kept.
@@ -168,6 +171,7 @@ pub fn parse_response(
         close_delimited,
         request_id,
         masked,
+        kind: fields.kind,
     })
 }
 
@@ -180,6 +184,8 @@ struct Fields<'h> {
     keep_alive_10: bool,
     /// Fields the upstream's `Connection` named: removed. Not capped: bounded by the head.
     options: Vec<&'h [u8]>,
+    /// The body's kind, by its `Content-Type` (the last one, if repeated).
+    kind: BodyKind,
 }
 
 impl<'h> Fields<'h> {
@@ -189,6 +195,7 @@ impl<'h> Fields<'h> {
             close: false,
             keep_alive_10: false,
             options: Vec::new(),
+            kind: BodyKind::Other,
         };
         for h in headers {
             let name = h.name.as_bytes();
@@ -203,6 +210,8 @@ impl<'h> Fields<'h> {
                 return Err(Problem::UpstreamEncoded);
             } else if name.eq_ignore_ascii_case(b"connection") {
                 f.connection(h.value)?;
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                f.kind = BodyKind::of(h.value);
             }
         }
         Ok(f)

@@ -215,6 +215,16 @@ pub const SETTINGS: &[Setting] = &[
         "on: text lines start with an RFC 3339 time",
     ),
     s(
+        &["LOG_REQUEST_HEADERS"],
+        "x-claude-code-session-id,x-claude-code-agent-id,x-claude-code-parent-agent-id",
+        "request fields the access line names (never a credential field); off: none",
+    ),
+    s(
+        &["USAGE_OBSERVE"],
+        "on",
+        "off: do not read token usage from responses",
+    ),
+    s(
         &["OAUTH_BETA"],
         "auto",
         "auto | on | off: add the OAuth beta flag",

@@ -12,6 +12,7 @@ use crate::refetch::Refetch;
 use crate::rewrite::Rewrite;
 use crate::secret::TokenHeader;
 use crate::upstream::{Connector, Pool};
+use crate::usage::{self, Usage};
 
 /// Everything a connection needs, built once and shared (`Arc`).
 pub struct Proxy {
@@ -31,6 +32,31 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Where the token usage of one exchange becomes final, once, when its response ended
+    /// (whole or cut): what it counts toward. `count_tokens` requests never come here.
+    pub fn usage_final(&self, usage: &Usage) {
+        self.metrics.tokens.add(usage);
+        self.ceilings
+            .record_tokens(usage.total(), std::time::Instant::now());
+    }
+
+    /// The attribution fields of a request head (`LOG_REQUEST_HEADERS`) into `out`, each
+    /// withheld if it holds the phantom or any token a response masks now.
+    pub fn attribution<'a>(&'a self, head: &[u8], out: &mut Vec<(&'a str, String)>) {
+        let mut live = Vec::new();
+        let mut read = false;
+        let phantom = self.cfg.phantom.as_ref().map(|p| p.0.as_slice());
+        let mut secret = |value: &[u8]| {
+            let phantom_in = phantom.is_some_and(|p| memchr::memmem::find(value, p).is_some());
+            if !read {
+                self.creds.masks(&mut live);
+                read = true;
+            }
+            phantom_in || live.iter().any(|t| t.finder().find(value).is_some())
+        };
+        usage::attribution(head, &self.cfg.log_headers, &mut secret, out);
+    }
+
     /// What the upstream-head rewrite adds to a request that uses generation `g`.
     pub fn rewrite<'a>(&'a self, g: &'a Generation) -> Rewrite<'a> {
         let credential_field = match &self.cfg.token_header {

@@ -7,6 +7,7 @@ use crate::error::Problem;
 use crate::framing::{ChunkLimits, ChunkedDecoder, Step};
 use crate::response::ResponseBody;
 use crate::scrub::{Mask, Scrubber};
+use crate::usage::{Observer, Usage};
 
 /// What one call of [`BodyTracker::advance`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,8 @@ pub struct BodyTracker {
     framing: Framing,
     masks: Masks,
     dechunk: bool,
+    /// Reads the token usage from the payload as it passes, if on for this response.
+    usage: Option<Box<Observer>>,
 }
 
 impl BodyTracker {
@@ -144,7 +147,24 @@ impl BodyTracker {
                 pairs: tokens.iter().map(Pair::new).collect(),
             },
             dechunk: dechunk && body == ResponseBody::Chunked,
+            usage: None,
         }
+    }
+
+    /// Has `observer` read the payload (de-chunked, after masking), each byte once, as
+    /// [`BodyTracker::advance`] finds it: a view of the relay's bytes, never a change.
+    pub fn observe(&mut self, observer: Observer) {
+        self.usage = Some(Box::new(observer));
+    }
+
+    /// The usage the observer found so far, if one observes this body.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage.as_ref().map(|o| o.usage())
+    }
+
+    /// Bytes the observer holds (what the fuzz target bounds).
+    pub fn usage_held(&self) -> usize {
+        self.usage.as_ref().map_or(0, |o| o.held())
     }
 
     /// Masks each of `tokens` too, for the rest of the body, bytes already read and not yet
@@ -179,6 +199,7 @@ impl BodyTracker {
                 Framing::None => true,
                 Framing::UntilClose => {
                     self.masks.payload(buf, at.pos..buf.len());
+                    observe(&mut self.usage, &buf[at.pos..]);
                     at.pos = buf.len();
                     at.end = at.pos;
                     false
@@ -188,19 +209,24 @@ impl BodyTracker {
                         .unwrap_or(usize::MAX)
                         .min(buf.len() - at.pos);
                     self.masks.payload(buf, at.pos..at.pos + n);
+                    observe(&mut self.usage, &buf[at.pos..at.pos + n]);
                     *remaining -= n as u64;
                     at.pos += n;
                     at.end = at.pos;
                     *remaining == 0
                 }
                 Framing::Chunked(decoder) => {
-                    chunk_step(decoder, &mut self.masks, self.dechunk, buf, &mut at)?
+                    let m = (&mut self.masks, &mut self.usage);
+                    chunk_step(decoder, m, self.dechunk, buf, &mut at)?
                 }
             };
         }
         let excess = done && at.pos < buf.len();
         if done {
             self.masks.release();
+            if let Some(o) = &mut self.usage {
+                o.finish();
+            }
         }
         let ready = self.masks.hold_from().unwrap_or(at.end).min(at.end);
         Ok(Advance {
@@ -225,14 +251,24 @@ impl BodyTracker {
     /// The upstream closed: for a close-delimited body this is its end; release held bytes.
     pub fn finish_at_close(&mut self) -> bool {
         self.masks.release();
+        if let (true, Some(o)) = (self.until_close(), &mut self.usage) {
+            o.finish();
+        }
         self.until_close()
+    }
+}
+
+/// Feeds payload bytes to the usage observer, if there is one.
+fn observe(usage: &mut Option<Box<Observer>>, payload: &[u8]) {
+    if let Some(o) = usage {
+        o.feed(payload);
     }
 }
 
 /// One decoder step over the chunked body at `at`; returns whether the body ended.
 fn chunk_step(
     decoder: &mut ChunkedDecoder,
-    masks: &mut Masks,
+    (masks, usage): (&mut Masks, &mut Option<Box<Observer>>),
     dechunk: bool,
     buf: &mut [u8],
     at: &mut Cursor,
@@ -256,6 +292,7 @@ fn chunk_step(
                 buf.copy_within(at.pos..at.pos + n, at.end);
             }
             masks.payload(buf, from..from + n);
+            observe(usage, &buf[from..from + n]);
             at.pos += n;
             at.end = if dechunk { at.end + n } else { at.pos };
             return Ok(false);

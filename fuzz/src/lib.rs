@@ -26,6 +26,8 @@ use agent_loop_proxy::tracker::BodyTracker;
 
 mod ws;
 pub use ws::ws_frames;
+mod usage;
+pub use usage::usage;
 
 /// The real credential: it must reach the upstream exactly once and the client never.
 pub const REAL_TOKEN: &[u8] = b"REALTOKEN";

@@ -48,3 +48,8 @@ fn relay_response_seeds() {
 fn ws_frames_seeds() {
     replay("ws_frames", agent_loop_proxy_fuzz::ws_frames);
 }
+
+#[test]
+fn usage_seeds() {
+    replay("usage", agent_loop_proxy_fuzz::usage);
+}

@@ -88,6 +88,10 @@ pub struct Config {
     pub pool_max_idle: usize,
     /// The ceilings of this process (`LIMIT_TOKENS`, `LIMIT_REQUESTS`, `LIMIT_CONCURRENT`).
     pub ceilings: Ceilings,
+    /// Responses' token usage is read as they pass (`USAGE_OBSERVE`).
+    pub usage_observe: bool,
+    /// The request fields the access line names, lower-case (`LOG_REQUEST_HEADERS`).
+    pub log_headers: Vec<String>,
 }
 
 /// Where the token comes from, and whether it changes.
@@ -184,6 +188,8 @@ impl Config {
             timeouts: Timeouts::default(),
             pool_max_idle: limits::POOL_MAX_IDLE,
             ceilings: Ceilings::default(),
+            usage_observe: true,
+            log_headers: usage::DEFAULT_LOG_HEADERS.map(String::from).to_vec(),
         }
     }
 
@@ -240,10 +246,18 @@ impl Config {
         };
         cfg.credentials(&var)?;
         cfg.websocket = websocket::websocket(&var)?;
+        usage::read(&var, &mut cfg)?;
         read_limits(&var, &mut cfg.limits)?;
         size(&var, "POOL_MAX_IDLE", &mut cfg.pool_max_idle, 0)?;
         read_timeouts(&var, &mut cfg.timeouts)?;
         cfg.ceilings = ceilings::ceilings(&var)?;
+        if cfg.ceilings.tokens.is_some() && !cfg.usage_observe {
+            // The token ceiling counts what the observer reads: off, it would never trip.
+            return Err(ConfigError::new(
+                "LIMIT_TOKENS",
+                "needs USAGE_OBSERVE=on (the tokens are read from the responses)",
+            ));
+        }
         Ok(cfg)
     }
 
@@ -460,8 +474,10 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 mod ceilings;
 mod listen;
 mod token;
+mod usage;
 mod websocket;
 
+pub use usage::attribution_headers;
 pub use websocket::WebSocket;
 
 #[cfg(test)]

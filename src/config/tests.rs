@@ -135,3 +135,41 @@ fn durations_parse() {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn usage_settings_and_the_attribution_allow_list() {
+    let c = from(&[]).unwrap();
+    assert!(c.usage_observe);
+    assert_eq!(c.log_headers, usage::DEFAULT_LOG_HEADERS.to_vec());
+    let c = from(&[("USAGE_OBSERVE", "off"), ("LOG_REQUEST_HEADERS", "off")]).unwrap();
+    assert!(!c.usage_observe && c.log_headers.is_empty());
+    let c = from(&[("LOG_REQUEST_HEADERS", "X-Run-Id, x-loop ,x-run-id")]).unwrap();
+    assert_eq!(c.log_headers, ["x-run-id", "x-loop"]);
+    assert!(from(&[("USAGE_OBSERVE", "yes")]).is_err());
+    for credential in [
+        "authorization",
+        "Proxy-Authorization",
+        "x-api-key",
+        "cookie",
+        "x-goog-api-key",
+        "x-session-token",
+        "x-client-secret",
+        "x-oauth-thing",
+        "x-db-password",
+        "x-run-id,x-keyring",
+    ] {
+        let e = from(&[("LOG_REQUEST_HEADERS", credential)]).unwrap_err();
+        assert_eq!(e.setting, "LOG_REQUEST_HEADERS", "{credential}");
+    }
+    // The TOKEN_HEADER, whatever its name.
+    let e = from(&[
+        ("TOKEN_HEADER", "x-upstream-cred"),
+        ("LOG_REQUEST_HEADERS", "X-Upstream-Cred"),
+    ]);
+    assert_eq!(e.unwrap_err().setting, "LOG_REQUEST_HEADERS");
+    assert!(from(&[("LOG_REQUEST_HEADERS", "a b")]).is_err());
+    let many = (0..=crate::limits::LOG_HEADERS_MAX)
+        .map(|i| format!("x-{i}"))
+        .collect::<Vec<_>>();
+    assert!(from(&[("LOG_REQUEST_HEADERS", &many.join(","))]).is_err());
+}

@@ -23,6 +23,7 @@ use crate::scan::{HeadScanner, ScanLimits};
 use crate::scrub::Mask;
 use crate::tracker::BodyTracker;
 use crate::upstream::ReadReady;
+use crate::usage::{Observer, Usage};
 
 /// What the download half reports.
 pub(super) struct DownReport {
@@ -44,6 +45,8 @@ pub(super) struct DownReport {
     /// A WebSocket handshake was answered with a good 101: the bytes after it, and the
     /// subprotocol it chose. Nothing was written to the client.
     pub(super) switched: Option<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The token usage read from the body, if it was observed.
+    pub(super) usage: Option<Usage>,
 }
 
 /// The tokens a response masks, kept in step with the credential store's mask set: looked at
@@ -109,6 +112,8 @@ pub(super) struct Download<'a, R, W> {
     /// Set by the exchange for a WebSocket handshake: the `Sec-WebSocket-Accept` a 101
     /// must carry to open the tunnel.
     pub(super) upgrade: Option<[u8; ACCEPT_LEN]>,
+    /// Set by the exchange: the body's token usage is read as it passes.
+    pub(super) observe: bool,
 }
 
 impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R, W> {
@@ -123,6 +128,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             masks: LiveMasks::new(creds),
             on_401: None,
             upgrade: None,
+            observe: false,
             upstream,
             client,
             t,
@@ -141,6 +147,7 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
                 failure: None,
                 received_any: false,
                 switched: None,
+                usage: None,
             },
         }
     }
@@ -282,12 +289,29 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
         ctx: &ResponseContext,
         out: &mut Vec<u8>,
     ) -> Result<(), Problem> {
-        let tracker = BodyTracker::new(body, ctx.dechunk, &self.masks.tokens);
+        let mut tracker = BodyTracker::new(body, ctx.dechunk, &self.masks.tokens);
+        let kind = self.report.head.map(|h| h.kind);
+        if let Some(o) = kind.filter(|_| self.observe).and_then(Observer::new) {
+            tracker.observe(o);
+        }
         let buf = std::mem::take(&mut self.buf);
         let mut relay = RelayBuf::new(tracker, buf, head_len, self.filled);
         let relayed = self.relay_body(&mut relay, body, out).await;
         self.report.masked += relay.masked();
+        self.report.usage = relay.usage().map(|u| self.unmasked(u));
         relayed
+    }
+
+    /// `u` without its model if the name holds a token a response masks: the upstream
+    /// reflected it there, and it must not reach the log or a label.
+    fn unmasked(&mut self, mut u: Usage) -> Usage {
+        self.masks.refresh();
+        let model = u.model().unwrap_or("").as_bytes();
+        let tokens = &self.masks.tokens;
+        if tokens.iter().any(|t| t.finder().find(model).is_some()) {
+            u.forget_model();
+        }
+        u
     }
 
     /// The body loop over `relay`; the first write carries the head in `out`.

@@ -36,7 +36,6 @@ use tokio::io::AsyncWriteExt;
 use zeroize::Zeroizing;
 
 use crate::answer::CONTINUE;
-use crate::ceiling::Permit;
 use crate::credential::Generation;
 use crate::error::Problem;
 use crate::framing::{Framed, RequestBody};
@@ -46,6 +45,7 @@ use crate::persist::{self, ClientFate, ClientTerms, End, Relayed, UpstreamFate};
 use crate::response::{RequestId, ResponseContext};
 use crate::state::Proxy;
 use crate::upstream::Stream;
+use crate::usage::Usage;
 
 mod download;
 mod io;
@@ -65,11 +65,8 @@ pub struct Exchange<'a> {
     pub terms: ClientTerms,
     /// The generation of the token the request carries (what a 401 rejects).
     pub generation: &'a Arc<Generation>,
-    /// The ceilings' admission, held for the whole exchange; the exchange's token usage,
-    /// once final, is recorded through it (by the response's usage reading, still to come:
-    /// until then nothing reads it).
-    #[allow(dead_code)]
-    pub permit: &'a Permit<'a>,
+    /// The response's token usage is read (`USAGE_OBSERVE`, and not a `count_tokens`).
+    pub observe: bool,
 }
 
 /// The client side of a connection: the socket, and the bytes read but not yet used (the rest
@@ -108,6 +105,8 @@ pub struct Outcome {
     pub masked: u64,
     /// A WebSocket tunnel ended with this close code (RFC 6455 §7.4).
     pub tunnel_close: Option<u16>,
+    /// The token usage the response reported, as far as it was read.
+    pub usage: Usage,
 }
 
 impl Outcome {
@@ -131,6 +130,7 @@ impl Outcome {
             request_id: RequestId::NONE,
             masked: 0,
             tunnel_close: None,
+            usage: Usage::default(),
         }
     }
 
@@ -142,6 +142,9 @@ impl Outcome {
 }
 
 /// What [`forward`] leaves to the client connection.
+// The outcome (with its request id and usage) moves once per exchange: not worth a heap
+// allocation per request to keep the variants' sizes close.
+#[allow(clippy::large_enum_variant)]
 pub enum Forwarded {
     /// Nothing of a response reached the client: the connection answers `problem` itself.
     /// `in_sync`: the request was read exactly, so the connection's framing is certain.
@@ -165,6 +168,7 @@ pub struct Switched {
 }
 
 /// The result of one attempt on one upstream connection.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     /// A pooled connection was found dead before anything was received: try a fresh one.
     Retry,
@@ -399,6 +403,7 @@ async fn race(
         if let Route::WebSocket { accept } = x.req.route {
             down.upgrade = Some(accept);
         }
+        down.observe = x.observe;
         down.run(ctx, version, out).await;
         return Raced {
             upload: UploadState::Sent,
@@ -428,6 +433,7 @@ async fn race(
         let mut download =
             Download::new(&mut upstream_read, &mut client_write, t, &progress, creds);
         download.on_401 = Some(on_401);
+        download.observe = x.observe;
         let mut upload = UploadState::Running;
         {
             let down = download.run(ctx, version, out);
@@ -528,5 +534,6 @@ fn finish(x: &Exchange<'_>, raced: Raced, retryable: bool) -> Attempt {
         request_id: head.map_or(RequestId::NONE, |h| h.request_id),
         masked: down.masked,
         tunnel_close: None,
+        usage: down.usage.unwrap_or_default(),
     }))
 }

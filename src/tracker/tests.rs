@@ -134,3 +134,66 @@ fn a_held_token_prefix_is_released_at_the_last_chunk() {
     let a = t.advance(&mut buf, 0).unwrap();
     assert_eq!((a.ready, a.keep), (buf.len(), buf.len()));
 }
+
+/// Drives a tracker that observes usage over `input` split at `cut`; returns what the client
+/// receives and the usage found.
+fn relay_observed(
+    body: ResponseBody,
+    dechunk: bool,
+    input: &[u8],
+    cut: usize,
+    observe: bool,
+) -> (Vec<u8>, Option<crate::usage::Usage>) {
+    use crate::usage::{BodyKind, Observer};
+    let mut t = BodyTracker::new(body, dechunk, tokens());
+    if observe {
+        t.observe(Observer::new(BodyKind::Sse).unwrap());
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut sent = Vec::new();
+    let mut old = 0;
+    for piece in [&input[..cut], &input[cut..]] {
+        buf.truncate(old);
+        buf.extend_from_slice(piece);
+        let a = t.advance(&mut buf, old).unwrap();
+        sent.extend_from_slice(&buf[..a.ready]);
+        assert!(t.usage_held() <= crate::limits::USAGE_EVENT_MAX);
+        if a.done {
+            break;
+        }
+        buf.copy_within(a.ready..a.keep, 0);
+        t.shifted(a.ready);
+        old = a.keep - a.ready;
+    }
+    (sent, t.usage())
+}
+
+#[test]
+fn usage_is_read_from_the_payload_of_a_chunked_stream_split_anywhere() {
+    let events: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":3}}}\n\nevent: content_block_delta\ndata: {\"delta\":{\"text\":\"\\\"usage\\\":{\\\"input_tokens\\\":999}\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n";
+    // Chunk boundaries inside the keys and numbers, and a chunk extension.
+    let mut chunked = Vec::new();
+    for (i, piece) in events.chunks(37).enumerate() {
+        let ext = if i == 2 { ";usage=\"x\"" } else { "" };
+        chunked.extend_from_slice(format!("{:x}{ext}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    for dechunk in [false, true] {
+        for cut in 0..=chunked.len() {
+            let (on, usage) = relay_observed(ResponseBody::Chunked, dechunk, &chunked, cut, true);
+            let (off, none) = relay_observed(ResponseBody::Chunked, dechunk, &chunked, cut, false);
+            assert_eq!(on, off, "the relayed bytes are the same, observed or not");
+            assert_eq!(on, if dechunk { events } else { &chunked[..] });
+            assert!(none.is_none());
+            let u = usage.unwrap();
+            assert_eq!(
+                u.kinds(),
+                [Some(12), Some(7), Some(3), None],
+                "cut at {cut}"
+            );
+            assert_eq!(u.model(), Some("claude-x"));
+        }
+    }
+}

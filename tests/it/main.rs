@@ -27,3 +27,4 @@ mod token_scrubbing;
 mod uploads;
 mod upstream_errors;
 mod upstream_reuse;
+mod usage;

@@ -10,6 +10,7 @@ mod support;
 
 mod attack_review;
 mod ceilings;
+mod ceiling_tokens;
 mod codex;
 mod configuration;
 mod credential_confinement;

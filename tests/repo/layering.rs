@@ -45,6 +45,7 @@ const ORDER: &[(&str, Layer)] = &[
     ("persist", Layer::Pure),
     ("scrub", Layer::Pure),
     ("egress", Layer::Pure),
+    ("usage", Layer::Pure),
     ("flatjson", Layer::Pure),
     ("error", Layer::Bottom),
     ("limits", Layer::Bottom),

@@ -1,4 +1,4 @@
-//! SECURITY.md's rule table names, for each rule R1-R37, where the code applies it
+//! SECURITY.md's rule table names, for each rule R1-R40, where the code applies it
 //! (`head::parse_request`, `exchange::Upload::run`, `framing.rs`). A rename or a move must not
 //! leave the table pointing at nothing: this test reads the table and fails, naming every
 //! missing item, when one of them no longer exists under src/.
