@@ -190,6 +190,7 @@ impl Session {
         set_log_path(&mut self.log_path, &client.buf[req.path.clone()]);
         let mut headers = Vec::new();
         proxy.attribution(&client.buf[..head_len], &mut headers);
+        let spends_tokens = ceiling::counts_tokens(&client.buf[req.path.clone()]);
         client.buf.advance(head_len);
         self.scanner.reset();
 
@@ -220,7 +221,7 @@ impl Session {
             }
             // The ceilings last: a request refused for any reason above counts toward none.
             (_, true, true) => {
-                self.forward(proxy, client, &req, terms, g)
+                self.forward(proxy, client, &req, terms, g, spends_tokens)
                     .await
             }
         };
@@ -248,10 +249,9 @@ impl Session {
         req: &Request,
         terms: ClientTerms,
         g: &Arc<Generation>,
+        spends_tokens: bool,
     ) -> Outcome {
         // A `count_tokens` request's tokens are an estimate, never spent: never read, never counted.
-        let path = &client.buf[req.path.clone()];
-        let spends_tokens = ceiling::counts_tokens(path);
         let observe = proxy.cfg.usage_observe && spends_tokens;
         let permit = match proxy.ceilings.check(Instant::now(), spends_tokens) {
             Ok(permit) => permit,
