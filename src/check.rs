@@ -94,7 +94,40 @@ pub fn effective(cfg: &Config) -> String {
     };
     let federation = federation_rows(&cfg.token_source);
     let command = command_rows(&cfg.token_source);
-    let mut rows: Vec<(&str, String)> = vec![
+    let mut rows = listen_rows(cfg);
+    rows.extend([
+        ("TARGET", cfg.target.to_string()),
+        ("TARGET_CA_FILE", path(&cfg.ca_file)),
+        ("TARGET_EXTRA_CA_FILE", path(&cfg.extra_ca_file)),
+        ("egress proxy", egress),
+        ("PHANTOM_TOKEN", set(cfg.phantom.is_some())),
+        ("TOKEN_HEADER", cfg.token_header.name().to_string()),
+        ("TOKEN_UPDATES", updates),
+        ("TOKEN_FILE", file),
+        ("TOKEN_COMMAND", command[0].clone()),
+        ("TOKEN_COMMAND_ENV", command[1].clone()),
+        ("TOKEN_COMMAND_TIMEOUT", command[2].clone()),
+        ("TOKEN_REFRESH_INTERVAL", command[3].clone()),
+        ("TOKEN_STALE_GRACE", command[4].clone()),
+        ("ANTHROPIC_FEDERATION_RULE_ID", federation[0].clone()),
+        ("ANTHROPIC_ORGANIZATION_ID", federation[1].clone()),
+        ("ANTHROPIC_SERVICE_ACCOUNT_ID", federation[2].clone()),
+        ("ANTHROPIC_WORKSPACE_ID", federation[3].clone()),
+        ("ANTHROPIC_IDENTITY_TOKEN_FILE", federation[4].clone()),
+    ]);
+    rows.extend(admission_rows(cfg));
+    rows.extend(output_rows(cfg));
+    rows.extend(bounds(cfg));
+    let mut out = String::new();
+    for (name, value) in rows {
+        let _ = writeln!(out, "{name}={value}");
+    }
+    out
+}
+
+/// Where the proxy listens.
+fn listen_rows(cfg: &Config) -> Vec<(&'static str, String)> {
+    vec![
         ("LISTEN_ADDR:LISTEN_PORT", cfg.listen.to_string()),
         (
             "LISTEN_UNIX",
@@ -126,24 +159,12 @@ pub fn effective(cfg: &Config) -> String {
                 format!("socket activation, fd {}", a.fd)
             }),
         ),
-        ("TARGET", cfg.target.to_string()),
-        ("TARGET_CA_FILE", path(&cfg.ca_file)),
-        ("TARGET_EXTRA_CA_FILE", path(&cfg.extra_ca_file)),
-        ("egress proxy", egress),
-        ("PHANTOM_TOKEN", set(cfg.phantom.is_some())),
-        ("TOKEN_HEADER", cfg.token_header.name().to_string()),
-        ("TOKEN_UPDATES", updates),
-        ("TOKEN_FILE", file),
-        ("TOKEN_COMMAND", command[0].clone()),
-        ("TOKEN_COMMAND_ENV", command[1].clone()),
-        ("TOKEN_COMMAND_TIMEOUT", command[2].clone()),
-        ("TOKEN_REFRESH_INTERVAL", command[3].clone()),
-        ("TOKEN_STALE_GRACE", command[4].clone()),
-        ("ANTHROPIC_FEDERATION_RULE_ID", federation[0].clone()),
-        ("ANTHROPIC_ORGANIZATION_ID", federation[1].clone()),
-        ("ANTHROPIC_SERVICE_ACCOUNT_ID", federation[2].clone()),
-        ("ANTHROPIC_WORKSPACE_ID", federation[3].clone()),
-        ("ANTHROPIC_IDENTITY_TOKEN_FILE", federation[4].clone()),
+    ]
+}
+
+/// What a request must pass before it is forwarded.
+fn admission_rows(cfg: &Config) -> Vec<(&'static str, String)> {
+    vec![
         (
             "ALLOW_REQUESTS",
             cfg.allow
@@ -172,6 +193,12 @@ pub fn effective(cfg: &Config) -> String {
                     .map_or(crate::limits::WEBSOCKET_IDLE_TIMEOUT, |w| w.idle),
             ),
         ),
+    ]
+}
+
+/// What the proxy reports, and the OAuth beta rule.
+fn output_rows(cfg: &Config) -> Vec<(&'static str, String)> {
+    vec![
         (
             "METRICS_ADDR",
             cfg.metrics.map_or("unset (off)".into(), |a| a.to_string()),
@@ -205,13 +232,7 @@ pub fn effective(cfg: &Config) -> String {
             }
             .into(),
         ),
-    ];
-    rows.extend(bounds(cfg));
-    let mut out = String::new();
-    for (name, value) in rows {
-        let _ = writeln!(out, "{name}={value}");
-    }
-    out
+    ]
 }
 
 /// A ceiling as `N/window` (the window in seconds) or `N (lifetime)`.

@@ -84,6 +84,10 @@ impl Raw {
     }
 }
 
+/// The opening of a JSON object (RFC 8259 §4), named so the line that strips it keeps its
+/// braces balanced for line-based tools.
+const OBJECT_OPEN: &[u8] = b"{";
+
 /// The figures of the object after the key at the start of `buf` (`"usage"` or
 /// `"usageMetadata"`), if it is an object that closes within `buf` and names any figure.
 pub fn usage(buf: &[u8]) -> Option<Figures> {
@@ -91,7 +95,7 @@ pub fn usage(buf: &[u8]) -> Option<Figures> {
     let rest = rest.strip_prefix(b"Metadata").unwrap_or(rest);
     let rest = rest.strip_prefix(b"\"")?;
     let rest = after_colon(rest)?;
-    let body = rest.strip_prefix(b"{")?;
+    let body = rest.strip_prefix(OBJECT_OPEN)?;
     let mut raw = Raw::default();
     walk(body, |depth, parent, key, n| raw.see(depth, parent, key, n))?;
     let f = raw.figures();

@@ -35,7 +35,8 @@ fn usage_upstream(input: u64, output: u64) -> impl Fn(&mut UpConn) + Send + Sync
                 b.extend_from_slice(b"0\r\n\r\n");
                 b
             } else if req.head.target.ends_with("/count_tokens") {
-                let body = br#"{"input_tokens":5000,"usage":{"input_tokens":5000,"output_tokens":0}}"#;
+                let body =
+                    br#"{"input_tokens":5000,"usage":{"input_tokens":5000,"output_tokens":0}}"#;
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                     body.len()
@@ -64,7 +65,10 @@ fn assert_token_ceiling(r: &Response, secs: std::ops::RangeInclusive<u64>) {
         .parse()
         .unwrap();
     assert!(secs.contains(&retry), "retry-after {retry}");
-    assert_eq!(r.head.header_str("x-should-retry").as_deref(), Some("false"));
+    assert_eq!(
+        r.head.header_str("x-should-retry").as_deref(),
+        Some("false")
+    );
 }
 
 #[test]
@@ -103,7 +107,11 @@ fn the_tokens_of_a_stream_count_all_four_kinds_and_a_lifetime_ceiling_says_so() 
         .read_body_until(framing, &mut acc, b"\0never\0", &mut st)
         .unwrap();
     assert!(!more && st.done);
-    assert_eq!(acc, handlers::sse_events().concat(), "the stream was relayed whole");
+    assert_eq!(
+        acc,
+        handlers::sse_events().concat(),
+        "the stream was relayed whole"
+    );
     // 35405 < 35406: one more request, of one token.
     c.send(post("/v1/messages", "{}"));
     assert_eq!(c.read_response_to("POST").unwrap().status(), 200);

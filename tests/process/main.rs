@@ -9,8 +9,8 @@
 mod support;
 
 mod attack_review;
-mod ceilings;
 mod ceiling_tokens;
+mod ceilings;
 mod codex;
 mod configuration;
 mod credential_confinement;
@@ -25,5 +25,5 @@ mod signals;
 mod terminal;
 mod token_command;
 mod token_intake;
-mod websocket;
 mod unix_socket;
+mod websocket;
