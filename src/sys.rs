@@ -235,9 +235,9 @@ impl Drop for EchoOff {
 }
 
 /// Runs `f` (a bind) with the file-creation mask `mask`, then restores the previous one: a
-/// socket file is created with `0777 & !mask` (unix(7)), so it is never wider than meant,
-/// not even between the bind and a chmod. The mask is process-wide; the proxy binds before
-/// it starts any thread that creates files.
+/// socket file is created with `0777 & !mask` (unix(7)), so the mask alone gives it its
+/// mode, from its first instant and with no chmod after. The mask is process-wide; the
+/// proxy binds before it starts any thread that creates files.
 pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     // SAFETY: umask takes and returns an integer; it cannot fail.
     let old = unsafe { libc::umask(mask as libc::mode_t) };
