@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
-use crate::config::{Config, UnixListen};
+use crate::config::{Config, UnixListen, LISTEN_FDS_START};
 use crate::log::{Log, Peer};
 use crate::sys;
 
@@ -31,6 +31,9 @@ pub enum Bound {
 /// Binds the listener the configuration names: the socket systemd passed, else
 /// `LISTEN_UNIX`, else `LISTEN_ADDR:LISTEN_PORT`. `Err` is one `proxy: ` line.
 pub fn bind(cfg: &Config) -> Result<Bound, String> {
+    // Passed descriptors, served or not (`LISTEN_PID` naming another process), reach no
+    // child: nothing is spawned before the listener is bound.
+    sys::set_cloexec_range(LISTEN_FDS_START, cfg.passed_fds);
     let bound = if let Some(a) = cfg.activation {
         match sys::adopt_listener(a.fd) {
             Ok(sys::Adopted::Tcp(l)) => Bound::Tcp(l),

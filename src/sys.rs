@@ -247,6 +247,28 @@ pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Makes each open descriptor of `first..first + count` close-on-exec, and does nothing else
+/// to it (no close, no other flag). A service manager's `LISTEN_FDS` (sd_listen_fds(3))
+/// passes descriptors from 3 on without close-on-exec; when `LISTEN_PID` names another
+/// process they are not served, yet would otherwise reach every child (a token command and
+/// whatever it starts). Only descriptors below the open-file limit (`_SC_OPEN_MAX`) can be
+/// open, so an absurd count costs no more than that many calls.
+pub fn set_cloexec_range(first: i32, count: u32) {
+    // SAFETY: sysconf takes an integer argument only.
+    let limit = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let limit = i64::try_from(limit).ok().filter(|&n| n > 0).unwrap_or(1024);
+    let end = (i64::from(first) + i64::from(count)).min(limit);
+    for fd in first.max(0)..i32::try_from(end).unwrap_or(i32::MAX) {
+        // SAFETY: fcntl on an integer descriptor; F_GETFD only reads its flags, and fails
+        // with EBADF on one that is not open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            // SAFETY: as above; F_SETFD sets the close-on-exec flag and nothing else.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+        }
+    }
+}
+
 /// A listening socket passed by a service manager, checked and adopted.
 pub enum Adopted {
     Tcp(std::net::TcpListener),
@@ -304,5 +326,32 @@ pub fn adopt_listener(fd: i32) -> Result<Adopted, &'static str> {
             std::os::unix::net::UnixListener::from_raw_fd(fd)
         })),
         _ => Err("is neither a TCP nor a Unix socket"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn cloexec(fd: i32) -> bool {
+        // SAFETY: F_GETFD only reads the flags of a descriptor the test owns.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    #[test]
+    fn passed_descriptors_become_close_on_exec_and_stay_open() {
+        let file = std::fs::File::open("/dev/null").expect("open");
+        let fd = file.as_raw_fd();
+        // SAFETY: clears the flag std set on a descriptor the test owns.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+        assert!(!cloexec(fd));
+        set_cloexec_range(fd, 1);
+        assert!(cloexec(fd));
+        // Still open: the flags can be read.
+        // SAFETY: as above.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+        // A range past every open descriptor, and an absurd count, are harmless.
+        set_cloexec_range(fd + 1000, u32::MAX);
     }
 }

@@ -4,7 +4,8 @@
 //! is refused and left as it was, and a clean shutdown removes it. `ALLOW_PEER_UIDS` closes a
 //! peer of another uid before reading from it (a client run as uid 65534 shows both sides).
 //! The `healthcheck` subcommand follows `LISTEN_UNIX`; systemd socket activation serves the socket
-//! `systemd-socket-activate` passes, Unix or TCP.
+//! `systemd-socket-activate` passes, Unix or TCP; descriptors passed for another process
+//! reach no token command.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -419,4 +420,50 @@ fn a_token_command_inherits_neither_the_passed_socket_nor_the_activation_variabl
     assert!(!fds.contains("socket:"), "{fds}");
     crate::support::process::send_signal(child.id(), "TERM");
     crate::support::process::wait_child(&mut child, EXIT_BOUND).expect("exits");
+}
+
+#[test]
+fn descriptors_passed_for_another_process_reach_no_token_command() {
+    let dir = Dir::new("notours");
+    let marker = dir.0.join("passed-fd-marker");
+    fs::write(&marker, b"").expect("marker");
+    let fds_file = dir.0.join("fds");
+    let helper = dir.0.join("helper.sh");
+    fs::write(
+        &helper,
+        format!(
+            "for f in /proc/$$/fd/*; do readlink \"$f\"; done > {fds}\necho sk-ant-cmd-tok-1\n",
+            fds = fds_file.display()
+        ),
+    )
+    .expect("helper");
+    let command = format!(r#"["/bin/sh", "{}"]"#, helper.display());
+    // LISTEN_PID names another process: the descriptor is not served, and a shell passed
+    // it open without close-on-exec, as a service manager would.
+    let base = ProcessProxy::command(&[
+        ("TOKEN_COMMAND", &command),
+        ("LISTEN_FDS", "1"),
+        ("LISTEN_PID", "1"),
+    ]);
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"exec 3<"$0" && exec "$1""#)
+        .arg(&marker)
+        .arg(crate::support::process::BIN)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let proxy = ProcessProxy::spawn_command(cmd, b"", true)
+        .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+    let fds = fs::read_to_string(&fds_file).expect("the command ran");
+    assert!(fds.contains("helper.sh") || fds.contains("pipe:"), "{fds}");
+    assert!(!fds.contains("passed-fd-marker"), "{fds}");
+    // The proxy still holds the descriptor, untouched but for the flag.
+    let held = fs::read_link(format!("/proc/{}/fd/3", proxy.pid())).expect("fd 3 open");
+    assert_eq!(held, marker);
 }
