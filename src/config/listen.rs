@@ -144,9 +144,16 @@ pub(super) fn activation(
             fd: LISTEN_FDS_START,
         })),
         Ok(0) => Ok(None),
-        _ => Err(ConfigError::new(
+        Ok(n) => Err(ConfigError::new(
             "LISTEN_FDS",
-            "must be 1: one listening socket is served",
+            format!(
+                "systemd passed {n} sockets, but the proxy serves exactly one: give its \
+                 socket unit a single ListenStream= line"
+            ),
+        )),
+        Err(_) => Err(ConfigError::new(
+            "LISTEN_FDS",
+            "must be the number of sockets systemd passed (the proxy serves exactly one)",
         )),
     }
 }
@@ -234,7 +241,10 @@ mod tests {
         );
         assert_eq!(activation(&vars(&v), 43).unwrap(), None);
         let two = [("LISTEN_FDS", "2"), ("LISTEN_PID", "42")];
-        assert!(activation(&vars(&two), 42).is_err());
+        let e = activation(&vars(&two), 42).unwrap_err();
+        assert_eq!(e.setting, "LISTEN_FDS");
+        assert!(e.to_string().contains("passed 2 sockets"), "{e}");
+        assert!(e.to_string().contains("exactly one"), "{e}");
     }
 
     #[test]
