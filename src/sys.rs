@@ -251,14 +251,17 @@ pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
 /// to it (no close, no other flag). A service manager's `LISTEN_FDS` (sd_listen_fds(3))
 /// passes descriptors from 3 on without close-on-exec; when `LISTEN_PID` names another
 /// process they are not served, yet would otherwise reach every child (a token command and
-/// whatever it starts). Only descriptors below the open-file limit (`_SC_OPEN_MAX`) can be
-/// open, so an absurd count costs no more than that many calls.
+/// whatever it starts). The range stops at the open-file limit (`_SC_OPEN_MAX`; no
+/// descriptor is numbered past it), so an absurd count costs no more than that many calls.
 pub fn set_cloexec_range(first: i32, count: u32) {
     // SAFETY: sysconf takes an integer argument only.
     let limit = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
-    let limit = i64::try_from(limit).ok().filter(|&n| n > 0).unwrap_or(1024);
-    let end = (i64::from(first) + i64::from(count)).min(limit);
-    for fd in first.max(0)..i32::try_from(end).unwrap_or(i32::MAX) {
+    let limit = match limit {
+        ..=0 => 1024,
+        n => i32::try_from(n).unwrap_or(i32::MAX),
+    };
+    let count = i32::try_from(count).unwrap_or(i32::MAX);
+    for fd in first.max(0)..first.saturating_add(count).min(limit) {
         // SAFETY: fcntl on an integer descriptor; F_GETFD only reads its flags, and fails
         // with EBADF on one that is not open.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
