@@ -65,7 +65,7 @@ fn run(src: &CommandSource) -> Result<Zeroizing<Vec<u8>>, String> {
         .process_group(0);
     // systemd's socket-activation variables describe this process's descriptors, not the
     // child's (sd_listen_fds(3)): never passed on, even when TOKEN_COMMAND_ENV names them.
-    // The descriptors themselves are close-on-exec (`sys::adopt_listener`).
+    // The descriptors themselves are close-on-exec, served or not (`sys::set_cloexec_range`).
     let activation = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
     for name in src.env.iter().filter(|n| !activation.contains(&n.as_str())) {
         if let Some(v) = std::env::var_os(name) {

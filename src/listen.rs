@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
-use crate::config::{Config, UnixListen};
+use crate::config::{Config, UnixListen, LISTEN_FDS_START};
 use crate::log::{Log, Peer};
 use crate::sys;
 
@@ -31,6 +31,9 @@ pub enum Bound {
 /// Binds the listener the configuration names: the socket systemd passed, else
 /// `LISTEN_UNIX`, else `LISTEN_ADDR:LISTEN_PORT`. `Err` is one `proxy: ` line.
 pub fn bind(cfg: &Config) -> Result<Bound, String> {
+    // Passed descriptors, served or not (`LISTEN_PID` naming another process), reach no
+    // child: nothing is spawned before the listener is bound.
+    sys::set_cloexec_range(LISTEN_FDS_START, cfg.passed_fds);
     let bound = if let Some(a) = cfg.activation {
         match sys::adopt_listener(a.fd) {
             Ok(sys::Adopted::Tcp(l)) => Bound::Tcp(l),
@@ -54,13 +57,23 @@ pub fn bind(cfg: &Config) -> Result<Bound, String> {
     Ok(bound)
 }
 
-/// Creates the `LISTEN_UNIX` socket: never over another file, never wider than its mode.
+/// Creates the `LISTEN_UNIX` socket: never over another file, never wider than its mode, and
+/// no file but the socket is ever changed.
 ///
-/// What is at the path decides: nothing, bind; a socket nobody answers on (a crashed run's
-/// leftover: connect(2) gives `ECONNREFUSED`), remove it and bind; a socket that answers, or
-/// anything that is not a socket, refuse and leave it alone. The bind runs under a umask
-/// that leaves only the mode's bits, so the file is never wider than `LISTEN_UNIX_MODE`,
-/// even before the chown and chmod that follow (R39).
+/// What is at the path decides, as lstat(2) sees it (a symlink is not followed): nothing,
+/// bind; a socket nobody answers on (a crashed run's leftover: connect(2) gives
+/// `ECONNREFUSED`), remove it and bind; a socket that answers, or anything that is not a
+/// socket (a symlink included), refuse and leave it alone.
+///
+/// The mode comes from the umask alone: a socket file is made `0777 & !umask` (unix(7)), so
+/// the bind runs under `0777 & !mode` and the file is exactly `LISTEN_UNIX_MODE` from its
+/// first instant (R39). Nothing is changed through the path afterwards: a chmod or chown by
+/// path follows a symlink, and whoever may write the directory could swap one in after the
+/// bind, making the proxy (perhaps root) change another file. The group is given with
+/// lchown(2), which changes a swapped-in symlink itself, never its target. The file is then
+/// checked: still the one seen right after the bind (device and inode), a socket, and of
+/// exactly the mode (a default ACL on the directory overrides the umask, acl(5)); otherwise
+/// the start is refused.
 pub fn bind_unix(u: &UnixListen) -> Result<(std::os::unix::net::UnixListener, SocketFile), String> {
     let shown = u.path.display();
     let cause =
@@ -79,6 +92,7 @@ pub fn bind_unix(u: &UnixListen) -> Result<(std::os::unix::net::UnixListener, So
                     "proxy: LISTEN_UNIX: {shown} is in use by a live listener"
                 ))
             }
+            // unlink(2) removes the name, never what a symlink swapped in since points to.
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 std::fs::remove_file(&u.path).map_err(|e| cause("cannot remove the stale", e))?
             }
@@ -97,11 +111,12 @@ pub fn bind_unix(u: &UnixListen) -> Result<(std::os::unix::net::UnixListener, So
         ino: meta.ino(),
     };
     if let Some(gid) = u.group {
-        std::os::unix::fs::chown(&u.path, None, Some(gid))
+        std::os::unix::fs::lchown(&u.path, None, Some(gid))
             .map_err(|e| cause("cannot give the group to", e))?;
     }
-    std::fs::set_permissions(&u.path, std::fs::Permissions::from_mode(u.mode))
-        .map_err(|e| cause("cannot set the mode of", e))?;
+    let made = std::fs::symlink_metadata(&u.path).map_err(|e| cause("cannot inspect", e))?;
+    file.check(&made, u.mode)
+        .map_err(|why| format!("proxy: LISTEN_UNIX: {shown} {why}"))?;
     Ok((listener, file))
 }
 
@@ -116,6 +131,24 @@ pub struct SocketFile {
 impl SocketFile {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether `found` (the path's lstat) is this socket file with exactly `mode`; why not.
+    fn check(&self, found: &std::fs::Metadata, mode: u32) -> Result<(), String> {
+        if found.dev() != self.dev || found.ino() != self.ino || !found.file_type().is_socket() {
+            return Err(
+                "was replaced while it was being made (is its directory writable by others?)"
+                    .into(),
+            );
+        }
+        let got = found.mode() & 0o7777;
+        if got != mode {
+            return Err(format!(
+                "was made with mode {got:04o}, not LISTEN_UNIX_MODE {mode:04o} \
+                 (does its directory have a default ACL?)"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -71,7 +71,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"],
         "unset",
-        "set by systemd: serve the socket it passed",
+        "set by systemd: serve the one socket it passed (more is an error)",
     ),
     s(
         &["TARGET"],

@@ -235,9 +235,9 @@ impl Drop for EchoOff {
 }
 
 /// Runs `f` (a bind) with the file-creation mask `mask`, then restores the previous one: a
-/// socket file is created with `0777 & !mask` (unix(7)), so it is never wider than meant,
-/// not even between the bind and a chmod. The mask is process-wide; the proxy binds before
-/// it starts any thread that creates files.
+/// socket file is created with `0777 & !mask` (unix(7)), so the mask alone gives it its
+/// mode, from its first instant and with no chmod after. The mask is process-wide; the
+/// proxy binds before it starts any thread that creates files.
 pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     // SAFETY: umask takes and returns an integer; it cannot fail.
     let old = unsafe { libc::umask(mask as libc::mode_t) };
@@ -245,6 +245,31 @@ pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     out
+}
+
+/// Makes each open descriptor of `first..first + count` close-on-exec, and does nothing else
+/// to it (no close, no other flag). A service manager's `LISTEN_FDS` (sd_listen_fds(3))
+/// passes descriptors from 3 on without close-on-exec; when `LISTEN_PID` names another
+/// process they are not served, yet would otherwise reach every child (a token command and
+/// whatever it starts). The range stops at the open-file limit (`_SC_OPEN_MAX`; no
+/// descriptor is numbered past it), so an absurd count costs no more than that many calls.
+pub fn set_cloexec_range(first: i32, count: u32) {
+    // SAFETY: sysconf takes an integer argument only.
+    let limit = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let limit = match limit {
+        ..=0 => 1024,
+        n => i32::try_from(n).unwrap_or(i32::MAX),
+    };
+    let count = i32::try_from(count).unwrap_or(i32::MAX);
+    for fd in first.max(0)..first.saturating_add(count).min(limit) {
+        // SAFETY: fcntl on an integer descriptor; F_GETFD only reads its flags, and fails
+        // with EBADF on one that is not open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            // SAFETY: as above; F_SETFD sets the close-on-exec flag and nothing else.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+        }
+    }
 }
 
 /// A listening socket passed by a service manager, checked and adopted.
@@ -304,5 +329,32 @@ pub fn adopt_listener(fd: i32) -> Result<Adopted, &'static str> {
             std::os::unix::net::UnixListener::from_raw_fd(fd)
         })),
         _ => Err("is neither a TCP nor a Unix socket"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn cloexec(fd: i32) -> bool {
+        // SAFETY: F_GETFD only reads the flags of a descriptor the test owns.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    #[test]
+    fn passed_descriptors_become_close_on_exec_and_stay_open() {
+        let file = std::fs::File::open("/dev/null").expect("open");
+        let fd = file.as_raw_fd();
+        // SAFETY: clears the flag std set on a descriptor the test owns.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+        assert!(!cloexec(fd));
+        set_cloexec_range(fd, 1);
+        assert!(cloexec(fd));
+        // Still open: the flags can be read.
+        // SAFETY: as above.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+        // A range past every open descriptor, and an absurd count, are harmless.
+        set_cloexec_range(fd + 1000, u32::MAX);
     }
 }

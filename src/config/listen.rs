@@ -144,11 +144,27 @@ pub(super) fn activation(
             fd: LISTEN_FDS_START,
         })),
         Ok(0) => Ok(None),
-        _ => Err(ConfigError::new(
+        Ok(n) => Err(ConfigError::new(
             "LISTEN_FDS",
-            "must be 1: one listening socket is served",
+            format!(
+                "systemd passed {n} sockets, but the proxy serves exactly one: give its \
+                 socket unit a single ListenStream= line"
+            ),
+        )),
+        Err(_) => Err(ConfigError::new(
+            "LISTEN_FDS",
+            "must be the number of sockets systemd passed (the proxy serves exactly one)",
         )),
     }
+}
+
+/// How many descriptors `LISTEN_FDS` says were passed from fd 3 on, whether or not
+/// `LISTEN_PID` names this process (0 when unset or not a number): all of them are made
+/// close-on-exec at bind, so that none reaches a token command, served or not.
+pub(super) fn passed_fds(var: &impl Fn(&'static str) -> Option<String>) -> u32 {
+    var("LISTEN_FDS")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -225,6 +241,17 @@ mod tests {
         );
         assert_eq!(activation(&vars(&v), 43).unwrap(), None);
         let two = [("LISTEN_FDS", "2"), ("LISTEN_PID", "42")];
-        assert!(activation(&vars(&two), 42).is_err());
+        let e = activation(&vars(&two), 42).unwrap_err();
+        assert_eq!(e.setting, "LISTEN_FDS");
+        assert!(e.to_string().contains("passed 2 sockets"), "{e}");
+        assert!(e.to_string().contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn passed_descriptors_are_counted_for_any_pid() {
+        let v = [("LISTEN_FDS", "3"), ("LISTEN_PID", "1")];
+        assert_eq!(passed_fds(&vars(&v)), 3);
+        assert_eq!(passed_fds(&vars(&[("LISTEN_FDS", "x")])), 0);
+        assert_eq!(passed_fds(&vars(&[])), 0);
     }
 }

@@ -18,7 +18,7 @@ use crate::policy::AllowList;
 use crate::secret::TokenHeader;
 use crate::target::Target;
 
-pub use listen::{Activation, UnixListen};
+pub use listen::{Activation, UnixListen, LISTEN_FDS_START};
 
 /// A configuration error: which setting, and text about what is wrong (static, or built from
 /// the limits; never the value given).
@@ -53,6 +53,8 @@ pub struct Config {
     pub unix: Option<UnixListen>,
     /// A listening socket passed by systemd, instead of either.
     pub activation: Option<Activation>,
+    /// `LISTEN_FDS` as given, served or not: the descriptors from 3 made close-on-exec.
+    pub passed_fds: u32,
     /// `ALLOW_PEER_UIDS`: the only uids a Unix socket peer may have; `None`: any.
     pub peer_uids: Option<Vec<u32>>,
     pub target: Target,
@@ -170,6 +172,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], limits::DEFAULT_LISTEN_PORT)),
             unix: None,
             activation: None,
+            passed_fds: 0,
             peer_uids: None,
             target,
             ca_file: None,
@@ -212,6 +215,7 @@ impl Config {
         cfg.listen = listen(&var)?;
         cfg.unix = listen::unix_listen(&var)?;
         cfg.activation = listen::activation(&var, std::process::id())?;
+        cfg.passed_fds = listen::passed_fds(&var);
         cfg.peer_uids = listen::peer_uids(&var)?;
         if cfg.peer_uids.is_some() && cfg.unix.is_none() && cfg.activation.is_none() {
             // Only a Unix socket has kernel-vouched peer credentials (SO_PEERCRED, unix(7)).

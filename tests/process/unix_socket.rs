@@ -1,13 +1,15 @@
 //! `LISTEN_UNIX`: requests over a Unix socket are injected and relayed; the socket file is
-//! created `0600`, a stale one is replaced, a live one or a file that is no socket is refused
-//! and left as it was, and a clean shutdown removes it. `ALLOW_PEER_UIDS` closes a peer of
-//! another uid before reading from it (a client run as uid 65534 shows both sides). The
-//! `healthcheck` subcommand follows `LISTEN_UNIX`; systemd socket activation serves the socket
-//! `systemd-socket-activate` passes, Unix or TCP.
+//! created `0600` (or exactly `LISTEN_UNIX_MODE`, with its group), a stale one is replaced, a
+//! live one or a file that is no socket (a symlink too: neither it nor its target is changed)
+//! is refused and left as it was, and a clean shutdown removes it. `ALLOW_PEER_UIDS` closes a
+//! peer of another uid before reading from it (a client run as uid 65534 shows both sides).
+//! The `healthcheck` subcommand follows `LISTEN_UNIX`; systemd socket activation serves the socket
+//! `systemd-socket-activate` passes, Unix or TCP; descriptors passed for another process
+//! reach no token command.
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -145,6 +147,73 @@ fn a_regular_file_at_the_path_is_refused_and_never_removed() {
         out.stderr
     );
     assert_eq!(fs::read(&sock).expect("still there"), b"precious");
+}
+
+#[test]
+fn a_symlink_at_the_path_is_refused_and_neither_it_nor_its_target_is_changed() {
+    let dir = Dir::new("symlink");
+    let sock = dir.sock();
+    // A 0600 file a chmod or chown through the path would reach, and a stale socket a
+    // removal through the path would.
+    let secret = dir.0.join("secret");
+    fs::write(&secret, b"precious").expect("write");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let stale = dir.0.join("stale.sock");
+    drop(UnixListener::bind(&stale).expect("bind"));
+    let gid = fs::metadata("/proc/self").expect("proc").gid().to_string();
+    for target in [&secret, &stale] {
+        let _ = fs::remove_file(&sock);
+        std::os::unix::fs::symlink(target, &sock).expect("symlink");
+        let before = fs::metadata(target).expect("target");
+        let envs = [
+            ("LISTEN_UNIX", s(&sock)),
+            ("LISTEN_UNIX_MODE", "0666"),
+            ("LISTEN_UNIX_GROUP", gid.as_str()),
+        ];
+        let token = format!("{TOKEN}\n");
+        let out = run(&[], &envs, Some(token.as_bytes()), true, EXIT_BOUND);
+        assert_eq!(out.code(), Some(1), "{out:?}");
+        assert!(
+            out.stderr.contains("exists and is not a socket"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(fs::read_link(&sock).expect("still a symlink"), *target);
+        let after = fs::metadata(target).expect("target still there");
+        assert_eq!(
+            (after.ino(), after.mode(), after.uid(), after.gid()),
+            (before.ino(), before.mode(), before.uid(), before.gid())
+        );
+    }
+    assert_eq!(fs::read(&secret).expect("secret"), b"precious");
+}
+
+#[test]
+fn the_mode_is_exactly_the_one_asked_for_and_the_group_is_given() {
+    let dir = Dir::new("group");
+    let sock = dir.sock();
+    // As root any group may be given; otherwise one of ours.
+    let gid = if running_as_root() {
+        65534
+    } else {
+        fs::metadata("/proc/self").expect("proc").gid()
+    };
+    let gid_text = gid.to_string();
+    let envs = [
+        ("LISTEN_UNIX", s(&sock)),
+        ("LISTEN_UNIX_MODE", "0660"),
+        ("LISTEN_UNIX_GROUP", gid_text.as_str()),
+    ];
+    let mut proxy = ProcessProxy::spawn(&envs, TOKEN);
+    let meta = fs::symlink_metadata(&sock).expect("socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o7777, 0o660, "mode {:o}", meta.mode());
+    assert_eq!(meta.gid(), gid);
+    assert!(exchange_over(&sock, "/health")
+        .expect("health")
+        .starts_with(b"HTTP/1.1 200"));
+    proxy.signal("TERM");
+    proxy.wait_exit(EXIT_BOUND).expect("exits");
 }
 
 #[test]
@@ -351,4 +420,50 @@ fn a_token_command_inherits_neither_the_passed_socket_nor_the_activation_variabl
     assert!(!fds.contains("socket:"), "{fds}");
     crate::support::process::send_signal(child.id(), "TERM");
     crate::support::process::wait_child(&mut child, EXIT_BOUND).expect("exits");
+}
+
+#[test]
+fn descriptors_passed_for_another_process_reach_no_token_command() {
+    let dir = Dir::new("notours");
+    let marker = dir.0.join("passed-fd-marker");
+    fs::write(&marker, b"").expect("marker");
+    let fds_file = dir.0.join("fds");
+    let helper = dir.0.join("helper.sh");
+    fs::write(
+        &helper,
+        format!(
+            "for f in /proc/$$/fd/*; do readlink \"$f\"; done > {fds}\necho sk-ant-cmd-tok-1\n",
+            fds = fds_file.display()
+        ),
+    )
+    .expect("helper");
+    let command = format!(r#"["/bin/sh", "{}"]"#, helper.display());
+    // LISTEN_PID names another process: the descriptor is not served, and a shell passed
+    // it open without close-on-exec, as a service manager would.
+    let base = ProcessProxy::command(&[
+        ("TOKEN_COMMAND", &command),
+        ("LISTEN_FDS", "1"),
+        ("LISTEN_PID", "1"),
+    ]);
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"exec 3<"$0" && exec "$1""#)
+        .arg(&marker)
+        .arg(crate::support::process::BIN)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let proxy = ProcessProxy::spawn_command(cmd, b"", true)
+        .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+    let fds = fs::read_to_string(&fds_file).expect("the command ran");
+    assert!(fds.contains("helper.sh") || fds.contains("pipe:"), "{fds}");
+    assert!(!fds.contains("passed-fd-marker"), "{fds}");
+    // The proxy still holds the descriptor, untouched but for the flag.
+    let held = fs::read_link(format!("/proc/{}/fd/3", proxy.pid())).expect("fd 3 open");
+    assert_eq!(held, marker);
 }
