@@ -73,10 +73,18 @@ impl Scan {
         self.capture.len()
     }
 
+    /// Small enough to inline: the usual feed costs one search and the carry, without the
+    /// general way's frame.
+    #[inline]
     pub(super) fn feed(&mut self, c: &[u8], usage: &mut Usage) {
-        if c.is_empty() {
-            return;
+        if !c.is_empty() && !self.quiet(c) {
+            self.search(c, usage);
         }
+    }
+
+    /// The general way: keys straddling from the last feed, the model, captures.
+    #[inline(never)]
+    fn search(&mut self, c: &[u8], usage: &mut Usage) {
         let (usage_key, model_key) = finders();
         // A key that began in the carry: where in `c` it ends.
         let straddle = |key: &[u8; KEY]| {
@@ -142,6 +150,22 @@ impl Scan {
                 (None, None) => return self.push(&c[pos..]),
             }
         }
+    }
+
+    /// The bulk of a stream (text deltas and the like) in one search and the carry: when
+    /// nothing is open (no capture, no model value, the model known) and no `"usage` key
+    /// straddles from the last feed, a feed without the key changes nothing but the carry
+    /// and the count of bytes fed, which is all this does. Whether it did so; otherwise
+    /// `feed` goes the general way (searching again: a key is found a few times a body).
+    #[inline]
+    fn quiet(&mut self, c: &[u8]) -> bool {
+        let open = self.capturing || self.snipping || !self.model_found;
+        if open || self.partial & USAGE_PARTIAL != 0 || finders().0.find(c).is_some() {
+            return false;
+        }
+        self.keep_carry(c);
+        self.fed += c.len() as u64;
+        true
     }
 
     /// The body ended whole: a JSON body's last usage object is read. An event stream's
@@ -241,6 +265,7 @@ impl Scan {
         usage.model = m;
     }
 
+    #[inline]
     fn keep_carry(&mut self, c: &[u8]) {
         if let Some(tail) = c.last_chunk::<CARRY>() {
             self.carry = *tail;
@@ -248,10 +273,27 @@ impl Scan {
         } else {
             self.carry_short(c);
         }
+        // A feed that ends with the start of a key ends with one of the keys' first five
+        // bytes; most end otherwise (an event's `\n`, a string's `}`), and the carry's
+        // quote need not be looked for. `c` is not empty, so neither is the carry.
+        let last = self.carry[self.carry_len - 1];
+        self.partial = if matches!(
+            last,
+            b'"' | b'u' | b's' | b'a' | b'g' | b'm' | b'o' | b'd' | b'e'
+        ) {
+            self.partial_at_end()
+        } else {
+            0
+        };
+    }
+
+    /// Which keys the carry ends with the start of.
+    #[inline(never)]
+    fn partial_at_end(&self) -> u8 {
         // A key can only straddle from the carry's last quote on (each key has one quote,
         // its first byte).
         let tail = &self.carry[..self.carry_len];
-        self.partial = match tail.iter().rposition(|&b| b == b'"') {
+        match tail.iter().rposition(|&b| b == b'"') {
             Some(i) => {
                 // Byte by byte (at most five): no `memcmp` call on every feed.
                 let begins = |key: &[u8]| tail[i..].iter().zip(key).all(|(a, b)| a == b);
@@ -259,7 +301,7 @@ impl Scan {
                 (u8::from(usage) * USAGE_PARTIAL) | (u8::from(model) * MODEL_PARTIAL)
             }
             None => 0,
-        };
+        }
     }
 
     /// The carry after a feed shorter than it: its last bytes and the feed.
