@@ -8,10 +8,16 @@
 //! - the data payloads (text, binary, continuation), concatenated across frames, fragments
 //!   and messages, headers and control frames skipped: a control frame may come between two
 //!   fragments (§5.4) and is not part of the message, so a token split by a ping is masked;
-//! - each control payload on its own (at most 125 bytes, §5.5).
+//! - each control payload on its own (at most 125 bytes, §5.5);
+//! - every payload, data and control, in wire order, as one stream: a reader that logs or
+//!   joins what it receives sees a token split between a data payload and a following ping or
+//!   close reason, or across two pings, whole.
 //!
-//! A token spread across frames or fragments is therefore masked, and since masking keeps
-//! lengths, every header stays valid. Bytes after a held token prefix (the next headers
+//! Each view is scanned over the bytes as received (not as another view masked them), and a
+//! byte any view masks is masked. A token spread across frames or fragments is therefore
+//! masked, and since masking keeps lengths, every header stays valid. The wire-order view's
+//! hold is at most `k - 1` payload bytes, each after a header at worst, so the hold bound
+//! below covers it too. Bytes after a held token prefix (the next headers
 //! included) wait until it is decided, so the output is the input in wire order.
 //!
 //! Decisions, each where the RFC makes it:
@@ -27,7 +33,7 @@
 //!   cannot continue), reported in [`Seen::close`], and anything the peer sends after it is
 //!   discarded (§5.5.1: nothing follows a Close). Its status code is reported, not judged.
 
-use crate::scrub::{Mask, Scrubber};
+use crate::scrub::{Mask, Scrubber, MASK};
 
 /// Who sends the frames a relay reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,12 +121,14 @@ struct Header {
     have: usize,
 }
 
-/// The maskers of one token.
+/// The maskers of one token, one per view (see the module doc).
 struct Pair {
     /// Over the data payloads, across frames.
     data: Scrubber,
     /// Over one control payload at a time (released at its end).
     control: Scrubber,
+    /// Over every payload in wire order, across frames.
+    wire: Scrubber,
 }
 
 /// A payload being relayed.
@@ -165,6 +173,8 @@ pub struct FrameRelay {
     scrubbers: Vec<Pair>,
     /// The longest of their tokens.
     token_max: usize,
+    /// The payload bytes being scanned, as received (see [`scan_views`]).
+    scratch: Vec<u8>,
 }
 
 impl FrameRelay {
@@ -184,6 +194,7 @@ impl FrameRelay {
             pending: Vec::new(),
             scrubbers: Vec::new(),
             token_max: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -267,14 +278,15 @@ impl FrameRelay {
                         capture_code(p, &buf[pos..pos + n]);
                     }
                     let control = p.frame.opcode & 0x8 != 0;
-                    for pair in &mut self.scrubbers {
-                        let s = if control {
+                    let views = self.scrubbers.iter_mut().flat_map(|pair| {
+                        let own = if control {
                             &mut pair.control
                         } else {
                             &mut pair.data
                         };
-                        s.scan(buf, pos..pos + n);
-                    }
+                        [own, &mut pair.wire]
+                    });
+                    scan_views(views, buf, pos..pos + n, &mut self.scratch);
                     p.done += n as u64;
                     if p.done == p.frame.len {
                         let (frame, code) = (p.frame, p.code);
@@ -389,6 +401,7 @@ impl FrameRelay {
         for p in &mut self.scrubbers {
             p.data.shift(keep_from);
             p.control.shift(keep_from);
+            p.wire.shift(keep_from);
         }
         self.frame_at = self.frame_at.saturating_sub(keep_from);
     }
@@ -403,10 +416,12 @@ impl FrameRelay {
             let mut pair = Pair {
                 data: Scrubber::new(m.clone()),
                 control: Scrubber::new(m.clone()),
+                wire: Scrubber::new(m.clone()),
             };
             pair.data.adopt(self.scrubbers.iter().map(|p| &p.data), buf);
             pair.control
                 .adopt(self.scrubbers.iter().map(|p| &p.control), buf);
+            pair.wire.adopt(self.scrubbers.iter().map(|p| &p.wire), buf);
             self.scrubbers.push(pair);
             self.token_max = self.token_max.max(m.finder().needle().len());
         }
@@ -416,7 +431,13 @@ impl FrameRelay {
     fn hold_from(&self) -> Option<usize> {
         let holds = self.scrubbers.iter();
         holds
-            .flat_map(|p| [p.data.hold_from(), p.control.hold_from()])
+            .flat_map(|p| {
+                [
+                    p.data.hold_from(),
+                    p.control.hold_from(),
+                    p.wire.hold_from(),
+                ]
+            })
             .flatten()
             .min()
     }
@@ -434,7 +455,40 @@ impl FrameRelay {
         for p in &mut self.scrubbers {
             p.data.finish();
             p.control.finish();
+            p.wire.finish();
         }
+    }
+}
+
+/// Scans `buf[seg]` with each of `views`, every one over the bytes as received: a view that
+/// masked part of `seg` would otherwise hide from the next one a token that shares bytes with
+/// its own (a data token and a wire-order token ending in the same bytes), and the next one
+/// would release the rest of it. The bytes any view masked are masked. `scratch` keeps the
+/// received bytes (a buffer kept across calls).
+fn scan_views<'s>(
+    views: impl Iterator<Item = &'s mut Scrubber>,
+    buf: &mut [u8],
+    seg: std::ops::Range<usize>,
+    scratch: &mut Vec<u8>,
+) {
+    scratch.clear();
+    scratch.extend_from_slice(&buf[seg.clone()]);
+    let mut union: Option<Vec<u8>> = None;
+    for s in views {
+        let before = s.masked();
+        s.scan(buf, seg.clone());
+        if s.masked() != before {
+            let u = union.get_or_insert_with(|| scratch.clone());
+            for (u, &b) in u.iter_mut().zip(&buf[seg.clone()]) {
+                if b == MASK {
+                    *u = MASK;
+                }
+            }
+            buf[seg.clone()].copy_from_slice(scratch);
+        }
+    }
+    if let Some(u) = union {
+        buf[seg].copy_from_slice(&u);
     }
 }
 
