@@ -204,7 +204,7 @@ impl Session {
         // Nothing reaches the upstream for a refused request; its unread body makes the
         // connection unusable.
         let refused = End::Answered { in_sync: false };
-        let outcome = match (req.route, req.authorized, req.allowed) {
+        let outcome = match (&req.route, req.authorized, req.allowed) {
             (Route::Health, _, _) => client.health(proxy, &req, out).await,
             (_, false, _) => {
                 let p = Problem::Unauthorized;
@@ -307,7 +307,7 @@ impl Client {
         match exchange::forward(x, self, out).await {
             Forwarded::Relayed(o) => o,
             Forwarded::Switched(sw) => match &x.req.route {
-                Route::WebSocket { accept } => {
+                Route::WebSocket { accept, .. } => {
                     tunnel::run(x, self, sw, accept, shutdown, out).await
                 }
                 // Only a handshake's exchange switches.

@@ -400,8 +400,8 @@ async fn race(
         // on the upstream connection itself, without splitting it.
         let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress, creds);
         down.on_401 = Some(on_401);
-        if let Route::WebSocket { accept } = x.req.route {
-            down.upgrade = Some(accept);
+        if let Route::WebSocket { accept, protocols } = &x.req.route {
+            down.upgrade = Some((*accept, protocols));
         }
         down.observe = x.observe;
         down.run(ctx, version, out).await;

@@ -303,3 +303,46 @@ fn a_tunnel_keeps_its_generation_masked_after_the_token_rotates() {
         .expect("the upstream's handshake");
     assert!(head.contains(&format!("Bearer {TOKEN}")), "{head}");
 }
+
+/// The upstream's subprotocol goes into the proxy's own 101, which the response masking does
+/// not cover: one the client did not offer (here the credential itself) is refused with 502
+/// and never reaches the client; one it offered is relayed.
+#[test]
+fn the_upstream_may_only_choose_an_offered_subprotocol_and_never_the_token() {
+    let with_protocol = |p: &str| {
+        let ok = switching();
+        let end = ok.len() - 2;
+        [
+            &ok[..end],
+            format!("Sec-WebSocket-Protocol: {p}\r\n\r\n").as_bytes(),
+        ]
+        .concat()
+    };
+    for (offer, answer, want) in [
+        ("", TOKEN, 502),
+        ("Sec-WebSocket-Protocol: chat\r\n", TOKEN, 502),
+        ("Sec-WebSocket-Protocol: chat, json\r\n", "json", 101),
+    ] {
+        let answer = with_protocol(answer);
+        let up = Upstream::plain().serve(move |c: &mut UpConn| {
+            if answer_handshake(c, &answer).is_some() {
+                c.wait_peer_close(IO_TIMEOUT);
+            }
+        });
+        let proxy = process_proxy_for(&up, &[PATHS]);
+        let mut c = WsClient::open(proxy.addr(), handshake("/v1/responses", offer).as_bytes());
+        let head = c.head();
+        assert_eq!(head.status, want, "{offer:?}: {}", head.raw_str());
+        if want == 101 {
+            let chosen = head.header_str("sec-websocket-protocol");
+            assert_eq!(chosen.as_deref(), Some("json"));
+            c.send(&client_frame(true, CLOSE, &1000u16.to_be_bytes()));
+        }
+        let (rest, _) = c.wire.read_up_to(1 << 16).unwrap_or_default();
+        let seen = [head.raw.as_slice(), &rest].concat();
+        assert!(
+            !contains(&seen, TOKEN.as_bytes()),
+            "{offer:?}: the token reached the client"
+        );
+    }
+}
