@@ -346,3 +346,43 @@ fn the_upstream_may_only_choose_an_offered_subprotocol_and_never_the_token() {
         );
     }
 }
+
+/// A handshake opens a connection of its own and leaves the pooled one alone: the plain
+/// request after the tunnel reuses the connection the one before it left in the pool.
+#[test]
+fn a_handshake_leaves_the_pooled_connection_in_the_pool() {
+    let up = Upstream::plain().serve(|c: &mut UpConn| {
+        while let Some(req) = c.read_request() {
+            if req
+                .head
+                .raw_str()
+                .to_ascii_lowercase()
+                .contains("upgrade: websocket")
+            {
+                let _ = c.send(&switching());
+                read_until_close(&mut c.wire);
+                let _ = c.send(&frame(true, CLOSE, &1000u16.to_be_bytes(), None));
+                return;
+            }
+            if c.send(&handlers::ok_text(&req, b"ok")).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = process_proxy_for(&up, &[PATHS]);
+    let get = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut plain = Client::connect(proxy.addr());
+    plain.send(get);
+    assert_eq!(plain.read_response().status(), 200);
+    let mut c = WsClient::open(proxy.addr(), handshake("/v1/responses", "").as_bytes());
+    assert_eq!(c.head().status, 101);
+    c.send(&client_frame(true, CLOSE, &1000u16.to_be_bytes()));
+    assert_eq!(c.frame().close_code(), Some(1000));
+    plain.send(get);
+    assert_eq!(plain.read_response().status(), 200);
+    assert_eq!(
+        up.connection_count(),
+        2,
+        "the pooled connection was dropped"
+    );
+}
