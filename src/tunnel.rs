@@ -248,10 +248,10 @@ impl<'a> Tunnel<'a> {
 
     /// Sends a close frame with `code` to both sides (to the upstream masked, as a client's
     /// must be, RFC 6455 §5.3), each within a bounded write, then ends both connections.
-    /// Nothing is sent for a connection that simply ended. A frame may be half relayed when
-    /// the idle timeout or the drain strikes (a peer stalled inside one); its receiver then
-    /// reads the close frame as payload and fails the connection, which ends it all the same
-    /// (the bytes are the proxy's own constant, never a peer's).
+    /// Nothing is sent for a connection that simply ended. A frame may be part written when
+    /// the idle timeout or the drain strikes (a peer stalled inside one): a close frame
+    /// written then would be read as that frame's payload, so that side's connection just
+    /// ends, without one (RFC 6455 §7.1.7 lets a peer fail a connection so).
     async fn close_both<C, U>(&mut self, code: u16, client: &mut C, upstream: &mut U)
     where
         C: AsyncWrite + Unpin,
@@ -259,8 +259,12 @@ impl<'a> Tunnel<'a> {
     {
         self.close.get_or_insert(code);
         if code != ABNORMAL {
-            let to_client = close_frame(code, None);
-            let to_upstream = close_frame(code, Some(mask_key()));
+            let whole = |relay: &FrameRelay, key| {
+                let frame = relay.at_boundary().then(|| close_frame(code, key));
+                frame.unwrap_or_default()
+            };
+            let to_client = whole(&self.down.relay, None);
+            let to_upstream = whole(&self.up.relay, Some(mask_key()));
             let bound = limits::WEBSOCKET_CLOSE_WRITE;
             let _ = tokio::join!(
                 timeout(bound, client.write_all(&to_client)),

@@ -175,6 +175,8 @@ pub struct FrameRelay {
     token_max: usize,
     /// The payload bytes being scanned, as received (see [`scan_views`]).
     scratch: Vec<u8>,
+    /// `finish` let go of part of a frame (the input ended inside one).
+    cut: bool,
 }
 
 impl FrameRelay {
@@ -195,6 +197,7 @@ impl FrameRelay {
             scrubbers: Vec::new(),
             token_max: 0,
             scratch: Vec::new(),
+            cut: false,
         }
     }
 
@@ -233,6 +236,7 @@ impl FrameRelay {
     /// more; an incomplete header goes out as it came). Nothing is relayed after it.
     pub fn finish(&mut self, masks: &[Mask], out: &mut Vec<u8>) {
         if matches!(self.state, State::Header | State::Payload(_)) {
+            self.cut = self.header.have > 0 || matches!(self.state, State::Payload(_));
             if self.sender == Sender::Server {
                 let mut held = std::mem::take(&mut self.pending);
                 self.add(masks, &mut held);
@@ -252,6 +256,21 @@ impl FrameRelay {
     /// Bytes received and not yet written out.
     pub fn held(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether what was let go of so far ends at a frame boundary: no frame is part written.
+    /// Only there may the proxy add a frame of its own (a close, RFC 6455 §5.5.1) to this
+    /// stream; inside a frame its bytes would be read as the rest of that frame's payload.
+    /// A header still being read is not written yet; a held token prefix means the frame it
+    /// is in was written only up to it.
+    pub fn at_boundary(&self) -> bool {
+        match self.state {
+            State::Header => self.pending.len() == self.header.have,
+            State::Payload(_) => false,
+            State::Ended => !self.cut,
+            // The output ends where the refused frame's header began.
+            State::Failed(_) => true,
+        }
     }
 
     /// Processes `buf[from..]` (`buf[..from]` was processed before); returns where relaying

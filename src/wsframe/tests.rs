@@ -492,3 +492,44 @@ fn a_token_split_between_a_data_and_a_control_payload_or_two_pings_is_masked() {
         assert!(all.starts_with(joined), "{name}");
     }
 }
+
+/// The proxy may add a close frame only where no frame is part written.
+#[test]
+fn at_boundary_says_whether_a_frame_is_part_written() {
+    let mut r = FrameRelay::new(Sender::Server, MAX);
+    let mut out = Vec::new();
+    assert!(r.at_boundary());
+    let f = frame(FIN | TEXT, b"hello there", None);
+    r.push(&f[..5], tokens(), &mut out).unwrap();
+    assert!(!r.at_boundary(), "header and part of the payload written");
+    r.push(&f[5..], tokens(), &mut out).unwrap();
+    assert!(r.at_boundary());
+    // Part of a header is held, not written.
+    let g = frame(FIN | BINARY, &[7; 200], None);
+    r.push(&g[..3], tokens(), &mut out).unwrap();
+    assert!(r.at_boundary(), "a header being read is not written");
+    r.push(&g[3..10], tokens(), &mut out).unwrap();
+    assert!(!r.at_boundary());
+    r.push(&g[10..], tokens(), &mut out).unwrap();
+    assert!(r.at_boundary());
+    // A held token prefix: its frame is complete, but written only up to the hold.
+    r.push(&frame(TEXT, b"a sk-ant", None), tokens(), &mut out)
+        .unwrap();
+    assert!(!r.at_boundary(), "the frame was written up to the hold");
+    r.push(&frame(FIN | CONTINUATION, b"-x", None), tokens(), &mut out)
+        .unwrap();
+    assert!(r.at_boundary());
+    // A refusal ends the output where the refused frame began.
+    r.push(&f[..5], tokens(), &mut out).unwrap();
+    assert!(!r.at_boundary());
+    let mut bad = f[5..].to_vec();
+    bad.extend(frame(FIN | TEXT, b"x", Some([1, 2, 3, 4])));
+    assert!(r.push(&bad, tokens(), &mut out).is_err());
+    assert!(r.at_boundary());
+    // The input ending inside a frame lets go of part of it.
+    let mut r = FrameRelay::new(Sender::Client, MAX);
+    let c = frame(FIN | TEXT, b"abc", Some([1, 2, 3, 4]));
+    r.push(&c[..7], &[], &mut out).unwrap();
+    r.finish(&[], &mut out);
+    assert!(!r.at_boundary());
+}

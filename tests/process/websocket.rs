@@ -386,3 +386,21 @@ fn a_handshake_leaves_the_pooled_connection_in_the_pool() {
         "the pooled connection was dropped"
     );
 }
+
+/// An upstream that stalls inside a frame: at the idle timeout the client's connection ends
+/// after the part of the frame it got, with no close frame written into the payload; the
+/// upstream, whose direction is between frames, still gets its 1001.
+#[test]
+fn a_close_is_never_written_into_a_frame_stalled_half_way() {
+    let mut half = frame(true, BINARY, &[b'p'; 100], None);
+    half.truncate(2 + 40);
+    let (up, rx) = ws_upstream(vec![half.clone()]);
+    let proxy = process_proxy_for(&up, &[PATHS, ("WEBSOCKET_IDLE_TIMEOUT", "1s")]);
+    let mut c = WsClient::open(proxy.addr(), handshake("/v1/responses", "").as_bytes());
+    assert_eq!(c.head().status, 101);
+    let (got, whole) = c.wire.read_up_to(1 << 16).expect("the end of the tunnel");
+    assert!(!whole);
+    assert_eq!(got, half, "bytes were added to the stalled frame");
+    let (_, _, up_close) = rx.recv_timeout(IO_TIMEOUT).expect("the upstream's report");
+    assert_eq!(up_close, Some(1001));
+}
