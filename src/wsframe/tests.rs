@@ -466,7 +466,8 @@ fn a_token_joining_mid_stream_takes_up_the_bytes_held_for_others() {
 /// that joins every payload it receives never sees it whole.
 #[test]
 fn a_token_split_between_a_data_and_a_control_payload_or_two_pings_is_masked() {
-    let cases: &[(&str, &[(u8, &[u8])], &[u8])] = &[
+    type Frames<'a> = &'a [(u8, &'a [u8])];
+    let cases: &[(&str, Frames, &[u8])] = &[
         (
             "data|ping",
             &[(FIN | TEXT, b"a sk-ant-"), (FIN | PING, b"REAL b")],
