@@ -330,7 +330,10 @@ pub fn ws_frames(data: &[u8]) {
         let data: Vec<u8> = w.data_at.iter().map(|&p| want[p]).collect();
         assert!(!contains(&data, REAL_TOKEN), "token in the data payloads");
         let all: Vec<u8> = w.payload_at.iter().map(|&p| want[p]).collect();
-        assert!(!contains(&all, REAL_TOKEN), "token in the payloads in wire order");
+        assert!(
+            !contains(&all, REAL_TOKEN),
+            "token in the payloads in wire order"
+        );
         for r in &w.controls {
             assert!(
                 !contains(&want[r.clone()], REAL_TOKEN),
