@@ -33,7 +33,7 @@
 //!   cannot continue), reported in [`Seen::close`], and anything the peer sends after it is
 //!   discarded (§5.5.1: nothing follows a Close). Its status code is reported, not judged.
 
-use crate::scrub::{Mask, Scrubber, MASK};
+use crate::scrub::{scan_views, Mask, Scrubber};
 
 /// Who sends the frames a relay reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -476,38 +476,6 @@ impl FrameRelay {
             p.control.finish();
             p.wire.finish();
         }
-    }
-}
-
-/// Scans `buf[seg]` with each of `views`, every one over the bytes as received: a view that
-/// masked part of `seg` would otherwise hide from the next one a token that shares bytes with
-/// its own (a data token and a wire-order token ending in the same bytes), and the next one
-/// would release the rest of it. The bytes any view masked are masked. `scratch` keeps the
-/// received bytes (a buffer kept across calls).
-fn scan_views<'s>(
-    views: impl Iterator<Item = &'s mut Scrubber>,
-    buf: &mut [u8],
-    seg: std::ops::Range<usize>,
-    scratch: &mut Vec<u8>,
-) {
-    scratch.clear();
-    scratch.extend_from_slice(&buf[seg.clone()]);
-    let mut union: Option<Vec<u8>> = None;
-    for s in views {
-        let before = s.masked();
-        s.scan(buf, seg.clone());
-        if s.masked() != before {
-            let u = union.get_or_insert_with(|| scratch.clone());
-            for (u, &b) in u.iter_mut().zip(&buf[seg.clone()]) {
-                if b == MASK {
-                    *u = MASK;
-                }
-            }
-            buf[seg.clone()].copy_from_slice(scratch);
-        }
-    }
-    if let Some(u) = union {
-        buf[seg].copy_from_slice(&u);
     }
 }
 
