@@ -204,7 +204,7 @@ impl Session {
         // Nothing reaches the upstream for a refused request; its unread body makes the
         // connection unusable.
         let refused = End::Answered { in_sync: false };
-        let outcome = match (req.route, req.authorized, req.allowed) {
+        let outcome = match (&req.route, req.authorized, req.allowed) {
             (Route::Health, _, _) => client.health(proxy, &req, out).await,
             (_, false, _) => {
                 let p = Problem::Unauthorized;
@@ -273,7 +273,28 @@ impl Session {
             generation: g,
             observe,
         };
-        let o = client.forward(&x, &mut self.out, &self.shutdown).await;
+        let fwd = exchange::forward(&x, client, &mut self.out).await;
+        let o = if let Forwarded::Switched(_) = fwd {
+            // The 101 arrived, so the head went up and is never sent again (a handshake is
+            // never retried): wipe the credential before the tunnel, which may live for hours.
+            let (up_head, generation) = (&[][..], g);
+            let x = Exchange {
+                proxy,
+                req,
+                up_head,
+                terms,
+                generation,
+                observe,
+            };
+            zeroize::Zeroize::zeroize(&mut *self.up_head);
+            client
+                .conclude(&x, fwd, &mut self.out, &self.shutdown)
+                .await
+        } else {
+            client
+                .conclude(&x, fwd, &mut self.out, &self.shutdown)
+                .await
+        };
         // The credential is not needed until the next request: wipe it now.
         zeroize::Zeroize::zeroize(&mut *self.up_head);
         drop(using);
@@ -297,17 +318,19 @@ struct Wait<'a> {
 }
 
 impl Client {
-    /// Forwards the request; answers it ourselves if nothing of a response reached us.
-    async fn forward(
+    /// Ends a forwarded request: runs the tunnel a handshake opened; answers the request
+    /// ourselves if nothing of a response reached us.
+    async fn conclude(
         &mut self,
         x: &Exchange<'_>,
+        fwd: Forwarded,
         out: &mut Vec<u8>,
         shutdown: &watch::Receiver<bool>,
     ) -> Outcome {
-        match exchange::forward(x, self, out).await {
+        match fwd {
             Forwarded::Relayed(o) => o,
             Forwarded::Switched(sw) => match &x.req.route {
-                Route::WebSocket { accept } => {
+                Route::WebSocket { accept, .. } => {
                     tunnel::run(x, self, sw, accept, shutdown, out).await
                 }
                 // Only a handshake's exchange switches.

@@ -7,6 +7,7 @@
 //! accepts one anyway is refused (RFC 6455 §9.1: a server may only accept what was offered).
 
 use crate::error::Problem;
+use crate::scrub::Mask;
 use crate::syntax::{list_items, push_base64};
 
 /// The GUID a server appends to the client's key (RFC 6455 §1.3, §4.2.2).
@@ -83,9 +84,28 @@ pub fn asked(upgrade: &[u8]) -> Asked {
     }
 }
 
+/// The subprotocols a client offered (`Sec-WebSocket-Protocol`, RFC 6455 §4.1 item 10), in
+/// its order. The upstream may pick one of them and nothing else (§4.2.2 item 5.5.4): its
+/// choice goes into the proxy's own 101, so a value the client did not send could carry
+/// anything, the credential included, to the sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protocols(Vec<Vec<u8>>);
+
+impl Protocols {
+    /// Whether `p` is exactly one of the values offered.
+    pub fn offered(&self, p: &[u8]) -> bool {
+        self.0.iter().any(|o| o == p)
+    }
+
+    /// None was offered.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The handshake fields of a request (RFC 6455 §4.1, §4.2.1), gathered while its fields
 /// are checked.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Offer<'h> {
     /// `Connection` lists `upgrade`.
     pub connection_upgrade: bool,
@@ -95,6 +115,8 @@ pub struct Offer<'h> {
     /// `Sec-WebSocket-Version` fields, and the last one.
     pub versions: usize,
     pub version: &'h [u8],
+    /// `Sec-WebSocket-Protocol` fields (each a list).
+    pub protocols: Vec<&'h [u8]>,
 }
 
 impl<'h> Offer<'h> {
@@ -106,10 +128,19 @@ impl<'h> Offer<'h> {
         } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
             self.versions += 1;
             self.version = value;
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
+            self.protocols.push(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             self.connection_upgrade |=
                 list_items(value).any(|o| o.eq_ignore_ascii_case(b"upgrade"));
         }
+    }
+
+    /// The subprotocols offered, every field's list items in order (RFC 9110 §5.3: several
+    /// fields are one list).
+    pub fn protocols(&self) -> Protocols {
+        let items = self.protocols.iter().flat_map(|v| list_items(v));
+        Protocols(items.map(<[u8]>::to_vec).collect())
     }
 
     /// The strict check of RFC 6455 §4.2.1 (method, version and body are the caller's):
@@ -170,10 +201,19 @@ pub enum Answer {
 }
 
 /// Judges the upstream's response head (complete, ending with the blank line) to a
-/// handshake whose accept value is `accept`. A 101 opens the tunnel only with `Upgrade:
-/// websocket`, `Connection: upgrade`, the right `Sec-WebSocket-Accept` and no extension
-/// (RFC 6455 §4.1, the client's checks); any other 101 is refused.
-pub fn upstream_answer(head: &[u8], accept: &[u8; ACCEPT_LEN]) -> Result<Answer, Problem> {
+/// handshake whose accept value is `accept` and whose offered subprotocols are `offered`. A
+/// 101 opens the tunnel only with `Upgrade: websocket`, `Connection: upgrade`, the right
+/// `Sec-WebSocket-Accept`, no extension, and either no subprotocol or exactly one of those
+/// offered (RFC 6455 §4.1, the client's checks; §4.2.2 item 5.5.4: the server picks one of the
+/// client's); any other 101 is refused. The chosen subprotocol is copied into the proxy's own
+/// 101, which no response masking covers: one that holds any of `masks`' tokens is refused
+/// too, even if offered.
+pub fn upstream_answer(
+    head: &[u8],
+    accept: &[u8; ACCEPT_LEN],
+    offered: &Protocols,
+    masks: &[Mask],
+) -> Result<Answer, Problem> {
     let mut headers = [httparse::EMPTY_HEADER; crate::limits::MAX_RESPONSE_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     match res.parse(head) {
@@ -199,7 +239,8 @@ pub fn upstream_answer(head: &[u8], accept: &[u8; ACCEPT_LEN]) -> Result<Answer,
             return Err(Problem::UpstreamBadHandshake);
         } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
             let token = !h.value.is_empty() && h.value.iter().all(|&b| crate::syntax::is_tchar(b));
-            if protocol.is_some() || !token {
+            let secret = masks.iter().any(|m| m.finder().find(h.value).is_some());
+            if protocol.is_some() || !token || !offered.offered(h.value) || secret {
                 return Err(Problem::UpstreamBadHandshake);
             }
             protocol = Some(h.value.to_vec());

@@ -13,7 +13,7 @@ use crate::error::Problem;
 use crate::framing::{
     transfer_coding_problem, BodyKind, FieldFraming, FramingError, FramingFields,
 };
-use crate::handshake::{self, Asked, Offer, ACCEPT_LEN};
+use crate::handshake::{self, Asked, Offer, Protocols, ACCEPT_LEN};
 use crate::limits::{Limits, MAX_CONNECTION_OPTIONS, MAX_HEADERS_CAP};
 use crate::policy::METHOD_OVERRIDES;
 use crate::rewrite::{
@@ -78,7 +78,7 @@ pub enum Version {
 }
 
 /// Where a request goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `GET`/`HEAD /health`, answered by the proxy.
     Health,
@@ -86,13 +86,17 @@ pub enum Route {
     Forward,
     /// A WebSocket handshake on a `WEBSOCKET_PATHS` path, checked (RFC 6455 §4.2.1): to
     /// TARGET on a connection of its own, which becomes a tunnel if the upstream answers
-    /// with a 101 carrying this `Sec-WebSocket-Accept`.
-    WebSocket { accept: [u8; ACCEPT_LEN] },
+    /// with a 101 carrying this `Sec-WebSocket-Accept` (and at most one of the subprotocols
+    /// the client offered).
+    WebSocket {
+        accept: [u8; ACCEPT_LEN],
+        protocols: Protocols,
+    },
 }
 
 impl Route {
     /// Not a WebSocket handshake.
-    pub fn is_plain(self) -> bool {
+    pub fn is_plain(&self) -> bool {
         !matches!(self, Route::WebSocket { .. })
     }
 }
@@ -187,7 +191,7 @@ pub fn parse_request(
     // Wipe (not just clear): the writer sizes `out` for the exact head before writing, and
     // that reallocation frees the old block, which may hold the previous request's credential.
     zeroize::Zeroize::zeroize(out);
-    if route != Route::Health && request.authorized && request.allowed {
+    if request.route != Route::Health && request.authorized && request.allowed {
         let options = fields.options();
         let up = Upstream {
             method: method.as_str(),
@@ -196,7 +200,7 @@ pub fn parse_request(
             options,
             body,
             beta: Beta::decide(req.headers, options, rw.oauth_beta),
-            websocket: matches!(route, Route::WebSocket { .. }),
+            websocket: matches!(request.route, Route::WebSocket { .. }),
         };
         rewrite::write_upstream_head(out, &up, req.headers, rw);
     }
@@ -395,7 +399,8 @@ impl<'h> Fields<'h> {
             return Err(Problem::BadHandshake);
         }
         let accept = self.offer.check()?;
-        Ok(Route::WebSocket { accept })
+        let protocols = self.offer.protocols();
+        Ok(Route::WebSocket { accept, protocols })
     }
 
     fn options(&self) -> &[&'h [u8]] {

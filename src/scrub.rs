@@ -193,6 +193,39 @@ impl Scrubber {
     }
 }
 
+/// Scans `buf[seg]` with each of `views` (scrubbers over different streams the same bytes
+/// belong to, like a WebSocket's data payloads and all its payloads in wire order), every one
+/// over the bytes as received: a view that masked part of `seg` would otherwise hide from the
+/// next one a token that shares bytes with its own, and the next one would release the rest
+/// of it. The bytes any view masked are masked. `scratch` keeps the received bytes (a
+/// buffer kept across calls).
+pub fn scan_views<'s>(
+    views: impl Iterator<Item = &'s mut Scrubber>,
+    buf: &mut [u8],
+    seg: std::ops::Range<usize>,
+    scratch: &mut Vec<u8>,
+) {
+    scratch.clear();
+    scratch.extend_from_slice(&buf[seg.clone()]);
+    let mut union: Option<Vec<u8>> = None;
+    for s in views {
+        let before = s.masked();
+        s.scan(buf, seg.clone());
+        if s.masked() != before {
+            let u = union.get_or_insert_with(|| scratch.clone());
+            for (u, &b) in u.iter_mut().zip(&buf[seg.clone()]) {
+                if b == MASK {
+                    *u = MASK;
+                }
+            }
+            buf[seg.clone()].copy_from_slice(scratch);
+        }
+    }
+    if let Some(u) = union {
+        buf[seg].copy_from_slice(&u);
+    }
+}
+
 /// Holds the longest end of `bytes` (at `positions` in the relay buffer) that is a proper
 /// start of `token`, in `held_at` and `held` (whose capacity, the token's length, is never
 /// passed: a hold is shorter than the token).

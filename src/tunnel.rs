@@ -7,7 +7,9 @@
 //! holds it), so that generation stays in the mask set however often the token rotates: a
 //! tunnel keeps the token it was opened with. It ends when either side ends its connection, on a bad frame
 //! (a close frame with its code to both sides), after `WEBSOCKET_IDLE_TIMEOUT` without a
-//! frame, or at shutdown (1001, going away, to both sides).
+//! frame, at shutdown (1001, going away, to both sides), or when the credential stops being
+//! usable, as an HTTP request would get 503 (1011 to the client, 1001 to the upstream;
+//! checked on every frame and every second).
 
 use std::time::Duration;
 
@@ -27,6 +29,14 @@ use crate::wsframe::{close_frame, FrameRelay, Sender};
 const GOING_AWAY: u16 = 1001;
 /// §7.1.5: the connection ended without a close frame. Counted, never sent.
 const ABNORMAL: u16 = 1006;
+/// §7.4.1 "an unexpected condition that prevented it from fulfilling the request": to the
+/// client when the credential stops being usable (expired, or past the stale grace of a
+/// failing source), where an HTTP request would get 503. The upstream gets 1001 (going away):
+/// nothing is wrong with it.
+const UNUSABLE: u16 = 1011;
+/// How often an open tunnel checks that the credential is still usable, when no frame
+/// passes (each frame checks it too): an expiry passes without any event to wake on.
+const USABLE_CHECK: Duration = Duration::from_secs(1);
 /// Bytes asked of each read, either way.
 const READ: usize = 16 * 1024;
 
@@ -158,6 +168,7 @@ impl<'a> Tunnel<'a> {
             step = self.pass(Way::Down, early, &mut cw).await;
         }
         let mut deadline = Instant::now() + self.idle;
+        let mut check = Instant::now() + USABLE_CHECK;
         let mut shutdown = self.shutdown.clone();
         loop {
             match step {
@@ -182,6 +193,10 @@ impl<'a> Tunnel<'a> {
                 r = cr.read(&mut cbuf) => self.after_read(Way::Up, r, &cbuf, &mut uw).await,
                 r = ur.read(&mut sbuf) => self.after_read(Way::Down, r, &sbuf, &mut cw).await,
                 () = sleep_until(deadline) => Step::Close(GOING_AWAY),
+                () = sleep_until(check) => {
+                    check = Instant::now() + USABLE_CHECK;
+                    self.usable()
+                }
                 _ = shutdown.changed() => Step::Close(GOING_AWAY),
             };
         }
@@ -211,10 +226,14 @@ impl<'a> Tunnel<'a> {
         Step::Ended
     }
 
-    /// Pushes `input` through `way`'s relay and writes what it lets go of.
+    /// Pushes `input` through `way`'s relay and writes what it lets go of. Nothing more
+    /// passes once the credential is not usable.
     async fn pass<W: AsyncWrite + Unpin>(&mut self, way: Way, input: &[u8], to: &mut W) -> Step {
         if input.is_empty() {
             return Step::Go(false);
+        }
+        if let close @ Step::Close(_) = self.usable() {
+            return close;
         }
         self.refresh();
         self.out.clear();
@@ -239,6 +258,15 @@ impl<'a> Tunnel<'a> {
         Step::Go(seen.frames > 0 || seen.control)
     }
 
+    /// Goes on while the credential is usable (an HTTP request is refused 503 otherwise).
+    fn usable(&self) -> Step {
+        if self.creds.usable() {
+            Step::Go(false)
+        } else {
+            Step::Close(UNUSABLE)
+        }
+    }
+
     /// Takes the store's mask set if it changed since.
     fn refresh(&mut self) {
         if self.creds.epoch() != self.epoch {
@@ -248,10 +276,10 @@ impl<'a> Tunnel<'a> {
 
     /// Sends a close frame with `code` to both sides (to the upstream masked, as a client's
     /// must be, RFC 6455 §5.3), each within a bounded write, then ends both connections.
-    /// Nothing is sent for a connection that simply ended. A frame may be half relayed when
-    /// the idle timeout or the drain strikes (a peer stalled inside one); its receiver then
-    /// reads the close frame as payload and fails the connection, which ends it all the same
-    /// (the bytes are the proxy's own constant, never a peer's).
+    /// Nothing is sent for a connection that simply ended. A frame may be part written when
+    /// the idle timeout or the drain strikes (a peer stalled inside one): a close frame
+    /// written then would be read as that frame's payload, so that side's connection just
+    /// ends, without one (RFC 6455 §7.1.7 lets a peer fail a connection so).
     async fn close_both<C, U>(&mut self, code: u16, client: &mut C, upstream: &mut U)
     where
         C: AsyncWrite + Unpin,
@@ -259,8 +287,13 @@ impl<'a> Tunnel<'a> {
     {
         self.close.get_or_insert(code);
         if code != ABNORMAL {
-            let to_client = close_frame(code, None);
-            let to_upstream = close_frame(code, Some(mask_key()));
+            let whole = |relay: &FrameRelay, key, code| {
+                let frame = relay.at_boundary().then(|| close_frame(code, key));
+                frame.unwrap_or_default()
+            };
+            let to_client = whole(&self.down.relay, None, code);
+            let up_code = if code == UNUSABLE { GOING_AWAY } else { code };
+            let to_upstream = whole(&self.up.relay, Some(mask_key()), up_code);
             let bound = limits::WEBSOCKET_CLOSE_WRITE;
             let _ = tokio::join!(
                 timeout(bound, client.write_all(&to_client)),

@@ -8,10 +8,16 @@
 //! - the data payloads (text, binary, continuation), concatenated across frames, fragments
 //!   and messages, headers and control frames skipped: a control frame may come between two
 //!   fragments (§5.4) and is not part of the message, so a token split by a ping is masked;
-//! - each control payload on its own (at most 125 bytes, §5.5).
+//! - each control payload on its own (at most 125 bytes, §5.5);
+//! - every payload, data and control, in wire order, as one stream: a reader that logs or
+//!   joins what it receives sees a token split between a data payload and a following ping or
+//!   close reason, or across two pings, whole.
 //!
-//! A token spread across frames or fragments is therefore masked, and since masking keeps
-//! lengths, every header stays valid. Bytes after a held token prefix (the next headers
+//! Each view is scanned over the bytes as received (not as another view masked them), and a
+//! byte any view masks is masked. A token spread across frames or fragments is therefore
+//! masked, and since masking keeps lengths, every header stays valid. The wire-order view's
+//! hold is at most `k - 1` payload bytes, each after a header at worst, so the hold bound
+//! below covers it too. Bytes after a held token prefix (the next headers
 //! included) wait until it is decided, so the output is the input in wire order.
 //!
 //! Decisions, each where the RFC makes it:
@@ -27,7 +33,7 @@
 //!   cannot continue), reported in [`Seen::close`], and anything the peer sends after it is
 //!   discarded (§5.5.1: nothing follows a Close). Its status code is reported, not judged.
 
-use crate::scrub::{Mask, Scrubber};
+use crate::scrub::{scan_views, Mask, Scrubber};
 
 /// Who sends the frames a relay reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,12 +121,14 @@ struct Header {
     have: usize,
 }
 
-/// The maskers of one token.
+/// The maskers of one token, one per view (see the module doc).
 struct Pair {
     /// Over the data payloads, across frames.
     data: Scrubber,
     /// Over one control payload at a time (released at its end).
     control: Scrubber,
+    /// Over every payload in wire order, across frames.
+    wire: Scrubber,
 }
 
 /// A payload being relayed.
@@ -165,6 +173,10 @@ pub struct FrameRelay {
     scrubbers: Vec<Pair>,
     /// The longest of their tokens.
     token_max: usize,
+    /// The payload bytes being scanned, as received (see [`scan_views`]).
+    scratch: Vec<u8>,
+    /// `finish` let go of part of a frame (the input ended inside one).
+    cut: bool,
 }
 
 impl FrameRelay {
@@ -184,6 +196,8 @@ impl FrameRelay {
             pending: Vec::new(),
             scrubbers: Vec::new(),
             token_max: 0,
+            scratch: Vec::new(),
+            cut: false,
         }
     }
 
@@ -222,6 +236,7 @@ impl FrameRelay {
     /// more; an incomplete header goes out as it came). Nothing is relayed after it.
     pub fn finish(&mut self, masks: &[Mask], out: &mut Vec<u8>) {
         if matches!(self.state, State::Header | State::Payload(_)) {
+            self.cut = self.header.have > 0 || matches!(self.state, State::Payload(_));
             if self.sender == Sender::Server {
                 let mut held = std::mem::take(&mut self.pending);
                 self.add(masks, &mut held);
@@ -241,6 +256,21 @@ impl FrameRelay {
     /// Bytes received and not yet written out.
     pub fn held(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether what was let go of so far ends at a frame boundary: no frame is part written.
+    /// Only there may the proxy add a frame of its own (a close, RFC 6455 §5.5.1) to this
+    /// stream; inside a frame its bytes would be read as the rest of that frame's payload.
+    /// A header still being read is not written yet; a held token prefix means the frame it
+    /// is in was written only up to it.
+    pub fn at_boundary(&self) -> bool {
+        match self.state {
+            State::Header => self.pending.len() == self.header.have,
+            State::Payload(_) => false,
+            State::Ended => !self.cut,
+            // The output ends where the refused frame's header began.
+            State::Failed(_) => true,
+        }
     }
 
     /// Processes `buf[from..]` (`buf[..from]` was processed before); returns where relaying
@@ -267,14 +297,15 @@ impl FrameRelay {
                         capture_code(p, &buf[pos..pos + n]);
                     }
                     let control = p.frame.opcode & 0x8 != 0;
-                    for pair in &mut self.scrubbers {
-                        let s = if control {
+                    let views = self.scrubbers.iter_mut().flat_map(|pair| {
+                        let own = if control {
                             &mut pair.control
                         } else {
                             &mut pair.data
                         };
-                        s.scan(buf, pos..pos + n);
-                    }
+                        [own, &mut pair.wire]
+                    });
+                    scan_views(views, buf, pos..pos + n, &mut self.scratch);
                     p.done += n as u64;
                     if p.done == p.frame.len {
                         let (frame, code) = (p.frame, p.code);
@@ -389,6 +420,7 @@ impl FrameRelay {
         for p in &mut self.scrubbers {
             p.data.shift(keep_from);
             p.control.shift(keep_from);
+            p.wire.shift(keep_from);
         }
         self.frame_at = self.frame_at.saturating_sub(keep_from);
     }
@@ -403,10 +435,12 @@ impl FrameRelay {
             let mut pair = Pair {
                 data: Scrubber::new(m.clone()),
                 control: Scrubber::new(m.clone()),
+                wire: Scrubber::new(m.clone()),
             };
             pair.data.adopt(self.scrubbers.iter().map(|p| &p.data), buf);
             pair.control
                 .adopt(self.scrubbers.iter().map(|p| &p.control), buf);
+            pair.wire.adopt(self.scrubbers.iter().map(|p| &p.wire), buf);
             self.scrubbers.push(pair);
             self.token_max = self.token_max.max(m.finder().needle().len());
         }
@@ -416,7 +450,13 @@ impl FrameRelay {
     fn hold_from(&self) -> Option<usize> {
         let holds = self.scrubbers.iter();
         holds
-            .flat_map(|p| [p.data.hold_from(), p.control.hold_from()])
+            .flat_map(|p| {
+                [
+                    p.data.hold_from(),
+                    p.control.hold_from(),
+                    p.wire.hold_from(),
+                ]
+            })
             .flatten()
             .min()
     }
@@ -434,6 +474,7 @@ impl FrameRelay {
         for p in &mut self.scrubbers {
             p.data.finish();
             p.control.finish();
+            p.wire.finish();
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Target `ws_frames`: one direction of a WebSocket tunnel through `wsframe::FrameRelay`,
 //! against a reference walk written from RFC 6455 §5 and the relay's documented decisions
 //! (whole input in, no streaming), and the masking oracle: the token never reaches the client
-//! in a payload as a reader reassembles it.
+//! in a payload as a reader reassembles it, nor in all payloads joined in wire order.
 
 use std::ops::Range;
 
@@ -35,6 +35,8 @@ struct Walk {
     data_at: Vec<usize>,
     /// Each control payload's wire range (complete, or cut by the end of the input).
     controls: Vec<Range<usize>>,
+    /// Wire positions of every payload byte (data and control), in order.
+    payload_at: Vec<usize>,
 }
 
 /// The bytes a held token prefix may span when a header ends: `k - 1` data bytes in frames of
@@ -144,6 +146,7 @@ fn walk(input: &[u8], sender: Sender, max_frame: u64) -> Walk {
         } else {
             w.controls.push(start..start + got);
         }
+        w.payload_at.extend(start..start + got);
         if got as u64 != len {
             stop(&mut w, input.len(), None);
             return w;
@@ -163,20 +166,28 @@ fn walk(input: &[u8], sender: Sender, max_frame: u64) -> Walk {
     }
 }
 
-/// What the client must receive: the input up to where relaying stops, the server's data
-/// stream masked as one, each control payload on its own.
+/// What the client must receive: the input up to where relaying stops, a server's payload
+/// byte masked where a token covers it in one of three streams, each masked over the bytes as
+/// received: the data payloads as one, each control payload on its own, every payload in wire
+/// order as one.
 fn expected(input: &[u8], sender: Sender, w: &Walk) -> Vec<u8> {
     let mut out = input[..w.end].to_vec();
     if sender == Sender::Client {
         return out;
     }
-    let mut data: Vec<u8> = w.data_at.iter().map(|&p| input[p]).collect();
-    scrub::mask_all(&mut data, real_finder());
-    for (&p, &b) in w.data_at.iter().zip(&data) {
-        out[p] = b;
-    }
+    let mut mask_view = |at: &[usize]| {
+        let mut bytes: Vec<u8> = at.iter().map(|&p| input[p]).collect();
+        scrub::mask_all(&mut bytes, real_finder());
+        for (&p, &b) in at.iter().zip(&bytes) {
+            if b == MASK {
+                out[p] = MASK;
+            }
+        }
+    };
+    mask_view(&w.data_at);
+    mask_view(&w.payload_at);
     for r in &w.controls {
-        scrub::mask_all(&mut out[r.clone()], real_finder());
+        mask_view(&r.clone().collect::<Vec<_>>());
     }
     out
 }
@@ -274,9 +285,9 @@ fn relay(input: &[u8], sender: Sender, max_frame: u64, cuts: &[usize]) -> (Vec<u
 ///
 /// Checks, for several ways of cutting the input into pushes: no panic; the bytes held are
 /// bounded; the output is the input up to where relaying stops, masked only in payloads
-/// (data as one stream, each control frame on its own), as the reference walk says; the
-/// refusal, the close code and the frame count are the walk's; no payload the client
-/// reassembles holds the token.
+/// (data as one stream, each control frame on its own, all payloads in wire order as one), as
+/// the reference walk says; the refusal, the close code and the frame count are the walk's;
+/// no payload the client reassembles, nor all payloads joined in wire order, holds the token.
 pub fn ws_frames(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else {
         return;
@@ -318,6 +329,11 @@ pub fn ws_frames(data: &[u8]) {
         // hold): no token anywhere in it.
         let data: Vec<u8> = w.data_at.iter().map(|&p| want[p]).collect();
         assert!(!contains(&data, REAL_TOKEN), "token in the data payloads");
+        let all: Vec<u8> = w.payload_at.iter().map(|&p| want[p]).collect();
+        assert!(
+            !contains(&all, REAL_TOKEN),
+            "token in the payloads in wire order"
+        );
         for r in &w.controls {
             assert!(
                 !contains(&want[r.clone()], REAL_TOKEN),

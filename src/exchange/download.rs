@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::credential::{Credentials, Generation};
 use crate::error::Problem;
-use crate::handshake::{self, Answer, ACCEPT_LEN};
+use crate::handshake::{self, Answer, Protocols, ACCEPT_LEN};
 use crate::head::Version;
 use crate::limits::{self, Timeouts};
 use crate::refetch::Refetch;
@@ -110,8 +110,8 @@ pub(super) struct Download<'a, R, W> {
     /// Set by the exchange: the generation the request carries, and the re-fetch.
     pub(super) on_401: Option<OnRejection<'a>>,
     /// Set by the exchange for a WebSocket handshake: the `Sec-WebSocket-Accept` a 101
-    /// must carry to open the tunnel.
-    pub(super) upgrade: Option<[u8; ACCEPT_LEN]>,
+    /// must carry to open the tunnel, and the subprotocols the client offered.
+    pub(super) upgrade: Option<([u8; ACCEPT_LEN], &'a Protocols)>,
     /// Set by the exchange: the body's token usage is read as it passes.
     pub(super) observe: bool,
 }
@@ -188,8 +188,10 @@ impl<'a, R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin> Download<'a, R
             // upstream connection is not pooled afterwards.
             let early = !self.progress.body_sent();
             ctx.close_client |= early;
-            if let Some(accept) = self.upgrade {
-                let answer = handshake::upstream_answer(&self.buf[..head_end], &accept)?;
+            if let Some((accept, offered)) = self.upgrade {
+                self.masks.refresh();
+                let (head, masks) = (&self.buf[..head_end], &self.masks.tokens);
+                let answer = handshake::upstream_answer(head, &accept, offered, masks)?;
                 if let Answer::Switched { protocol } = answer {
                     let early = self.buf[head_end..self.filled].to_vec();
                     self.report.switched = Some((early, protocol));

@@ -181,10 +181,12 @@ pub async fn forward(x: &Exchange<'_>, client: &mut Client, out: &mut Vec<u8>) -
     let _stream = InProgress::start(metrics);
     let mut retried = false;
     // A WebSocket handshake gets a connection of its own: a pooled one may be shared by
-    // no tunnel, and the tunnel's is never pooled.
+    // no tunnel, and the tunnel's is never pooled. It leaves the pool alone (taking one only
+    // to drop it would close a good connection on every handshake).
     let fresh = matches!(x.req.route, Route::WebSocket { .. });
     loop {
-        let (upstream, reused) = match x.proxy.pool.take().filter(|_| !fresh) {
+        let pooled = if fresh { None } else { x.proxy.pool.take() };
+        let (upstream, reused) = match pooled {
             Some(s) => (s, true),
             None => match x.proxy.connector.connect().await {
                 Ok(s) => (s, false),
@@ -400,8 +402,8 @@ async fn race(
         // on the upstream connection itself, without splitting it.
         let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress, creds);
         down.on_401 = Some(on_401);
-        if let Route::WebSocket { accept } = x.req.route {
-            down.upgrade = Some(accept);
+        if let Route::WebSocket { accept, protocols } = &x.req.route {
+            down.upgrade = Some((*accept, protocols));
         }
         down.observe = x.observe;
         down.run(ctx, version, out).await;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::scrub::testing::tokens;
 
 /// RFC 6455 §1.3's example.
 const KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
@@ -84,7 +85,9 @@ fn the_offer_is_checked_strictly() {
 fn only_a_101_that_answers_the_offer_switches() {
     let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
-    let judge = |extra: &str| upstream_answer(format!("{ok}{extra}\r\n").as_bytes(), ACCEPT);
+    let chat = offer(&[("Sec-WebSocket-Protocol", b"chat")]).protocols();
+    let answer = |head: &[u8]| upstream_answer(head, ACCEPT, &chat, tokens());
+    let judge = |extra: &str| answer(format!("{ok}{extra}\r\n").as_bytes());
     assert_eq!(judge(""), Ok(Answer::Switched { protocol: None }));
     assert_eq!(
         judge("Sec-WebSocket-Protocol: chat\r\n"),
@@ -102,15 +105,48 @@ fn only_a_101_that_answers_the_offer_switches() {
     }
     let wrong = ok.replace("s3pP", "AAAA");
     let head = format!("{wrong}\r\n");
-    assert_eq!(
-        upstream_answer(head.as_bytes(), ACCEPT),
-        Err(Problem::UpstreamBadHandshake)
-    );
+    assert_eq!(answer(head.as_bytes()), Err(Problem::UpstreamBadHandshake));
     let no_upgrade = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\
                       Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-    assert!(upstream_answer(no_upgrade.as_bytes(), ACCEPT).is_err());
+    assert!(answer(no_upgrade.as_bytes()).is_err());
     let ordinary = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-    assert_eq!(upstream_answer(ordinary, ACCEPT), Ok(Answer::Ordinary));
+    assert_eq!(answer(ordinary), Ok(Answer::Ordinary));
+}
+
+/// The subprotocol goes into the proxy's own 101, past the response masking: only one the
+/// client offered, exactly, and never one holding a live token.
+#[test]
+fn the_upstream_may_only_pick_a_subprotocol_the_client_offered_and_no_token() {
+    let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
+    let fields = [
+        ("Sec-WebSocket-Protocol", &b"chat, v2.sk-ant-REAL"[..]),
+        ("sec-websocket-protocol", b"json"),
+    ];
+    let offered = offer(&fields).protocols();
+    let none = Protocols::default();
+    let judge = |offered: &Protocols, p: &str| {
+        let head = format!("{ok}Sec-WebSocket-Protocol: {p}\r\n\r\n");
+        upstream_answer(head.as_bytes(), ACCEPT, offered, tokens())
+    };
+    for p in ["chat", "json"] {
+        let want = Answer::Switched {
+            protocol: Some(p.as_bytes().to_vec()),
+        };
+        assert_eq!(judge(&offered, p), Ok(want), "{p}");
+    }
+    let refused = Err(Problem::UpstreamBadHandshake);
+    // Not offered (a token, a case variant, a part of an offer), or nothing was offered.
+    for p in ["sk-ant-REAL", "Chat", "cha", "chat,json"] {
+        assert_eq!(judge(&offered, p), refused, "{p}");
+    }
+    assert_eq!(judge(&none, "chat"), refused);
+    // Offered, but it carries the credential.
+    assert_eq!(judge(&offered, "v2.sk-ant-REAL"), refused);
+    let plain = format!("{ok}\r\n");
+    let switched = Answer::Switched { protocol: None };
+    let answer = upstream_answer(plain.as_bytes(), ACCEPT, &none, tokens());
+    assert_eq!(answer, Ok(switched));
 }
 
 #[test]

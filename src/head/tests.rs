@@ -815,7 +815,8 @@ fn a_listed_handshake_goes_up_without_extensions_and_with_its_upgrade_fields() {
     assert_eq!(
         req.route,
         Route::WebSocket {
-            accept: *b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+            accept: *b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+            protocols: Default::default(),
         }
     );
     assert_eq!(

@@ -82,6 +82,22 @@ impl TunnelMetrics {
 mod tests {
     use super::*;
 
+    /// Every code the tunnel closes with by itself has a label of its own, 1008 (a held
+    /// prefix past its bound) and 1011 (the credential stopped being usable) included.
+    #[test]
+    fn every_code_the_relay_refuses_with_has_its_label() {
+        use crate::wsframe::Close;
+        let own = [
+            Close::PROTOCOL_ERROR,
+            Close::POLICY,
+            Close::TOO_BIG,
+            Close::EXTENSION,
+        ];
+        for code in own.iter().map(|c| c.code).chain([1000, 1001, 1006, 1011]) {
+            assert!(CODES.contains(&code.to_string().as_str()), "{code}");
+        }
+    }
+
     #[test]
     fn codes_are_a_bounded_set_and_the_gauge_follows_the_guard() {
         let m = TunnelMetrics::new();

@@ -32,28 +32,42 @@ fn frame(b0: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
     f
 }
 
-/// Server frames `(b0, payload)` and what the client must receive: the data payloads masked
-/// as one stream, each control payload on its own.
+/// Server frames `(b0, payload)` and what the client must receive: a payload byte is masked
+/// when a token covers it in the data payloads as one stream, in its control payload on its
+/// own, or in all payloads in wire order as one stream, each view over the bytes as sent.
 fn server(frames: &[(u8, &[u8])]) -> (Vec<u8>, Vec<u8>) {
     let finder = TokenFinder::new(TOKEN);
-    let mut data: Vec<u8> = frames
+    // Each view: which payloads it joins (by index), masked as one stream.
+    let masked_in = |picks: &[usize]| -> Vec<(usize, usize)> {
+        let mut joined: Vec<u8> = picks.iter().flat_map(|&i| frames[i].1.to_vec()).collect();
+        mask_all(&mut joined, &finder);
+        let at = picks
+            .iter()
+            .flat_map(|&i| (0..frames[i].1.len()).map(move |j| (i, j)));
+        at.zip(joined)
+            .filter(|&(_, b)| b == b'*')
+            .map(|(a, _)| a)
+            .collect()
+    };
+    let all: Vec<usize> = (0..frames.len()).collect();
+    let data: Vec<usize> = all
         .iter()
-        .filter(|(b0, _)| b0 & 0x8 == 0)
-        .flat_map(|(_, p)| p.iter().copied())
+        .copied()
+        .filter(|&i| frames[i].0 & 0x8 == 0)
         .collect();
-    mask_all(&mut data, &finder);
-    let (mut input, mut want, mut at) = (Vec::new(), Vec::new(), 0);
-    for &(b0, p) in frames {
+    let mut masked = masked_in(&all);
+    masked.extend(masked_in(&data));
+    for &i in all.iter().filter(|&&i| frames[i].0 & 0x8 != 0) {
+        masked.extend(masked_in(&[i]));
+    }
+    let (mut input, mut want) = (Vec::new(), Vec::new());
+    for (i, &(b0, p)) in frames.iter().enumerate() {
         input.extend(frame(b0, p, None));
-        let masked = if b0 & 0x8 == 0 {
-            at += p.len();
-            data[at - p.len()..at].to_vec()
-        } else {
-            let mut c = p.to_vec();
-            mask_all(&mut c, &finder);
-            c
-        };
-        want.extend(frame(b0, &masked, None));
+        let mut out = p.to_vec();
+        for &(_, j) in masked.iter().filter(|&&(f, _)| f == i) {
+            out[j] = b'*';
+        }
+        want.extend(frame(b0, &out, None));
     }
     (input, want)
 }
@@ -109,14 +123,20 @@ fn same_at_every_split(sender: Sender, input: &[u8]) -> Outcome {
 }
 
 /// The data payloads of unmasked frames with short or 16-bit lengths, concatenated.
-fn data_of(mut wire: &[u8]) -> Vec<u8> {
+fn data_of(wire: &[u8]) -> Vec<u8> {
+    payloads_of(wire, false)
+}
+
+/// The payloads of unmasked frames with short or 16-bit lengths, concatenated in wire order:
+/// the data ones, or all (control ones too).
+fn payloads_of(mut wire: &[u8], all: bool) -> Vec<u8> {
     let mut data = Vec::new();
     while !wire.is_empty() {
         let (len, at) = match wire[1] & 0x7f {
             126 => (usize::from(u16::from_be_bytes([wire[2], wire[3]])), 4),
             n => (usize::from(n), 2),
         };
-        if wire[0] & 0x8 == 0 {
+        if all || wire[0] & 0x8 == 0 {
             data.extend_from_slice(&wire[at..at + len]);
         }
         wire = &wire[at + len..];
@@ -440,4 +460,77 @@ fn a_token_joining_mid_stream_takes_up_the_bytes_held_for_others() {
         .unwrap();
     r.finish(&both, &mut out);
     assert_eq!(data_of(&out), b"x ************");
+}
+
+/// A token split between payloads of different kinds, in wire order, is masked: the client
+/// that joins every payload it receives never sees it whole.
+#[test]
+fn a_token_split_between_a_data_and_a_control_payload_or_two_pings_is_masked() {
+    type Frames<'a> = &'a [(u8, &'a [u8])];
+    let cases: &[(&str, Frames, &[u8])] = &[
+        (
+            "data|ping",
+            &[(FIN | TEXT, b"a sk-ant-"), (FIN | PING, b"REAL b")],
+            b"a ***********",
+        ),
+        (
+            "ping|ping",
+            &[(FIN | PING, b"x sk-ant"), (FIN | PING, b"-REAL y")],
+            b"x *********** y",
+        ),
+        (
+            "data|close payload",
+            &[(FIN | BINARY, b"z sk-ant"), (FIN | CLOSE, b"-REAL bye")],
+            b"z *********** bye",
+        ),
+    ];
+    for &(name, frames, joined) in cases {
+        let (input, want) = server(frames);
+        let o = same_at_every_split(Sender::Server, &input);
+        assert_eq!(o.out, want, "{name}");
+        let all = payloads_of(&o.out, true);
+        assert!(!has_token(&all), "{name}: token in the payloads joined");
+        assert!(all.starts_with(joined), "{name}");
+    }
+}
+
+/// The proxy may add a close frame only where no frame is part written.
+#[test]
+fn at_boundary_says_whether_a_frame_is_part_written() {
+    let mut r = FrameRelay::new(Sender::Server, MAX);
+    let mut out = Vec::new();
+    assert!(r.at_boundary());
+    let f = frame(FIN | TEXT, b"hello there", None);
+    r.push(&f[..5], tokens(), &mut out).unwrap();
+    assert!(!r.at_boundary(), "header and part of the payload written");
+    r.push(&f[5..], tokens(), &mut out).unwrap();
+    assert!(r.at_boundary());
+    // Part of a header is held, not written.
+    let g = frame(FIN | BINARY, &[7; 200], None);
+    r.push(&g[..3], tokens(), &mut out).unwrap();
+    assert!(r.at_boundary(), "a header being read is not written");
+    r.push(&g[3..10], tokens(), &mut out).unwrap();
+    assert!(!r.at_boundary());
+    r.push(&g[10..], tokens(), &mut out).unwrap();
+    assert!(r.at_boundary());
+    // A held token prefix: its frame is complete, but written only up to the hold.
+    r.push(&frame(TEXT, b"a sk-ant", None), tokens(), &mut out)
+        .unwrap();
+    assert!(!r.at_boundary(), "the frame was written up to the hold");
+    r.push(&frame(FIN | CONTINUATION, b"-x", None), tokens(), &mut out)
+        .unwrap();
+    assert!(r.at_boundary());
+    // A refusal ends the output where the refused frame began.
+    r.push(&f[..5], tokens(), &mut out).unwrap();
+    assert!(!r.at_boundary());
+    let mut bad = f[5..].to_vec();
+    bad.extend(frame(FIN | TEXT, b"x", Some([1, 2, 3, 4])));
+    assert!(r.push(&bad, tokens(), &mut out).is_err());
+    assert!(r.at_boundary());
+    // The input ending inside a frame lets go of part of it.
+    let mut r = FrameRelay::new(Sender::Client, MAX);
+    let c = frame(FIN | TEXT, b"abc", Some([1, 2, 3, 4]));
+    r.push(&c[..7], &[], &mut out).unwrap();
+    r.finish(&[], &mut out);
+    assert!(!r.at_boundary());
 }

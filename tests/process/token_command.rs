@@ -514,3 +514,41 @@ fn under_json_logs_nothing_of_the_command_or_its_tokens_appears() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// An open WebSocket tunnel stops when the credential stops being usable (here: the source
+/// fails past its stale grace), as an HTTP request would get 503: 1011 to the client, 1001
+/// to the upstream.
+#[test]
+fn a_tunnel_is_closed_when_the_credential_stops_being_usable() {
+    use crate::support::websocket::*;
+    let dir = scratch_dir("ws-stale");
+    let d = dir.display();
+    let cmd = script(
+        &dir,
+        &format!("if [ -e {d}/fail ]; then exit 4; fi\ntouch {d}/fail\necho sk-ant-cmd-ws\n"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let up = Upstream::plain().serve(move |c: &mut UpConn| {
+        if answer_handshake(c, &switching()).is_some() {
+            let _ = tx.send(read_until_close(&mut c.wire).1);
+        }
+    });
+    let proxy = start(
+        &up,
+        &[
+            ("TOKEN_COMMAND", &cmd),
+            ("TOKEN_REFRESH_INTERVAL", "1s"),
+            ("TOKEN_STALE_GRACE", "2s"),
+            ("WEBSOCKET_PATHS", "/ws"),
+        ],
+    );
+    let mut c = WsClient::open(proxy.addr(), handshake("/ws", "").as_bytes());
+    assert_eq!(c.head().status, 101);
+    let t = Instant::now();
+    let (_, close) = read_until_close(&mut c.wire);
+    assert_eq!(close, Some(1011), "{}", proxy.stderr_so_far());
+    assert!(t.elapsed() < LOG_BOUND, "{:?}", t.elapsed());
+    let up_close = rx.recv_timeout(LOG_BOUND).expect("the upstream's report");
+    assert_eq!(up_close, Some(1001));
+    assert_eq!(roundtrip(proxy.addr(), get("/after")).status(), 503);
+}

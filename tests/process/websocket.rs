@@ -303,3 +303,104 @@ fn a_tunnel_keeps_its_generation_masked_after_the_token_rotates() {
         .expect("the upstream's handshake");
     assert!(head.contains(&format!("Bearer {TOKEN}")), "{head}");
 }
+
+/// The upstream's subprotocol goes into the proxy's own 101, which the response masking does
+/// not cover: one the client did not offer (here the credential itself) is refused with 502
+/// and never reaches the client; one it offered is relayed.
+#[test]
+fn the_upstream_may_only_choose_an_offered_subprotocol_and_never_the_token() {
+    let with_protocol = |p: &str| {
+        let ok = switching();
+        let end = ok.len() - 2;
+        [
+            &ok[..end],
+            format!("Sec-WebSocket-Protocol: {p}\r\n\r\n").as_bytes(),
+        ]
+        .concat()
+    };
+    for (offer, answer, want) in [
+        ("", TOKEN, 502),
+        ("Sec-WebSocket-Protocol: chat\r\n", TOKEN, 502),
+        ("Sec-WebSocket-Protocol: chat, json\r\n", "json", 101),
+    ] {
+        let answer = with_protocol(answer);
+        let up = Upstream::plain().serve(move |c: &mut UpConn| {
+            if answer_handshake(c, &answer).is_some() {
+                c.wait_peer_close(IO_TIMEOUT);
+            }
+        });
+        let proxy = process_proxy_for(&up, &[PATHS]);
+        let mut c = WsClient::open(proxy.addr(), handshake("/v1/responses", offer).as_bytes());
+        let head = c.head();
+        assert_eq!(head.status, want, "{offer:?}: {}", head.raw_str());
+        if want == 101 {
+            let chosen = head.header_str("sec-websocket-protocol");
+            assert_eq!(chosen.as_deref(), Some("json"));
+            c.send(&client_frame(true, CLOSE, &1000u16.to_be_bytes()));
+        }
+        let (rest, _) = c.wire.read_up_to(1 << 16).unwrap_or_default();
+        let seen = [head.raw.as_slice(), &rest].concat();
+        assert!(
+            !contains(&seen, TOKEN.as_bytes()),
+            "{offer:?}: the token reached the client"
+        );
+    }
+}
+
+/// A handshake opens a connection of its own and leaves the pooled one alone: the plain
+/// request after the tunnel reuses the connection the one before it left in the pool.
+#[test]
+fn a_handshake_leaves_the_pooled_connection_in_the_pool() {
+    let up = Upstream::plain().serve(|c: &mut UpConn| {
+        while let Some(req) = c.read_request() {
+            if req
+                .head
+                .raw_str()
+                .to_ascii_lowercase()
+                .contains("upgrade: websocket")
+            {
+                let _ = c.send(&switching());
+                read_until_close(&mut c.wire);
+                let _ = c.send(&frame(true, CLOSE, &1000u16.to_be_bytes(), None));
+                return;
+            }
+            if c.send(&handlers::ok_text(&req, b"ok")).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = process_proxy_for(&up, &[PATHS]);
+    let get = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut plain = Client::connect(proxy.addr());
+    plain.send(get);
+    assert_eq!(plain.read_response().status(), 200);
+    let mut c = WsClient::open(proxy.addr(), handshake("/v1/responses", "").as_bytes());
+    assert_eq!(c.head().status, 101);
+    c.send(&client_frame(true, CLOSE, &1000u16.to_be_bytes()));
+    assert_eq!(c.frame().close_code(), Some(1000));
+    plain.send(get);
+    assert_eq!(plain.read_response().status(), 200);
+    assert_eq!(
+        up.connection_count(),
+        2,
+        "the pooled connection was dropped"
+    );
+}
+
+/// An upstream that stalls inside a frame: at the idle timeout the client's connection ends
+/// after the part of the frame it got, with no close frame written into the payload; the
+/// upstream, whose direction is between frames, still gets its 1001.
+#[test]
+fn a_close_is_never_written_into_a_frame_stalled_half_way() {
+    let mut half = frame(true, BINARY, &[b'p'; 100], None);
+    half.truncate(2 + 40);
+    let (up, rx) = ws_upstream(vec![half.clone()]);
+    let proxy = process_proxy_for(&up, &[PATHS, ("WEBSOCKET_IDLE_TIMEOUT", "1s")]);
+    let mut c = WsClient::open(proxy.addr(), handshake("/v1/responses", "").as_bytes());
+    assert_eq!(c.head().status, 101);
+    let (got, whole) = c.wire.read_up_to(1 << 16).expect("the end of the tunnel");
+    assert!(!whole);
+    assert_eq!(got, half, "bytes were added to the stalled frame");
+    let (_, _, up_close) = rx.recv_timeout(IO_TIMEOUT).expect("the upstream's report");
+    assert_eq!(up_close, Some(1001));
+}
