@@ -75,7 +75,10 @@ fn observe(kind: BodyKind, pieces: &[&[u8]]) -> Usage {
     let mut o = Observer::new(kind).expect("observed kind");
     for p in pieces {
         o.feed(p);
-        assert!(o.held() <= limits::USAGE_EVENT_MAX, "the copy passed its cap");
+        assert!(
+            o.held() <= limits::USAGE_EVENT_MAX,
+            "the copy passed its cap"
+        );
     }
     o.finish();
     o.usage()
