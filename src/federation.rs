@@ -54,12 +54,22 @@ pub fn exchange_blocking(
     })
 }
 
+/// Whitespace an identity file may hold around its JWT (a trailing newline, CRLF).
+const IDENTITY_FILE_SLACK: usize = 64;
+
 /// The identity provider's JWT, as the file holds it now (trailing whitespace dropped).
 fn assertion(src: &FederationSource) -> Result<Zeroizing<Vec<u8>>, Failed> {
-    let raw = Zeroizing::new(
-        std::fs::read(&src.identity_token_file)
-            .map_err(|_| failed("ANTHROPIC_IDENTITY_TOKEN_FILE cannot be read"))?,
-    );
+    use std::io::Read as _;
+    // At most one byte more than the longest JWT plus its trailing whitespace is read, so a
+    // file that never ends (a FIFO, `/dev/zero`, a runaway writer) cannot fill the memory.
+    let cap = 4 * MAX_TOKEN_LEN + IDENTITY_FILE_SLACK;
+    let mut raw = Zeroizing::new(Vec::new());
+    std::fs::File::open(&src.identity_token_file)
+        .and_then(|f| f.take(cap as u64 + 1).read_to_end(&mut raw))
+        .map_err(|_| failed("ANTHROPIC_IDENTITY_TOKEN_FILE cannot be read"))?;
+    if raw.len() > cap {
+        return Err(failed("ANTHROPIC_IDENTITY_TOKEN_FILE is larger than a JWT"));
+    }
     let jwt = raw.trim_ascii();
     // A JWT is base64url segments and dots (RFC 7519 §3): nothing to escape in JSON.
     let ok = !jwt.is_empty()
@@ -319,5 +329,23 @@ mod tests {
             assert!(e.why.contains(why), "{}", e.why);
             assert!(!e.why.contains("sk-ant"));
         }
+    }
+
+    /// A file that never ends is refused after a bounded read, not read into memory whole; a
+    /// JWT with a trailing newline is read.
+    #[test]
+    fn the_identity_file_is_read_only_as_far_as_a_jwt_goes() {
+        let mut endless = src();
+        endless.identity_token_file = "/dev/zero".into();
+        let e = assertion(&endless).err().unwrap();
+        assert!(e.why.contains("larger than a JWT"), "{}", e.why);
+        let dir = std::env::temp_dir().join(format!("alp-fed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("jwt");
+        std::fs::write(&file, b"aaa.bbb.ccc\n").unwrap();
+        let mut one = src();
+        one.identity_token_file = file;
+        assert_eq!(&assertion(&one).ok().unwrap()[..], b"aaa.bbb.ccc");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
