@@ -375,16 +375,50 @@ struct Raced {
     upstream: Stream,
 }
 
+/// What a 401 or 403 to this exchange's credential sets off.
+fn on_401<'a>(x: &Exchange<'a>) -> OnRejection<'a> {
+    OnRejection {
+        refetch: x.proxy.refetch.as_deref(),
+        generation: x.generation,
+    }
+}
+
+/// The whole request went out with the head (the usual agent POST, and every WebSocket
+/// handshake): the response is relayed on the upstream connection itself, without splitting it.
+async fn relay_whole(
+    x: &Exchange<'_>,
+    client: &mut Client,
+    mut upstream: Stream,
+    ctx: ResponseContext,
+    progress: &Progress,
+    out: &mut Vec<u8>,
+) -> Raced {
+    let (t, creds) = (&x.proxy.cfg.timeouts, &x.proxy.creds);
+    let mut down = Download::new(&mut upstream, &mut client.stream, t, progress, creds);
+    down.on_401 = Some(on_401(x));
+    if let Route::WebSocket { accept, protocols } = &x.req.route {
+        down.upgrade = Some((*accept, protocols));
+    }
+    down.observe = x.observe;
+    down.run(ctx, x.req.version, out).await;
+    Raced {
+        upload: UploadState::Sent,
+        down: down.report,
+        started: progress.response_started(),
+        bytes_up: 0,
+        upstream,
+    }
+}
+
 /// Streams the rest of the body up while the response comes down.
 async fn race(
     x: &Exchange<'_>,
     client: &mut Client,
-    mut upstream: Stream,
+    upstream: Stream,
     mut body: RequestBody,
     mut scratch: Zeroizing<Vec<u8>>,
     out: &mut Vec<u8>,
 ) -> Raced {
-    let t = &x.proxy.cfg.timeouts;
     let version = x.req.version;
     let progress = Progress::new(body.is_done());
     let ctx = ResponseContext {
@@ -392,29 +426,10 @@ async fn race(
         close_client: !x.terms.persist(),
         dechunk: version == Version::Http10,
     };
-    let creds = &x.proxy.creds;
-    let on_401 = OnRejection {
-        refetch: x.proxy.refetch.as_deref(),
-        generation: x.generation,
-    };
     if body.is_done() {
-        // The whole request went out with the head (the usual agent POST): relay the response
-        // on the upstream connection itself, without splitting it.
-        let mut down = Download::new(&mut upstream, &mut client.stream, t, &progress, creds);
-        down.on_401 = Some(on_401);
-        if let Route::WebSocket { accept, protocols } = &x.req.route {
-            down.upgrade = Some((*accept, protocols));
-        }
-        down.observe = x.observe;
-        down.run(ctx, version, out).await;
-        return Raced {
-            upload: UploadState::Sent,
-            down: down.report,
-            started: progress.response_started(),
-            bytes_up: 0,
-            upstream,
-        };
+        return relay_whole(x, client, upstream, ctx, &progress, out).await;
     }
+    let (t, creds) = (&x.proxy.cfg.timeouts, &x.proxy.creds);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let (mut client_read, mut client_write) = client.stream.split();
     let (upload, down) = {
@@ -434,7 +449,7 @@ async fn race(
         );
         let mut download =
             Download::new(&mut upstream_read, &mut client_write, t, &progress, creds);
-        download.on_401 = Some(on_401);
+        download.on_401 = Some(on_401(x));
         download.observe = x.observe;
         let mut upload = UploadState::Running;
         {
